@@ -1,0 +1,164 @@
+"""The vocabulary: priorities, statuses, job records, errors records, stats, events.
+
+Everything here is a value: frozen, hashable where it can be, and safe to hand to
+user code. Records a user receives are snapshots, never live state.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+import attrs
+
+from ._retry import RetryConfig
+
+P = TypeVar("P")
+
+
+def utcnow() -> datetime:
+    """Return the current time as a timezone-aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+class JobPriority(enum.IntEnum):
+    """How urgent a job is: among ready jobs, higher priorities start first."""
+
+    LOW = 0
+    NORMAL = 1
+    HIGH = 2
+    CRITICAL = 3
+
+
+class JobStatus(str, enum.Enum):
+    """Where a job is in its life.
+
+    ``PENDING`` jobs wait for a worker (possibly for a delay to pass), ``RUNNING``
+    jobs are in an attempt, ``RETRYING`` jobs wait out a backoff after a failed
+    attempt. The other four are final: see :attr:`is_final`.
+    """
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    RETRYING = "retrying"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+
+    @property
+    def is_final(self) -> bool:
+        """True for the statuses a job never leaves: completed, failed, cancelled, timeout."""
+        return self in _FINAL
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_FINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.TIMEOUT})
+
+
+def _as_priority(value: int) -> JobPriority:
+    return JobPriority(value)
+
+
+def _as_status(value: str) -> JobStatus:
+    return JobStatus(value)
+
+
+@attrs.frozen
+class ErrorInfo:
+    """What went wrong in one attempt (the seed's ``JobError`` record).
+
+    Attributes:
+        message: ``str()`` of the exception.
+        type: The exception's qualified class name, e.g. ``"ValueError"``.
+        traceback: The formatted traceback, when one was captured.
+        attempt: The 1-based number of the attempt that raised it.
+        timestamp: When it was recorded (UTC).
+        retryable: Whether the retry policy judged it worth another attempt.
+    """
+
+    message: str
+    type: str
+    traceback: str | None = None
+    attempt: int = 0
+    timestamp: datetime = attrs.field(factory=utcnow)
+    retryable: bool = False
+
+
+@attrs.frozen
+class Job(Generic[P]):
+    """A snapshot of one job, as stored. Construct it with keywords.
+
+    A :class:`Job` never changes: the runner and the stores make new snapshots as
+    the job moves through its life. ``attempts`` counts attempts started, the
+    current one included. ``run_at`` is the wall-clock time from which the job is
+    eligible to run (after a ``delay`` or a retry backoff), or ``None`` for at once.
+    ``execution_time`` is the duration of the last attempt, in seconds.
+
+    ``retry`` is the retry policy the job was submitted with (``None``: the
+    runner's default). It grows the API's list of fields so that a worker in
+    another process retries the job exactly as its producer asked.
+    """
+
+    id: str
+    type: str
+    payload: P = attrs.field(default=None)
+    status: JobStatus = attrs.field(default=JobStatus.PENDING, converter=_as_status)
+    priority: JobPriority = attrs.field(default=JobPriority.NORMAL, converter=_as_priority)
+    attempts: int = 0
+    max_attempts: int = 3
+    created_at: datetime = attrs.field(factory=utcnow)
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    run_at: datetime | None = None
+    timeout: float | None = None
+    last_error: ErrorInfo | None = None
+    result: Any = None
+    execution_time: float | None = None
+    progress: float | None = None
+    progress_message: str | None = None
+    metadata: Mapping[str, Any] = attrs.field(factory=dict)
+    tenant_id: str | None = None
+    retry: RetryConfig | None = None
+
+
+@attrs.frozen
+class JobStats:
+    """Counts of jobs by status, as :meth:`JobRunner.stats` reports them.
+
+    ``total_processed`` counts jobs in a final status; ``average_execution_time``
+    is the mean ``execution_time`` (seconds) of completed jobs, or ``None`` when
+    none completed.
+    """
+
+    pending: int = 0
+    running: int = 0
+    retrying: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    timeout: int = 0
+    total_processed: int = 0
+    average_execution_time: float | None = None
+
+
+@attrs.frozen
+class RunnerEvent:
+    """One lifecycle event, as delivered by :meth:`JobRunner.subscribe`.
+
+    ``name`` is one of the event names accepted by :meth:`JobRunner.on`; the other
+    fields are filled where the event has them (``result`` for ``job:completed``,
+    ``error`` for ``job:failed`` and ``runner:error``, ``attempt`` and ``delay``
+    for ``job:retrying``).
+    """
+
+    name: str
+    job: Job[Any] | None = None
+    result: Any = None
+    error: BaseException | None = None
+    attempt: int | None = None
+    delay: float | None = None

@@ -1,0 +1,17 @@
+"""Job stores: the protocol, the in-memory default, and the durable backends."""
+
+from ._base import CancelOutcome as CancelOutcome
+from ._base import Heartbeat as Heartbeat
+from ._base import JobStorage as JobStorage
+from ._memory import MemoryStorage as MemoryStorage
+from ._postgres import PostgresStorage as PostgresStorage
+from ._sqlite import SQLiteStorage as SQLiteStorage
+
+__all__ = [
+    "CancelOutcome",
+    "Heartbeat",
+    "JobStorage",
+    "MemoryStorage",
+    "PostgresStorage",
+    "SQLiteStorage",
+]

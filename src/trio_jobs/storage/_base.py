@@ -1,0 +1,245 @@
+"""The storage protocol: what the runner asks of a store, and the rules a store keeps.
+
+A store holds jobs and moves them between statuses. The runner never changes a
+job's status itself; it asks the store, and every change a worker makes to a job
+it runs is *fenced*: it applies only while the worker still holds that attempt's
+claim (same ``job_id``, ``status = running``, same ``attempt``, same
+``worker_id``). A worker whose lease expired, and whose job was rescued and
+claimed again elsewhere, therefore cannot overwrite the newer attempt's state.
+
+Life of a job in a store::
+
+    save() ──► PENDING ──claim()──► RUNNING ──settle(COMPLETED/FAILED/TIMEOUT/CANCELLED)
+                  ▲                   │  │
+                  │                   │  └─settle(RETRYING, delay)──► RETRYING ──(delay)──┐
+                  └──settle(PENDING)──┘                                                  │
+                  └──rescue_expired() (lease ran out; attempt counted)     claim() ◄─────┘
+
+Time: ``delay`` arguments are seconds from now. The in-memory store keeps them on
+the Trio clock (so ``MockClock`` drives them); durable stores keep ``run_at`` in
+the database (wall clock; PostgreSQL uses the server's clock). Leases are measured
+the same way.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Collection, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+
+from .._records import ErrorInfo, Job, JobStats, JobStatus
+
+
+class CancelOutcome(enum.Enum):
+    """What :meth:`JobStorage.request_cancel` did."""
+
+    #: Unknown id, or the job is already final: nothing changed.
+    NOTHING = "nothing"
+    #: The job was pending or retrying and is now ``CANCELLED``.
+    CANCELLED = "cancelled"
+    #: The job is running; the request is recorded for its worker to act on.
+    REQUESTED = "requested"
+
+
+@attrs.frozen
+class Heartbeat:
+    """What a worker learns from :meth:`JobStorage.heartbeat`.
+
+    Attributes:
+        cancel_requested: Ids of this worker's running jobs that someone asked to cancel.
+        lost: Ids the worker said it holds but no longer does (its lease expired and
+            the job was rescued, or the job was deleted): stop working on them,
+            their writes will be refused anyway.
+    """
+
+    cancel_requested: frozenset[str] = frozenset()
+    lost: frozenset[str] = frozenset()
+
+
+@runtime_checkable
+class JobStorage(Protocol):
+    """Where jobs live. :class:`MemoryStorage` is the default; see the module docs.
+
+    All methods are async and checkpoint. Methods that take ``job_types`` consider
+    only jobs of those types (``None``: all types).
+    """
+
+    @property
+    def lease_duration(self) -> float:
+        """Seconds a claim stays valid without a heartbeat."""
+        ...
+
+    async def open(self) -> None:
+        """Make the store ready (connect, create or migrate tables). Idempotent."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and threads. Idempotent."""
+        ...
+
+    # -- the seed's methods -------------------------------------------------------
+
+    async def save(self, job: Job[Any], *, delay: float = 0.0) -> None:
+        """Insert a new job. It becomes claimable ``delay`` seconds from now.
+
+        Raises:
+            TypeError: a durable store cannot encode the payload or metadata (the
+                message names the field); nothing is stored.
+            ValueError: a job with this id exists already.
+        """
+        ...
+
+    async def update(self, job: Job[Any]) -> None:
+        """Overwrite a job's record unconditionally (administrative; not fenced)."""
+        ...
+
+    async def get(self, job_id: str) -> Job[Any] | None:
+        """Return the job's current snapshot, or ``None`` for an unknown id."""
+        ...
+
+    async def get_next_pending(self, limit: int) -> list[Job[Any]]:
+        """Return (without claiming) up to ``limit`` ready jobs in claim order."""
+        ...
+
+    async def get_by_status(self, status: JobStatus, limit: int | None = None) -> list[Job[Any]]:
+        """Return jobs with ``status``, oldest first."""
+        ...
+
+    async def mark_running(self, job_id: str) -> bool:
+        """Move one job from PENDING to RUNNING; True only for the caller that did it.
+
+        The seed's claim, kept for compatibility: it takes no lease, so a crash
+        of the caller leaves the job RUNNING forever. Workers use :meth:`claim`.
+        """
+        ...
+
+    async def delete(self, job_id: str) -> bool:
+        """Remove a job; True when it existed."""
+        ...
+
+    async def get_stats(self, job_types: Collection[str] | None = None) -> JobStats:
+        """Count jobs by status."""
+        ...
+
+    # -- claims, leases, fenced writes --------------------------------------------
+
+    async def claim(
+        self, worker_id: str, limit: int, job_types: Collection[str] | None = None
+    ) -> list[Job[Any]]:
+        """Atomically claim up to ``limit`` ready jobs for ``worker_id``.
+
+        Ready means PENDING or RETRYING with its delay passed. Order: priority
+        (highest first), then ``run_at``, then insertion order. Each claimed job
+        becomes RUNNING with ``attempts + 1``, ``started_at`` set, and a lease of
+        :attr:`lease_duration` held by ``worker_id``. Returns the claimed
+        snapshots; never more than ``limit``, and no job is claimed by two callers.
+        """
+        ...
+
+    async def settle(
+        self,
+        job_id: str,
+        *,
+        worker_id: str,
+        attempt: int,
+        status: JobStatus,
+        result: Any = None,
+        error: ErrorInfo | None = None,
+        delay: float = 0.0,
+        execution_time: float | None = None,
+    ) -> bool:
+        """End an attempt, fenced: applies only while the claim is still this worker's.
+
+        ``status`` says how the attempt ended:
+
+        - ``COMPLETED``: store ``result``; set ``completed_at``.
+        - ``FAILED`` / ``TIMEOUT`` / ``CANCELLED``: final; store ``error`` as
+          ``last_error`` (when given); set ``completed_at``.
+        - ``RETRYING``: store ``error``; claimable again after ``delay`` seconds.
+        - ``PENDING``: give the job back (orderly shutdown): claimable at once and
+          the attempt is *not* counted (``attempts - 1``).
+
+        The lease is dropped in every case. A pending cancellation request on a job
+        settled as RETRYING or PENDING turns it CANCELLED instead.
+
+        Returns:
+            True when applied; False when the claim was no longer held.
+
+        Raises:
+            TypeError: a durable store cannot encode ``result``; nothing changed.
+        """
+        ...
+
+    async def record_progress(
+        self,
+        job_id: str,
+        *,
+        worker_id: str,
+        attempt: int,
+        progress: float | None = None,
+        message: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Store progress and merge ``metadata`` into the job's, fenced like :meth:`settle`."""
+        ...
+
+    async def heartbeat(self, worker_id: str, job_ids: Collection[str]) -> Heartbeat:
+        """Renew every lease ``worker_id`` holds, in one write; report cancels and losses."""
+        ...
+
+    async def rescue_expired(self) -> list[Job[Any]]:
+        """Recover jobs whose lease expired (their worker died). Safe to run concurrently.
+
+        Each such job's crashed attempt stays counted. With attempts left it goes
+        back to PENDING; with none left it ends FAILED with an error saying the
+        worker was lost; if cancellation was requested it ends CANCELLED.
+
+        Returns:
+            The rescued jobs' new snapshots.
+        """
+        ...
+
+    async def request_cancel(self, job_id: str) -> CancelOutcome:
+        """Cancel a pending or retrying job at once, or flag a running one for its worker."""
+        ...
+
+    # -- waiting ------------------------------------------------------------------
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return when a job may have become claimable, or after ``timeout`` seconds.
+
+        Spurious returns are fine; the caller claims and waits again. The memory
+        store returns when a job is saved or its delay ends; durable stores return
+        on a local save, a notification, or the timeout (their poll).
+        """
+        ...
+
+    async def wait_for_change(self, job_id: str, timeout: float) -> None:
+        """Return when ``job_id`` may have changed, or after ``timeout`` seconds."""
+        ...
+
+    # -- administration (CLI, JobClient) ------------------------------------------
+
+    async def list_jobs(
+        self,
+        *,
+        status: JobStatus | None = None,
+        job_type: str | None = None,
+        limit: int | None = None,
+    ) -> list[Job[Any]]:
+        """Return jobs, newest first, filtered by status and type."""
+        ...
+
+    async def count_unfinished(self, job_types: Collection[str] | None = None) -> int:
+        """Count jobs that are PENDING, RETRYING or RUNNING."""
+        ...
+
+    async def requeue(self, job_id: str) -> bool:
+        """Give a FAILED, TIMEOUT or CANCELLED job a fresh start (PENDING, attempts 0)."""
+        ...
+
+    async def purge(self, older_than: float) -> int:
+        """Delete final jobs completed more than ``older_than`` seconds ago; return how many."""
+        ...

@@ -1,0 +1,99 @@
+"""JSON encoding shared by the durable stores.
+
+Payloads, results, metadata, errors and retry policies are stored as JSON text:
+readable by any tool, and never a code-execution channel (no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime
+from typing import Any
+
+from .._records import ErrorInfo
+from .._retry import RetryConfig, RetryStrategy
+
+
+def encode_json(value: Any, field: str) -> str:
+    """Encode ``value`` as JSON text.
+
+    Raises:
+        TypeError: the value is not JSON-encodable; the message names ``field``.
+    """
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{field} must be JSON-encodable for a durable store: {exc}") from None
+
+
+def decode_json(text: str | None) -> Any:
+    """Decode JSON text; ``None`` decodes to ``None``."""
+    return None if text is None else json.loads(text)
+
+
+def encode_error(error: ErrorInfo | None) -> str | None:
+    """Encode an :class:`ErrorInfo` as JSON text."""
+    if error is None:
+        return None
+    return json.dumps(
+        {
+            "message": error.message,
+            "type": error.type,
+            "traceback": error.traceback,
+            "attempt": error.attempt,
+            "timestamp": error.timestamp.isoformat(),
+            "retryable": error.retryable,
+        }
+    )
+
+
+def decode_error(text: str | None) -> ErrorInfo | None:
+    """Decode what :func:`encode_error` wrote."""
+    if text is None:
+        return None
+    data = json.loads(text)
+    return ErrorInfo(
+        message=data["message"],
+        type=data["type"],
+        traceback=data.get("traceback"),
+        attempt=data.get("attempt", 0),
+        timestamp=datetime.fromisoformat(data["timestamp"]),
+        retryable=data.get("retryable", False),
+    )
+
+
+def encode_retry(config: RetryConfig | None) -> str | None:
+    """Encode a :class:`RetryConfig` as JSON text, without ``is_retryable``.
+
+    A predicate cannot travel between processes; a worker that claims the job
+    decides retryability with the heuristics of :func:`is_retryable_error`.
+    """
+    if config is None:
+        return None
+    return json.dumps(
+        {
+            "max_attempts": config.max_attempts,
+            "base_delay": config.base_delay,
+            "max_delay": _finite_or_none(config.max_delay),
+            "backoff_multiplier": config.backoff_multiplier,
+            "jitter": config.jitter,
+            "jitter_factor": config.jitter_factor,
+            "strategy": config.strategy.value,
+        }
+    )
+
+
+def decode_retry(text: str | None) -> RetryConfig | None:
+    """Decode what :func:`encode_retry` wrote."""
+    if text is None:
+        return None
+    data = json.loads(text)
+    if data.get("max_delay") is None:
+        data["max_delay"] = math.inf
+    data["strategy"] = RetryStrategy(data["strategy"])
+    return RetryConfig(**data)
+
+
+def _finite_or_none(value: float) -> float | None:
+    return None if math.isinf(value) else value

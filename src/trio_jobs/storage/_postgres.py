@@ -1,0 +1,5 @@
+"""Placeholder: the owner of this store replaces this file."""
+
+
+class PostgresStorage:
+    """Placeholder."""
