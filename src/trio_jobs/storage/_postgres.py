@@ -1,5 +1,1114 @@
-"""Placeholder: the owner of this store replaces this file."""
+r"""PostgreSQL store: many worker processes, on many machines, sharing one queue.
+
+psycopg 3's async API runs only on asyncio, so the store drives the synchronous
+driver from worker threads (``trio.to_thread.run_sync``), one pooled connection per
+call, at most ``max_connections`` calls at once. A dedicated connection outside the
+pool ``LISTEN``\ s for notifications in its own thread and wakes the waiting Trio
+tasks, so a worker starts a submitted job without waiting for its poll.
+
+The statements themselves live in :mod:`._postgres_sql`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import re
+import threading
+from collections.abc import Callable, Collection, Mapping
+from datetime import UTC, datetime
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final, TypeVar, final
+
+import attrs
+import outcome
+import trio
+
+from .._records import ErrorInfo, Job, JobStats, JobStatus
+from . import _postgres_sql as sql
+from ._base import CancelOutcome, Heartbeat
+from ._codec import decode_error, decode_json, decode_retry, encode_error, encode_json, encode_retry
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg_pool import ConnectionPool
+
+    Connection = psycopg.Connection[tuple[Any, ...]]
+
+logger = logging.getLogger("trio_jobs.postgres")
+
+T = TypeVar("T")
+
+_SCHEMA_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Channel names are identifiers too (at most 63 bytes): "<schema>.changed".
+_MAX_SCHEMA_LENGTH: Final = 55
+# How often the LISTEN thread looks up from its socket to see whether to stop.
+_LISTEN_POLL: Final = 0.1
+_RECONNECT_MIN: Final = 0.1
+_RECONNECT_MAX: Final = 5.0
+_POOL_TIMEOUT: Final = 15.0
+_CONNECT_KWARGS: Final[dict[str, Any]] = {
+    "connect_timeout": 10,
+    # A LISTEN connection only reads; keepalives notice a silently dead peer.
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+_FINAL_STATUSES: Final = frozenset(s for s in JobStatus if s.is_final)
+_SETTLE_STATUSES: Final = frozenset(JobStatus) - {JobStatus.RUNNING}
 
 
+def _import_driver() -> type[ConnectionPool]:
+    try:
+        import psycopg  # noqa: F401
+        from psycopg_pool import ConnectionPool
+    except ImportError as exc:
+        raise ImportError(
+            "PostgresStorage needs psycopg 3 and psycopg_pool: pip install 'trio-jobs[postgres]'"
+        ) from exc
+    return ConnectionPool
+
+
+@final
 class PostgresStorage:
-    """Placeholder."""
+    """A durable job store on PostgreSQL, shared safely by many workers.
+
+    Jobs live in the table ``<schema>.jobs``, created (and later migrated) on
+    :meth:`open` under an advisory lock, so any number of workers may start at
+    once. Workers claim jobs with ``FOR UPDATE SKIP LOCKED``, hold them under a
+    lease they renew by heartbeat, and every write they make is fenced by
+    (job, attempt, worker). ``LISTEN``/``NOTIFY`` wakes idle workers when a job
+    becomes ready and tells a job's worker when someone asks to cancel it; the
+    runner's poll remains the backstop. Payloads, results and metadata are stored
+    as JSON text, so they come back exactly as they went in.
+
+    Use it as an async context manager, or hand it to a runner, which opens and
+    closes it::
+
+        async with JobRunner(storage=PostgresStorage("postgresql://...")) as runner:
+            ...
+
+    Args:
+        dsn: A libpq connection string or URI.
+        schema: The schema holding the store's tables, created when missing.
+            Stores on different schemas are independent queues.
+        lease_duration: Seconds a claim stays valid without a heartbeat; a
+            worker that dies loses its jobs to the others this long after its
+            last heartbeat.
+        min_connections: Connections the pool keeps open.
+        max_connections: Most connections (and worker threads) in use at once.
+
+    Raises:
+        TypeError: an argument has the wrong type.
+        ValueError: an argument is out of range (the message names it).
+
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "trio_jobs",
+        lease_duration: float = 30.0,
+        min_connections: int = 1,
+        max_connections: int = 10,
+    ) -> None:
+        if not isinstance(dsn, str):
+            raise TypeError(f"dsn must be a str, got {dsn!r}")
+        if not isinstance(schema, str):
+            raise TypeError(f"schema must be a str, got {schema!r}")
+        if not _SCHEMA_RE.fullmatch(schema) or len(schema) > _MAX_SCHEMA_LENGTH:
+            raise ValueError(
+                f"schema must be an identifier (letters, digits, underscores; at most "
+                f"{_MAX_SCHEMA_LENGTH} characters), got {schema!r}"
+            )
+        if isinstance(lease_duration, bool) or not isinstance(lease_duration, int | float):
+            raise TypeError(f"lease_duration must be a number, got {lease_duration!r}")
+        if not (lease_duration > 0 and math.isfinite(lease_duration)):
+            raise ValueError(f"lease_duration must be > 0 and finite, got {lease_duration!r}")
+        connections = (("min_connections", min_connections), ("max_connections", max_connections))
+        for name, value in connections:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {value!r}")
+        if min_connections < 1:
+            raise ValueError(f"min_connections must be >= 1, got {min_connections!r}")
+        if max_connections < min_connections:
+            raise ValueError(
+                f"max_connections must be >= min_connections ({min_connections}), "
+                f"got {max_connections!r}"
+            )
+        self._dsn = dsn
+        self._schema = schema
+        self._lease = float(lease_duration)
+        self._min_connections = min_connections
+        self._max_connections = max_connections
+        self._work_channel = f"{schema}.work"
+        self._cancel_channel = f"{schema}.cancel"
+        self._changed_channel = f"{schema}.changed"
+        self._sql = sql.build_statements(
+            schema, (self._work_channel, self._cancel_channel, self._changed_channel)
+        )
+        self._limiter = trio.CapacityLimiter(max_connections)
+        self._open_lock = trio.Lock()
+        self._pool: ConnectionPool[Connection] | None = None
+        self._listener: _Listener | None = None
+        # Wake-ups. A flag remembers a wake-up that came while nobody waited.
+        self._work_flag = False
+        self._work_event = trio.Event()
+        self._due: list[float] = []  # Trio times at which delayed jobs become ready
+        self._cancel_flag = False
+        self._cancel_event = trio.Event()
+        self._change_events: dict[str, trio.Event] = {}
+        # Settles waiting to be written together (see _settle_flush).
+        self._settle_queue: list[_SettleRequest] = []
+        self._settle_flushing = False
+        self._settle_flushed = trio.Event()
+
+    def __repr__(self) -> str:
+        return f"PostgresStorage(schema={self._schema!r}, open={self._pool is not None})"
+
+    @property
+    def lease_duration(self) -> float:
+        """Seconds a claim stays valid without a heartbeat."""
+        return self._lease
+
+    @property
+    def schema(self) -> str:
+        """The schema holding this store's tables."""
+        return self._schema
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def __aenter__(self) -> PostgresStorage:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Connect, run pending migrations and start listening. Idempotent.
+
+        Raises:
+            ImportError: psycopg is not installed (``pip install 'trio-jobs[postgres]'``).
+            psycopg.OperationalError: the database cannot be reached.
+
+        """
+        async with self._open_lock:
+            if self._pool is not None:
+                return
+            pool_class = _import_driver()
+            await self.migrate()
+            pool = pool_class(
+                self._dsn,
+                min_size=self._min_connections,
+                max_size=self._max_connections,
+                kwargs={"autocommit": True},
+                configure=_configure_connection,
+                open=False,
+                name=f"trio_jobs.{self._schema}",
+                timeout=_POOL_TIMEOUT,
+            )
+            try:
+                await trio.to_thread.run_sync(partial(pool.open, wait=True, timeout=_POOL_TIMEOUT))
+                conn = await trio.to_thread.run_sync(self._connect_listener)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(pool.close)
+                raise
+            listener = _Listener(
+                connect=self._connect_listener,
+                token=trio.lowlevel.current_trio_token(),
+                on_notify=self._on_notify,
+                on_reconnect=self._on_listener_reconnect,
+            )
+            listener.start(conn)
+            self._pool, self._listener = pool, listener
+
+    async def close(self) -> None:
+        """Stop listening and close every connection. Idempotent.
+
+        Finishes even when cancelled: the listener thread stops within a fraction
+        of a second, and the pool's threads are joined.
+        """
+        with trio.CancelScope(shield=True):
+            async with self._open_lock:
+                listener, pool = self._listener, self._pool
+                self._listener = self._pool = None
+                if listener is not None:
+                    await listener.stop()
+                if pool is not None:
+                    await trio.to_thread.run_sync(pool.close)
+        await trio.lowlevel.checkpoint()
+
+    async def migrate(self) -> int:
+        """Bring the schema up to date and return its version.
+
+        Creates the schema and its tables on first use. Migrations are versioned
+        (table ``<schema>.schema_version``), only ever add, and run in one
+        transaction under an advisory lock, so workers starting together apply
+        each exactly once. :meth:`open` calls this; ``trio-jobs migrate`` runs it
+        ahead of a deploy. The store need not be open.
+
+        Returns:
+            The schema's version after migrating.
+
+        """
+        _import_driver()
+        return await trio.to_thread.run_sync(self._migrate_sync, limiter=self._limiter)
+
+    def _migrate_sync(self) -> int:
+        import psycopg
+
+        with psycopg.connect(self._dsn, connect_timeout=_CONNECT_KWARGS["connect_timeout"]) as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (sql.advisory_key(self._schema),))
+            if (
+                conn.execute(
+                    "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self._schema,)
+                ).fetchone()
+                is None
+            ):
+                conn.execute(f'CREATE SCHEMA "{self._schema}"')
+            conn.execute(self._sql.schema_version_table)
+            row = conn.execute(self._sql.current_version).fetchone()
+            version = int(row[0]) if row else 0
+            if version > sql.LATEST_VERSION:
+                logger.warning(
+                    "schema %s is at version %d, newer than this trio_jobs knows (%d)",
+                    self._schema,
+                    version,
+                    sql.LATEST_VERSION,
+                )
+            for target, build in sql.MIGRATIONS:
+                if target <= version:
+                    continue
+                for statement in build(f'"{self._schema}"'):
+                    conn.execute(statement)
+                conn.execute(self._sql.record_version, (target,))
+                logger.info("migrated schema %s to version %d", self._schema, target)
+                version = target
+            return version
+
+    def _connect_listener(self) -> Connection:
+        import psycopg
+
+        conn = psycopg.connect(self._dsn, autocommit=True, **_CONNECT_KWARGS)
+        try:
+            for statement in self._sql.listen:
+                conn.execute(statement)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    # -- running statements -------------------------------------------------------
+
+    async def _run(self, fn: Callable[[Connection], T]) -> T:
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError("PostgresStorage is not open: use `async with` or await open()")
+        return await trio.to_thread.run_sync(_with_connection, pool, fn, limiter=self._limiter)
+
+    # -- the seed's methods -------------------------------------------------------
+
+    async def save(self, job: Job[Any], *, delay: float = 0.0) -> None:
+        """Insert a new job; it becomes claimable ``delay`` seconds from now (server clock).
+
+        Notifies listening workers in the same statement.
+
+        Raises:
+            TypeError: the payload, metadata or result is not JSON-encodable (the
+                message names the field); nothing is stored.
+            ValueError: a job with this id exists already, or ``delay`` is negative.
+
+        """
+        delay = _check_seconds(delay, "delay")
+        params = _job_params(job)
+        params.update(delay=delay, work_channel=self._work_channel)
+        tries = 0
+
+        def insert(conn: Connection) -> None:
+            from psycopg.errors import UniqueViolation
+
+            nonlocal tries
+            tries += 1
+            try:
+                conn.execute(self._sql.insert, params)
+            except UniqueViolation:
+                # A retry after a lost connection may find the row its first try wrote.
+                if tries > 1 and self._is_same_job(conn, params):
+                    return
+                raise ValueError(f"a job with id {job.id!r} exists already") from None
+
+        await self._run(insert)
+        self._schedule_work(delay)
+
+    def _is_same_job(self, conn: Connection, params: Mapping[str, Any]) -> bool:
+        row = conn.execute(
+            f'SELECT type, payload, created_at FROM "{self._schema}".jobs WHERE id = %s',
+            (params["id"],),
+        ).fetchone()
+        return row is not None and row == (params["type"], params["payload"], params["created_at"])
+
+    async def update(self, job: Job[Any]) -> None:
+        """Overwrite a job's record unconditionally, or insert it (administrative; not fenced).
+
+        A job written with a non-running status loses any lease and cancellation
+        request it had. Its ``run_at``, when set, also becomes the time from which
+        it can be claimed.
+
+        Raises:
+            TypeError: a field is not JSON-encodable; nothing changed.
+
+        """
+        params = _job_params(job)
+
+        def update(conn: Connection) -> None:
+            with conn.transaction():
+                if conn.execute(self._sql.update, params).fetchone() is None:
+                    conn.execute(self._sql.insert_as_is, params)
+                conn.execute(self._sql.notify, (self._changed_channel, job.id))
+                if job.status in (JobStatus.PENDING, JobStatus.RETRYING):
+                    conn.execute(self._sql.notify, (self._work_channel, "0"))
+
+        await self._run(update)
+        self._wake_change(job.id)
+        if job.status in (JobStatus.PENDING, JobStatus.RETRYING):
+            self._wake_work()
+
+    async def get(self, job_id: str) -> Job[Any] | None:
+        """Return the job's current snapshot, or ``None`` for an unknown id."""
+
+        def get(conn: Connection) -> Job[Any] | None:
+            row = conn.execute(self._sql.get, (job_id,)).fetchone()
+            return None if row is None else _row_to_job(row)
+
+        return await self._run(get)
+
+    async def get_next_pending(self, limit: int) -> list[Job[Any]]:
+        """Return (without claiming) up to ``limit`` ready jobs in claim order."""
+        limit = _check_limit(limit)
+        return await self._run(partial(self._fetch_jobs, self._sql.get_next_pending, (limit,)))
+
+    async def get_by_status(self, status: JobStatus, limit: int | None = None) -> list[Job[Any]]:
+        """Return jobs with ``status``, oldest first (at most ``limit``; ``None``: all)."""
+        status = JobStatus(status)
+        limit = None if limit is None else _check_limit(limit)
+        return await self._run(
+            partial(self._fetch_jobs, self._sql.get_by_status, (status.value, limit))
+        )
+
+    def _fetch_jobs(self, statement: str, params: Any, conn: Connection) -> list[Job[Any]]:
+        return [_row_to_job(row) for row in conn.execute(statement, params).fetchall()]
+
+    async def mark_running(self, job_id: str) -> bool:
+        """Move one job from PENDING to RUNNING (counting an attempt); True only for the mover.
+
+        The seed's claim, kept for compatibility: it takes no lease, so a crash
+        of the caller leaves the job RUNNING forever. Workers use :meth:`claim`.
+        """
+
+        def mark(conn: Connection) -> bool:
+            return conn.execute(self._sql.mark_running, (job_id,)).fetchone() is not None
+
+        moved = await self._run(mark)
+        if moved:
+            self._wake_change(job_id)
+        return moved
+
+    async def delete(self, job_id: str) -> bool:
+        """Remove a job; True when it existed. Its worker learns at its next heartbeat."""
+
+        def delete(conn: Connection) -> bool:
+            with conn.transaction():
+                if conn.execute(self._sql.delete, (job_id,)).fetchone() is None:
+                    return False
+                conn.execute(self._sql.notify, (self._changed_channel, job_id))
+                return True
+
+        deleted = await self._run(delete)
+        if deleted:
+            self._wake_change(job_id)
+        return deleted
+
+    async def get_stats(self, job_types: Collection[str] | None = None) -> JobStats:
+        """Count jobs by status (only of ``job_types`` when given)."""
+        types = _types(job_types)
+        if types == []:
+            await trio.lowlevel.checkpoint()
+            return JobStats()
+
+        def stats(conn: Connection) -> list[tuple[Any, ...]]:
+            if types is None:
+                return conn.execute(self._sql.stats).fetchall()
+            return conn.execute(self._sql.stats_types, (types,)).fetchall()
+
+        counts: dict[str, int] = {}
+        average: float | None = None
+        for status, count, avg in await self._run(stats):
+            counts[status] = int(count)
+            if status == JobStatus.COMPLETED.value and avg is not None:
+                average = float(avg)
+        return JobStats(
+            **{s.value: counts.get(s.value, 0) for s in JobStatus},
+            total_processed=sum(counts.get(s.value, 0) for s in _FINAL_STATUSES),
+            average_execution_time=average,
+        )
+
+    # -- claims, leases, fenced writes --------------------------------------------
+
+    async def claim(
+        self, worker_id: str, limit: int, job_types: Collection[str] | None = None
+    ) -> list[Job[Any]]:
+        """Atomically claim up to ``limit`` ready jobs for ``worker_id``, in one statement.
+
+        A materialized ``FOR UPDATE SKIP LOCKED`` selection feeds one ``UPDATE``:
+        concurrent claimers skip each other's rows instead of waiting, and no
+        claim ever takes more than ``limit`` rows. Returns the claimed snapshots
+        in claim order (priority, then ``run_at``, then insertion order).
+        """
+        limit = _check_limit(limit)
+        types = _types(job_types)
+        if limit == 0 or types == []:
+            await trio.lowlevel.checkpoint()
+            return []
+        params = {"limit": limit, "worker_id": worker_id, "lease": self._lease, "types": types}
+        statement = self._sql.claim if types is None else self._sql.claim_types
+
+        def claim(conn: Connection) -> list[Job[Any]]:
+            rows = conn.execute(statement, params).fetchall()
+            rows.sort(key=lambda row: (-row[4], row[-2], row[-1]))
+            return [_row_to_job(row) for row in rows]
+
+        return await self._run(claim)
+
+    async def settle(
+        self,
+        job_id: str,
+        *,
+        worker_id: str,
+        attempt: int,
+        status: JobStatus,
+        result: Any = None,
+        error: ErrorInfo | None = None,
+        delay: float = 0.0,
+        execution_time: float | None = None,
+    ) -> bool:
+        """End an attempt, fenced on (job, running, attempt, worker); see the protocol.
+
+        Settles made at the same time by many tasks are written together in one
+        statement (a task waits for the write in flight, then writes everything
+        queued meanwhile), so a busy worker makes one round trip per batch, not
+        per job. A job given back (PENDING) or retrying now notifies listening
+        workers; every applied settle notifies waiters on the job.
+
+        Returns:
+            True when applied; False when the claim was no longer held.
+
+        Raises:
+            TypeError: ``result`` is not JSON-encodable; nothing changed.
+            ValueError: ``status`` is RUNNING, or ``delay`` is negative.
+
+        """
+        status = JobStatus(status)
+        if status not in _SETTLE_STATUSES:
+            raise ValueError(f"status must not be {status.value!r} when settling an attempt")
+        delay = _check_seconds(delay, "delay")
+        request = _SettleRequest(
+            job_id=job_id,
+            worker_id=worker_id,
+            attempt=int(attempt),
+            status=status.value,
+            result=None if result is None else encode_json(result, "result"),
+            error=encode_error(error),
+            delay=delay,
+            execution_time=None if execution_time is None else float(execution_time),
+        )
+        self._settle_queue.append(request)
+        try:
+            while not request.done:
+                if self._settle_flushing:
+                    await self._settle_flushed.wait()
+                else:
+                    await self._settle_flush()
+        except BaseException:
+            if request in self._settle_queue:
+                self._settle_queue.remove(request)
+            raise
+        if request.failure is not None:
+            raise request.failure
+        if request.applied:
+            self._wake_change(job_id)
+            if status in (JobStatus.PENDING, JobStatus.RETRYING):
+                self._schedule_work(delay)
+        return request.applied
+
+    async def _settle_flush(self) -> None:
+        """Write every queued settle in one statement; the caller's own is among them."""
+        self._settle_flushing = True
+        batch, self._settle_queue = self._settle_queue, []
+        try:
+            applied = await self._run(partial(self._settle_sync, batch))
+        except Exception as exc:
+            for request in batch:
+                request.done, request.failure = True, exc
+        except BaseException:
+            # Cancelled before the statement was sent: the others go back in line.
+            self._settle_queue[:0] = batch
+            raise
+        else:
+            for index, request in enumerate(batch):
+                request.done, request.applied = True, index in applied
+        finally:
+            self._settle_flushing = False
+            flushed, self._settle_flushed = self._settle_flushed, trio.Event()
+            flushed.set()
+
+    def _settle_sync(self, batch: list[_SettleRequest], conn: Connection) -> set[int]:
+        params = {
+            "ids": [r.job_id for r in batch],
+            "workers": [r.worker_id for r in batch],
+            "attempts": [r.attempt for r in batch],
+            "statuses": [r.status for r in batch],
+            "results": [r.result for r in batch],
+            "errors": [r.error for r in batch],
+            "delays": [r.delay for r in batch],
+            "execution_times": [r.execution_time for r in batch],
+            "changed_channel": self._changed_channel,
+            "work_channel": self._work_channel,
+        }
+        return {int(idx) - 1 for (idx,) in conn.execute(self._sql.settle, params).fetchall()}
+
+    async def record_progress(
+        self,
+        job_id: str,
+        *,
+        worker_id: str,
+        attempt: int,
+        progress: float | None = None,
+        message: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Store progress and merge ``metadata`` into the job's, fenced like :meth:`settle`.
+
+        A ``progress`` or ``message`` given replaces both stored values (a new
+        progress without a message clears the old message); with neither, only
+        the metadata changes. The merge is shallow (``dict.update``), read and
+        written in one transaction with the row locked.
+
+        Returns:
+            True when applied; False when the claim was no longer held.
+
+        Raises:
+            TypeError: ``metadata`` is not JSON-encodable; nothing changed.
+
+        """
+        update: dict[str, Any] | None = None
+        if metadata is not None:
+            update = dict(metadata)
+            encode_json(update, "metadata")
+        params: dict[str, Any] = {
+            "id": job_id,
+            "worker_id": worker_id,
+            "attempt": int(attempt),
+            "progress": None if progress is None else float(progress),
+            "message": message,
+            "metadata": None,
+        }
+
+        def record(conn: Connection) -> bool:
+            if update is None:
+                return conn.execute(self._sql.progress, params).fetchone() is not None
+            with conn.transaction():
+                row = conn.execute(self._sql.metadata_for_update, params).fetchone()
+                if row is None:
+                    return False
+                merged = dict(decode_json(row[0]) or {})
+                merged.update(update)
+                return (
+                    conn.execute(
+                        self._sql.progress, {**params, "metadata": encode_json(merged, "metadata")}
+                    ).fetchone()
+                    is not None
+                )
+
+        applied = await self._run(record)
+        if applied:
+            self._wake_change(job_id)
+        return applied
+
+    async def heartbeat(self, worker_id: str, job_ids: Collection[str]) -> Heartbeat:
+        """Renew the leases of ``job_ids`` held by ``worker_id``, in one statement.
+
+        Only the jobs the worker names are renewed: a job claimed by a statement
+        whose answer was lost with its connection is thereby left to expire and be
+        rescued, instead of being held forever by a worker that never heard of it.
+        """
+        ids = list(job_ids)
+        if not ids:
+            await trio.lowlevel.checkpoint()
+            return Heartbeat()
+        params = {"ids": ids, "worker_id": worker_id, "lease": self._lease}
+
+        def renew(conn: Connection) -> list[tuple[Any, ...]]:
+            return conn.execute(self._sql.heartbeat, params).fetchall()
+
+        rows = await self._run(renew)
+        held = {row[0] for row in rows}
+        return Heartbeat(
+            cancel_requested=frozenset(row[0] for row in rows if row[1]),
+            lost=frozenset(ids) - held,
+        )
+
+    async def rescue_expired(self) -> list[Job[Any]]:
+        """Recover jobs whose lease expired, in one statement safe to run from many workers.
+
+        With attempts left a job goes back to PENDING; with none it ends FAILED;
+        either way its ``last_error`` says which worker was lost during which
+        attempt (type ``"WorkerLostError"``). A job whose cancellation was
+        requested ends CANCELLED.
+
+        Returns:
+            The rescued jobs' new snapshots.
+
+        """
+        params = {"changed_channel": self._changed_channel, "work_channel": self._work_channel}
+
+        def rescue(conn: Connection) -> list[Job[Any]]:
+            return self._fetch_jobs(self._sql.rescue, params, conn)
+
+        jobs = await self._run(rescue)
+        for job in jobs:
+            self._wake_change(job.id)
+        if any(job.status is JobStatus.PENDING for job in jobs):
+            self._wake_work()
+        return jobs
+
+    async def request_cancel(self, job_id: str) -> CancelOutcome:
+        """Cancel a pending or retrying job at once, or flag a running one for its worker.
+
+        Flagging a running job notifies the cancel channel, which wakes
+        :meth:`wait_for_cancel_request` in every worker.
+        """
+        params = {
+            "id": job_id,
+            "cancel_channel": self._cancel_channel,
+            "changed_channel": self._changed_channel,
+        }
+
+        def cancel(conn: Connection) -> str | None:
+            row = conn.execute(self._sql.request_cancel, params).fetchone()
+            return None if row is None else str(row[0])
+
+        old_status = await self._run(cancel)
+        if old_status is None:
+            return CancelOutcome.NOTHING
+        if old_status == JobStatus.RUNNING.value:
+            self._wake_cancel()
+            return CancelOutcome.REQUESTED
+        self._wake_change(job_id)
+        return CancelOutcome.CANCELLED
+
+    # -- waiting ------------------------------------------------------------------
+
+    async def wait_for_work(self, timeout: float) -> None:  # noqa: ASYNC109 (the protocol's poll)
+        """Return when a job may have become claimable, or after ``timeout`` seconds.
+
+        Wakes on a local save, a notification from any process, or when a delay
+        announced by one of those ends. A wake-up that arrived while nobody
+        waited makes the next call return at once.
+        """
+        await trio.lowlevel.checkpoint()
+        deadline = trio.current_time() + max(timeout, 0.0)
+        while True:
+            if self._work_flag or self._pop_due():
+                self._work_flag = False
+                return
+            if trio.current_time() >= deadline:
+                return
+            with trio.move_on_at(min(deadline, self._due[0] if self._due else math.inf)):
+                await self._work_event.wait()
+
+    async def wait_for_cancel_request(self, timeout: float) -> None:  # noqa: ASYNC109 (the protocol's poll)
+        """Return when some job's cancellation may have been requested, or after ``timeout``.
+
+        Not part of :class:`JobStorage` (yet): a runner that finds it uses it to
+        learn of cancel requests without waiting for its next heartbeat, then asks
+        :meth:`heartbeat` which of its jobs they concern.
+        """
+        await trio.lowlevel.checkpoint()
+        if not self._cancel_flag:
+            with trio.move_on_after(max(timeout, 0.0)):
+                await self._cancel_event.wait()
+        self._cancel_flag = False
+
+    async def wait_for_change(self, job_id: str, timeout: float) -> None:  # noqa: ASYNC109 (the protocol's poll)
+        """Return when ``job_id`` may have changed (here or elsewhere), or after ``timeout``."""
+        event = self._change_events.get(job_id)
+        if event is None:
+            event = self._change_events[job_id] = trio.Event()
+        try:
+            with trio.move_on_after(max(timeout, 0.0)):
+                await event.wait()
+        finally:
+            if (
+                not event.is_set()
+                and event.statistics().tasks_waiting == 0
+                and self._change_events.get(job_id) is event
+            ):
+                del self._change_events[job_id]
+
+    def _wake_work(self) -> None:
+        self._work_flag = True
+        self._work_event.set()
+        self._work_event = trio.Event()
+
+    def _schedule_work(self, delay: float) -> None:
+        if delay <= 0:
+            self._wake_work()
+            return
+        heapq.heappush(self._due, trio.current_time() + delay)
+        # Waiters recompute their deadline; this is not a wake-up (no flag).
+        self._work_event.set()
+        self._work_event = trio.Event()
+
+    def _pop_due(self) -> bool:
+        now = trio.current_time()
+        popped = False
+        while self._due and self._due[0] <= now:
+            heapq.heappop(self._due)
+            popped = True
+        return popped
+
+    def _wake_cancel(self) -> None:
+        self._cancel_flag = True
+        self._cancel_event.set()
+        self._cancel_event = trio.Event()
+
+    def _wake_change(self, job_id: str) -> None:
+        event = self._change_events.pop(job_id, None)
+        if event is not None:
+            event.set()
+
+    def _wake_all_changes(self) -> None:
+        events, self._change_events = self._change_events, {}
+        for event in events.values():
+            event.set()
+
+    def _on_notify(self, channel: str, payload: str) -> None:
+        """Handle one notification (in the Trio thread, from the listener)."""
+        if channel == self._work_channel:
+            try:
+                delay = float(payload or 0)
+            except ValueError:
+                delay = 0.0
+            self._schedule_work(delay if math.isfinite(delay) else 0.0)
+        elif channel == self._cancel_channel:
+            self._wake_cancel()
+        elif channel == self._changed_channel:
+            for job_id in payload.split("\n"):
+                if job_id == "*":
+                    self._wake_all_changes()
+                    break
+                self._wake_change(job_id)
+
+    def _on_listener_reconnect(self) -> None:
+        # Notifications sent while the connection was down are lost: wake everyone.
+        self._wake_work()
+        self._wake_cancel()
+        self._wake_all_changes()
+
+    # -- administration -----------------------------------------------------------
+
+    async def list_jobs(
+        self,
+        *,
+        status: JobStatus | None = None,
+        job_type: str | None = None,
+        limit: int | None = None,
+    ) -> list[Job[Any]]:
+        """Return jobs, newest first, filtered by status and type."""
+        params = {
+            "status": None if status is None else JobStatus(status).value,
+            "type": job_type,
+            "limit": None if limit is None else _check_limit(limit),
+        }
+        return await self._run(partial(self._fetch_jobs, self._sql.list_jobs, params))
+
+    async def count_unfinished(self, job_types: Collection[str] | None = None) -> int:
+        """Count jobs that are PENDING, RETRYING or RUNNING (only of ``job_types`` when given)."""
+        types = _types(job_types)
+        if types == []:
+            await trio.lowlevel.checkpoint()
+            return 0
+
+        def count(conn: Connection) -> int:
+            if types is None:
+                row = conn.execute(self._sql.count_unfinished).fetchone()
+            else:
+                row = conn.execute(self._sql.count_unfinished_types, (types,)).fetchone()
+            return 0 if row is None else int(row[0])
+
+        return await self._run(count)
+
+    async def requeue(self, job_id: str) -> bool:
+        """Give a FAILED, TIMEOUT or CANCELLED job a fresh start (PENDING, attempts 0).
+
+        The result, progress and timestamps of its last run are cleared; its
+        ``last_error`` and ``execution_time`` are kept, to say how it last went.
+        It queues behind the jobs already waiting at its priority.
+        """
+
+        def requeue(conn: Connection) -> bool:
+            with conn.transaction():
+                if conn.execute(self._sql.requeue, (job_id,)).fetchone() is None:
+                    return False
+                conn.execute(self._sql.notify, (self._changed_channel, job_id))
+                conn.execute(self._sql.notify, (self._work_channel, "0"))
+                return True
+
+        requeued = await self._run(requeue)
+        if requeued:
+            self._wake_change(job_id)
+            self._wake_work()
+        return requeued
+
+    async def purge(self, older_than: float) -> int:
+        """Delete final jobs completed more than ``older_than`` seconds ago; return how many."""
+        older_than = _check_seconds(older_than, "older_than", allow_inf=True)
+        if math.isinf(older_than):
+            await trio.lowlevel.checkpoint()
+            return 0
+
+        def purge(conn: Connection) -> int:
+            return conn.execute(self._sql.purge, (older_than,)).rowcount
+
+        return await self._run(purge)
+
+
+@attrs.define(eq=False)
+class _SettleRequest:
+    """One settle waiting in the batch, and, once written, its outcome."""
+
+    job_id: str
+    worker_id: str
+    attempt: int
+    status: str
+    result: str | None
+    error: str | None
+    delay: float
+    execution_time: float | None
+    done: bool = False
+    applied: bool = False
+    failure: Exception | None = None
+
+
+class _Listener:
+    """The LISTEN connection and the thread that waits on it.
+
+    The thread wakes every :data:`_LISTEN_POLL` seconds to see whether it should
+    stop, so :meth:`stop` returns promptly and leaves no thread behind. When the
+    connection drops it reconnects with exponential backoff, logging both.
+    Notifications reach Trio through ``TrioToken.run_sync_soon``: the thread never
+    waits for the Trio loop.
+    """
+
+    def __init__(
+        self,
+        *,
+        connect: Callable[[], Connection],
+        token: trio.lowlevel.TrioToken,
+        on_notify: Callable[[str, str], None],
+        on_reconnect: Callable[[], None],
+    ) -> None:
+        self._connect = connect
+        self._token = token
+        self._on_notify = on_notify
+        self._on_reconnect = on_reconnect
+        self._stopping = threading.Event()
+        self._stopped = trio.Event()
+
+    def start(self, conn: Connection) -> None:
+        # A thread of its own, not trio.to_thread: it lives as long as the store and
+        # must not hold one of the limiter's tokens, nor need a task to await it.
+        trio.lowlevel.start_thread_soon(
+            partial(self._run, conn), self._finished, name="trio_jobs postgres LISTEN"
+        )
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        await self._stopped.wait()
+
+    def _post(self, fn: Callable[..., object], *args: object) -> bool:
+        try:
+            self._token.run_sync_soon(fn, *args)
+        except trio.RunFinishedError:
+            return False
+        return True
+
+    def _finished(self, result: outcome.Outcome[None]) -> None:
+        if isinstance(result, outcome.Error):
+            logger.error("the LISTEN thread crashed", exc_info=result.error)
+        self._post(self._stopped.set)
+
+    def _run(self, conn: Connection | None) -> None:
+        import psycopg
+
+        backoff = _RECONNECT_MIN
+        try:
+            while not self._stopping.is_set():
+                if conn is None:
+                    try:
+                        conn = self._connect()
+                    except psycopg.Error as exc:
+                        logger.warning(
+                            "LISTEN connection to PostgreSQL failed (%s); retrying in %.1f s",
+                            str(exc).strip(),
+                            backoff,
+                        )
+                        self._stopping.wait(backoff)
+                        backoff = min(backoff * 2, _RECONNECT_MAX)
+                        continue
+                    logger.warning("LISTEN connection to PostgreSQL re-established")
+                    backoff = _RECONNECT_MIN
+                    if not self._post(self._on_reconnect):
+                        return
+                try:
+                    for note in conn.notifies(timeout=_LISTEN_POLL):
+                        if not self._post(self._on_notify, note.channel, note.payload):
+                            return
+                except psycopg.Error as exc:
+                    logger.warning(
+                        "LISTEN connection to PostgreSQL lost (%s); reconnecting; "
+                        "polling covers the gap",
+                        str(exc).strip(),
+                    )
+                    conn.close()
+                    conn = None
+        finally:
+            if conn is not None:
+                conn.close()
+
+
+def _with_connection(pool: ConnectionPool[Connection], fn: Callable[[Connection], T]) -> T:
+    """Run ``fn`` on a pooled connection (in a worker thread).
+
+    If the connection turns out to be dead (say, its backend was terminated
+    while it sat in the pool), the pool is checked and ``fn`` runs once more on a
+    fresh connection. Every statement the store sends is one transaction that
+    either reads, is fenced, or is idempotent, so a retry cannot apply twice what
+    was meant once; a claim whose answer was lost leaves jobs that are rescued
+    when their lease expires.
+    """
+    import psycopg
+
+    used: Connection | None = None
+    try:
+        with pool.connection() as conn:
+            used = conn
+            return fn(conn)
+    except psycopg.OperationalError as exc:
+        if used is None or not used.closed:
+            raise
+        logger.warning(
+            "PostgreSQL connection lost (%s); retrying on a fresh connection", str(exc).strip()
+        )
+    pool.check()
+    with pool.connection() as conn:
+        return fn(conn)
+
+
+def _configure_connection(conn: Connection) -> None:
+    # Timestamps come back as UTC datetimes whatever the server's default zone.
+    conn.execute("SET TIME ZONE 'UTC'")
+
+
+def _row_to_job(row: tuple[Any, ...]) -> Job[Any]:
+    (
+        job_id, job_type, payload, status, priority, attempts, max_attempts, created_at,
+        started_at, completed_at, run_at, timeout, last_error, result, execution_time,
+        progress, progress_message, metadata, tenant_id, retry,
+    ) = row[: sql.JOB_FIELD_COUNT]  # fmt: skip
+    return Job(
+        id=job_id,
+        type=job_type,
+        payload=decode_json(payload),
+        status=status,
+        priority=priority,
+        attempts=attempts,
+        max_attempts=max_attempts,
+        created_at=created_at if created_at.tzinfo is UTC else created_at.astimezone(UTC),
+        started_at=_utc(started_at),
+        completed_at=_utc(completed_at),
+        run_at=_utc(run_at),
+        timeout=timeout,
+        last_error=decode_error(last_error),
+        result=decode_json(result),
+        execution_time=execution_time,
+        progress=progress,
+        progress_message=progress_message,
+        metadata=decode_json(metadata),
+        tenant_id=tenant_id,
+        retry=decode_retry(retry),
+    )
+
+
+def _job_params(job: Job[Any]) -> dict[str, Any]:
+    """Encode ``job`` for a row: every field that can fail is encoded before any I/O."""
+    payload = encode_json(job.payload, "payload")
+    metadata = encode_json(dict(job.metadata), "metadata")
+    result = None if job.result is None else encode_json(job.result, "result")
+    return {
+        "id": job.id,
+        "type": job.type,
+        "payload": payload,
+        "status": JobStatus(job.status).value,
+        "priority": int(job.priority),
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "completed_at": job.completed_at,
+        "run_at": job.run_at,
+        "timeout": job.timeout,
+        "last_error": encode_error(job.last_error),
+        "result": result,
+        "execution_time": job.execution_time,
+        "progress": job.progress,
+        "progress_message": job.progress_message,
+        "metadata": metadata,
+        "tenant_id": job.tenant_id,
+        "retry": encode_retry(job.retry),
+    }
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is UTC:
+        return value
+    return value.astimezone(UTC)
+
+
+def _types(job_types: Collection[str] | None) -> list[str] | None:
+    if job_types is None:
+        return None
+    if isinstance(job_types, str):
+        raise TypeError("job_types must be a collection of type names, not a str")
+    return list(job_types)
+
+
+def _check_limit(limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f"limit must be an int, got {limit!r}")
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit!r}")
+    return limit
+
+
+def _check_seconds(value: float, name: str, *, allow_inf: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    if not value >= 0 or (math.isinf(value) and not allow_inf):
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+    return float(value)

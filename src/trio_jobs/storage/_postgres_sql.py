@@ -1,0 +1,395 @@
+r"""The SQL text of :class:`PostgresStorage`: migrations and every statement it runs.
+
+Kept apart from the Python that calls it so each statement can be read whole. Every
+statement is built once per store for its schema (an identifier validated by the
+store, always double-quoted here) and uses ``%(name)s`` parameters for values.
+
+Columns hold JSON as ``text``, not ``jsonb``: ``jsonb`` normalises numbers
+(``1e16`` comes back as the integer ``10000000000000000``), reorders object keys
+and refuses ``\u0000``, so a payload would not come back exactly as it was
+submitted. The store merges metadata in Python, in the same transaction that
+reads it.
+
+Two times govern scheduling: ``run_at`` is the job's public field (the wall-clock
+estimate of when it may run, or NULL for "at once"), ``ready_at`` is the internal,
+never-NULL key the claim orders and filters by (server clock: ``now() + delay``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Final
+
+import attrs
+
+#: Columns that make a :class:`Job`, in the order ``_row_to_job`` reads them,
+#: followed by the two columns a claim sorts by.
+JOB_COLUMNS: Final = (
+    "id, type, payload, status, priority, attempts, max_attempts, created_at, started_at,"
+    " completed_at, run_at, timeout, last_error, result, execution_time, progress,"
+    " progress_message, metadata, tenant_id, retry, ready_at, seq"
+)
+#: Number of columns in :data:`JOB_COLUMNS` that belong to the :class:`Job`.
+JOB_FIELD_COUNT: Final = 20
+
+_READY = "status IN ('pending', 'retrying')"
+_FINAL = "('completed', 'failed', 'cancelled', 'timeout')"
+_CLAIM_ORDER = "priority DESC, ready_at, seq"
+
+
+def _migration_1(s: str) -> tuple[str, ...]:
+    return (
+        f"""
+        CREATE TABLE {s}.jobs (
+            id               text PRIMARY KEY,
+            seq              bigserial NOT NULL,
+            type             text NOT NULL,
+            payload          text NOT NULL,
+            status           text NOT NULL CHECK (status IN
+                ('pending', 'running', 'completed', 'failed', 'retrying', 'cancelled', 'timeout')),
+            priority         smallint NOT NULL,
+            attempts         integer NOT NULL DEFAULT 0,
+            max_attempts     integer NOT NULL,
+            created_at       timestamptz NOT NULL,
+            started_at       timestamptz,
+            completed_at     timestamptz,
+            run_at           timestamptz,
+            ready_at         timestamptz NOT NULL,
+            timeout          double precision,
+            last_error       text,
+            result           text,
+            execution_time   double precision,
+            progress         double precision,
+            progress_message text,
+            metadata         text NOT NULL DEFAULT '{{}}',
+            tenant_id        text,
+            retry            text,
+            worker_id        text,
+            lease_expires_at timestamptz,
+            cancel_requested boolean NOT NULL DEFAULT false
+        )
+        """,
+        # The claim walks this index in order and stops after LIMIT rows.
+        f"CREATE INDEX jobs_ready_idx ON {s}.jobs ({_CLAIM_ORDER}) WHERE {_READY}",
+        f"CREATE INDEX jobs_lease_idx ON {s}.jobs (lease_expires_at) WHERE status = 'running'",
+        # get_by_status, purge and the stats.
+        f"CREATE INDEX jobs_status_idx ON {s}.jobs (status, seq)",
+    )
+
+
+#: ``(version, builder)`` pairs, in order. Append only; never edit a released step.
+MIGRATIONS: Final = ((1, _migration_1),)
+LATEST_VERSION: Final = MIGRATIONS[-1][0]
+
+
+def advisory_key(schema: str) -> int:
+    """Return the 64-bit advisory lock key serialising migrations of ``schema``."""
+    digest = hashlib.blake2b(f"trio_jobs.migrate:{schema}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _notify_changed(source: str) -> str:
+    # One NOTIFY per 40 ids keeps payloads far below PostgreSQL's 8000-byte limit;
+    # an id that is long or contains the separator is announced as "*" (wake all).
+    return f"""
+        SELECT pg_notify(%(changed_channel)s, string_agg(nid, E'\\n'))
+        FROM (
+            SELECT CASE WHEN octet_length(id) > 150 OR strpos(id, E'\\n') > 0 THEN '*'
+                        ELSE id END AS nid,
+                   (row_number() OVER ()) / 40 AS chunk
+            FROM {source}
+        ) AS ids
+        GROUP BY chunk
+    """
+
+
+@attrs.frozen
+class Statements:
+    """Every statement the store runs, built for one schema."""
+
+    schema_version_table: str
+    current_version: str
+    record_version: str
+    insert: str
+    insert_as_is: str
+    update: str
+    get: str
+    get_next_pending: str
+    get_by_status: str
+    mark_running: str
+    delete: str
+    stats: str
+    stats_types: str
+    claim: str
+    claim_types: str
+    settle: str
+    metadata_for_update: str
+    progress: str
+    heartbeat: str
+    rescue: str
+    request_cancel: str
+    list_jobs: str
+    count_unfinished: str
+    count_unfinished_types: str
+    requeue: str
+    purge: str
+    notify: str
+    listen: tuple[str, ...]
+
+
+def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
+    """Build the statements for ``schema`` (validated by the caller) and its channels."""
+    s = f'"{schema}"'
+    jobs = f"{s}.jobs"
+    ready = f"{_READY} AND ready_at <= now()"
+    returning = ", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))
+    claim = f"""
+        WITH picked AS MATERIALIZED (
+            SELECT id FROM {jobs}
+            WHERE {ready} {{types}}
+            ORDER BY {_CLAIM_ORDER}
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE {jobs} AS j SET
+            status = 'running',
+            attempts = j.attempts + 1,
+            started_at = now(),
+            worker_id = %(worker_id)s,
+            lease_expires_at = now() + %(lease)s * interval '1 second',
+            cancel_requested = false
+        FROM picked WHERE j.id = picked.id
+        RETURNING {returning}
+    """
+    stats = f"""
+        SELECT status, count(*), avg(execution_time) FILTER (WHERE status = 'completed')
+        FROM {jobs} {{where}} GROUP BY status
+    """
+    count_unfinished = (
+        f"SELECT count(*) FROM {jobs} WHERE status IN ('pending', 'retrying', 'running') {{types}}"
+    )
+    insert_template = f"""
+        INSERT INTO {jobs} (id, type, payload, status, priority, attempts, max_attempts,
+            created_at, started_at, completed_at, run_at, ready_at, timeout, last_error, result,
+            execution_time, progress, progress_message, metadata, tenant_id, retry)
+        VALUES (%(id)s, %(type)s, %(payload)s, %(status)s, %(priority)s, %(attempts)s,
+            %(max_attempts)s, %(created_at)s, %(started_at)s, %(completed_at)s,
+            {{run_at}}, {{ready_at}},
+            %(timeout)s, %(last_error)s, %(result)s, %(execution_time)s, %(progress)s,
+            %(progress_message)s, %(metadata)s, %(tenant_id)s, %(retry)s)
+    """
+    # save(): claimable after ``delay``; the record's run_at says when, if delayed.
+    insert_values = insert_template.format(
+        run_at="""CASE WHEN %(delay)s > 0 THEN now() + %(delay)s * interval '1 second'
+                 ELSE %(run_at)s::timestamptz END""",
+        ready_at="now() + %(delay)s * interval '1 second'",
+    )
+    # update() of an unknown id: the record as given, claimable from its run_at.
+    insert_as_is = insert_template.format(
+        run_at="%(run_at)s", ready_at="coalesce(%(run_at)s::timestamptz, now())"
+    )
+    return Statements(
+        schema_version_table=f"""
+            CREATE TABLE IF NOT EXISTS {s}.schema_version (
+                version    integer PRIMARY KEY,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )
+        """,
+        current_version=f"SELECT coalesce(max(version), 0) FROM {s}.schema_version",
+        record_version=f"INSERT INTO {s}.schema_version (version) VALUES (%s)",
+        # One statement: the row and the wake-up of every listening worker. The
+        # payload is the delay, so a listener can wake itself when it ends.
+        insert=f"""
+            WITH ins AS ({insert_values} RETURNING 1)
+            SELECT pg_notify(%(work_channel)s, %(delay)s::text) FROM ins
+        """,
+        insert_as_is=insert_as_is,
+        update=f"""
+            UPDATE {jobs} SET
+                type = %(type)s, payload = %(payload)s, status = %(status)s,
+                priority = %(priority)s, attempts = %(attempts)s,
+                max_attempts = %(max_attempts)s, created_at = %(created_at)s,
+                started_at = %(started_at)s, completed_at = %(completed_at)s,
+                run_at = %(run_at)s, ready_at = coalesce(%(run_at)s, ready_at),
+                timeout = %(timeout)s, last_error = %(last_error)s, result = %(result)s,
+                execution_time = %(execution_time)s, progress = %(progress)s,
+                progress_message = %(progress_message)s, metadata = %(metadata)s,
+                tenant_id = %(tenant_id)s, retry = %(retry)s,
+                worker_id = CASE WHEN %(status)s = 'running' THEN worker_id END,
+                lease_expires_at = CASE WHEN %(status)s = 'running' THEN lease_expires_at END,
+                cancel_requested = CASE WHEN %(status)s = 'running' THEN cancel_requested
+                                        ELSE false END
+            WHERE id = %(id)s
+            RETURNING status
+        """,
+        get=f"SELECT {JOB_COLUMNS} FROM {jobs} WHERE id = %s",
+        get_next_pending=f"""
+            SELECT {JOB_COLUMNS} FROM {jobs} WHERE {ready}
+            ORDER BY {_CLAIM_ORDER} LIMIT %s
+        """,
+        get_by_status=f"""
+            SELECT {JOB_COLUMNS} FROM {jobs} WHERE status = %s
+            ORDER BY seq LIMIT %s
+        """,
+        mark_running=f"""
+            UPDATE {jobs} SET status = 'running', attempts = attempts + 1, started_at = now()
+            WHERE id = %s AND status = 'pending'
+            RETURNING id
+        """,
+        delete=f"DELETE FROM {jobs} WHERE id = %s RETURNING id",
+        stats=stats.format(where=""),
+        stats_types=stats.format(where="WHERE type = ANY(%s)"),
+        claim=claim.format(types=""),
+        claim_types=claim.format(types="AND type = ANY(%(types)s)"),
+        # Many workers' settles in one statement. Each row is fenced on its own
+        # (id, running, attempt, worker); ``idx`` tells the caller which applied.
+        settle=f"""
+            WITH v AS (
+                SELECT * FROM unnest(
+                    %(ids)s::text[], %(workers)s::text[], %(attempts)s::integer[],
+                    %(statuses)s::text[], %(results)s::text[], %(errors)s::text[],
+                    %(delays)s::double precision[], %(execution_times)s::double precision[]
+                ) WITH ORDINALITY AS v(id, worker_id, attempt, status, result, error, delay,
+                                       execution_time, idx)
+            ),
+            upd AS (
+                UPDATE {jobs} AS j SET
+                    status = CASE WHEN v.status IN ('retrying', 'pending') AND j.cancel_requested
+                                  THEN 'cancelled' ELSE v.status END,
+                    attempts = CASE WHEN v.status = 'pending' AND NOT j.cancel_requested
+                                    THEN j.attempts - 1 ELSE j.attempts END,
+                    result = CASE WHEN v.status = 'completed' THEN v.result ELSE j.result END,
+                    last_error = coalesce(v.error, j.last_error),
+                    execution_time = coalesce(v.execution_time, j.execution_time),
+                    completed_at = CASE WHEN v.status IN {_FINAL} OR j.cancel_requested
+                                        THEN now() ELSE j.completed_at END,
+                    run_at = CASE WHEN v.status = 'retrying' AND NOT j.cancel_requested
+                                  THEN now() + v.delay * interval '1 second' ELSE j.run_at END,
+                    ready_at = CASE WHEN v.status = 'retrying' AND NOT j.cancel_requested
+                                    THEN now() + v.delay * interval '1 second'
+                                    ELSE j.ready_at END,
+                    worker_id = NULL,
+                    lease_expires_at = NULL
+                FROM v
+                WHERE j.id = v.id AND j.status = 'running' AND j.attempts = v.attempt
+                    AND j.worker_id = v.worker_id
+                RETURNING v.idx, j.id, j.status, v.delay
+            ),
+            notes AS (
+                {_notify_changed("upd")}
+                UNION ALL
+                SELECT pg_notify(%(work_channel)s, min(delay)::text) FROM upd
+                WHERE status IN ('pending', 'retrying') HAVING count(*) > 0
+            )
+            SELECT idx FROM upd WHERE (SELECT count(*) FROM notes) >= 0
+        """,
+        metadata_for_update=f"""
+            SELECT metadata FROM {jobs}
+            WHERE id = %(id)s AND status = 'running' AND attempts = %(attempt)s
+                AND worker_id = %(worker_id)s
+            FOR UPDATE
+        """,
+        progress=f"""
+            UPDATE {jobs} SET
+                progress = coalesce(%(progress)s, progress),
+                progress_message = CASE
+                    WHEN %(progress)s::double precision IS NULL AND %(message)s::text IS NULL
+                    THEN progress_message ELSE %(message)s END,
+                metadata = coalesce(%(metadata)s, metadata)
+            WHERE id = %(id)s AND status = 'running' AND attempts = %(attempt)s
+                AND worker_id = %(worker_id)s
+            RETURNING id
+        """,
+        heartbeat=f"""
+            UPDATE {jobs} SET lease_expires_at = now() + %(lease)s * interval '1 second'
+            WHERE id = ANY(%(ids)s) AND status = 'running' AND worker_id = %(worker_id)s
+            RETURNING id, cancel_requested
+        """,
+        # SKIP LOCKED: several workers may rescue at once; each expired row is
+        # rescued by exactly one of them, and a row a heartbeat is renewing right
+        # now is re-checked against its new lease.
+        rescue=f"""
+            WITH expired AS MATERIALIZED (
+                SELECT id, worker_id FROM {jobs}
+                WHERE status = 'running' AND lease_expires_at < now()
+                FOR UPDATE SKIP LOCKED
+            ),
+            upd AS (
+                UPDATE {jobs} AS j SET
+                    status = CASE WHEN j.cancel_requested THEN 'cancelled'
+                                  WHEN j.attempts < j.max_attempts THEN 'pending'
+                                  ELSE 'failed' END,
+                    last_error = CASE WHEN j.cancel_requested THEN j.last_error ELSE
+                        json_build_object(
+                            'message', format(
+                                'worker %%s was lost (lease expired) during attempt %%s',
+                                expired.worker_id, j.attempts),
+                            'type', 'WorkerLostError',
+                            'traceback', NULL,
+                            'attempt', j.attempts,
+                            'timestamp', to_char(now() AT TIME ZONE 'UTC',
+                                                 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+                            'retryable', j.attempts < j.max_attempts
+                        )::text END,
+                    completed_at = CASE WHEN j.cancel_requested OR j.attempts >= j.max_attempts
+                                        THEN now() END,
+                    worker_id = NULL,
+                    lease_expires_at = NULL
+                FROM expired WHERE j.id = expired.id
+                RETURNING {returning}
+            ),
+            notes AS (
+                {_notify_changed("upd")}
+                UNION ALL
+                SELECT pg_notify(%(work_channel)s, '0') FROM upd
+                WHERE status = 'pending' HAVING count(*) > 0
+            )
+            SELECT * FROM upd WHERE (SELECT count(*) FROM notes) >= 0
+        """,
+        request_cancel=f"""
+            WITH old AS (
+                SELECT id, status FROM {jobs} WHERE id = %(id)s FOR UPDATE
+            ),
+            upd AS (
+                UPDATE {jobs} AS j SET
+                    status = CASE WHEN old.status = 'running' THEN j.status ELSE 'cancelled' END,
+                    completed_at = CASE WHEN old.status = 'running' THEN j.completed_at
+                                        ELSE now() END,
+                    cancel_requested = true
+                FROM old
+                WHERE j.id = old.id AND old.status IN ('pending', 'retrying', 'running')
+                RETURNING old.status AS old_status
+            ),
+            notes AS (
+                SELECT pg_notify(CASE WHEN old_status = 'running' THEN %(cancel_channel)s
+                                      ELSE %(changed_channel)s END, %(id)s)
+                FROM upd
+            )
+            SELECT old_status FROM upd WHERE (SELECT count(*) FROM notes) >= 0
+        """,
+        list_jobs=f"""
+            SELECT {JOB_COLUMNS} FROM {jobs}
+            WHERE (%(status)s::text IS NULL OR status = %(status)s)
+                AND (%(type)s::text IS NULL OR type = %(type)s)
+            ORDER BY seq DESC
+            LIMIT %(limit)s
+        """,
+        count_unfinished=count_unfinished.format(types=""),
+        count_unfinished_types=count_unfinished.format(types="AND type = ANY(%s)"),
+        requeue=f"""
+            UPDATE {jobs} SET
+                status = 'pending', attempts = 0, started_at = NULL, completed_at = NULL,
+                run_at = NULL, ready_at = now(), result = NULL, progress = NULL,
+                progress_message = NULL, worker_id = NULL, lease_expires_at = NULL,
+                cancel_requested = false
+            WHERE id = %s AND status IN ('failed', 'timeout', 'cancelled')
+            RETURNING id
+        """,
+        purge=f"""
+            DELETE FROM {jobs}
+            WHERE status IN {_FINAL}
+                AND completed_at < now() - %s * interval '1 second'
+        """,
+        notify="SELECT pg_notify(%s, %s)",
+        listen=tuple(f'LISTEN "{channel}"' for channel in channels),
+    )
