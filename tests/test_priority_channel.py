@@ -712,3 +712,21 @@ async def test_matches_a_sorted_list_model(
         send_channel.close()
         with pytest.raises(trio.EndOfChannel):
             receive_channel.receive_nowait()
+
+
+async def test_peek_returns_the_best_item_without_taking_it() -> None:
+    send_channel: PrioritySendChannel[str]
+    receive_channel: PriorityReceiveChannel[str]
+    send_channel, receive_channel = open_priority_channel()
+    with pytest.raises(trio.WouldBlock):
+        receive_channel.peek()
+    send_channel.send_nowait("low", priority=0)
+    send_channel.send_nowait("high-1", priority=2)
+    send_channel.send_nowait("high-2", priority=2)
+    assert receive_channel.peek() == "high-1"
+    assert len(receive_channel) == 3
+    assert receive_channel.receive_nowait() == "high-1"
+    assert receive_channel.peek() == "high-2"
+    receive_channel.close()
+    with pytest.raises(trio.ClosedResourceError):
+        receive_channel.peek()

@@ -6,6 +6,7 @@ events, and a handle to await the result. The same API runs in memory, on an
 embedded SQLite file, or on PostgreSQL shared by many worker processes.
 """
 
+from ._context import JobContext as JobContext
 from ._exceptions import JobCancelledError as JobCancelledError
 from ._exceptions import JobError as JobError
 from ._exceptions import JobFailedError as JobFailedError
@@ -14,6 +15,7 @@ from ._exceptions import JobTimeoutError as JobTimeoutError
 from ._exceptions import RunnerClosedError as RunnerClosedError
 from ._exceptions import RunnerStoppedError as RunnerStoppedError
 from ._exceptions import UnknownJobTypeError as UnknownJobTypeError
+from ._handle import JobHandle as JobHandle
 from ._records import ErrorInfo as ErrorInfo
 from ._records import Job as Job
 from ._records import JobPriority as JobPriority
@@ -26,6 +28,7 @@ from ._retry import compute_delay as compute_delay
 from ._retry import is_retryable_error as is_retryable_error
 from ._retry import retry as retry
 from ._retry import with_retry as with_retry
+from ._runner import JobRunner as JobRunner
 from .storage import CancelOutcome as CancelOutcome
 from .storage import Heartbeat as Heartbeat
 from .storage import JobStorage as JobStorage
@@ -36,6 +39,10 @@ from .storage import SQLiteStorage as SQLiteStorage
 __version__ = "0.1.0"
 
 __all__ = [
+    # running jobs
+    "JobContext",
+    "JobHandle",
+    "JobRunner",
     # records and enums
     "ErrorInfo",
     "Job",

@@ -439,6 +439,17 @@ class PriorityReceiveChannel(trio.abc.ReceiveChannel[T]):
         # Senders reschedule us with exactly one of their values.
         return cast(T, await trio.lowlevel.wait_task_rescheduled(abort_fn))
 
+    def _best_entry(self) -> _Entry[T] | None:
+        if self._closed:
+            raise trio.ClosedResourceError("this receive channel is closed")
+        state = self._state
+        best: _Entry[T] | None = state.heap[0] if state.heap else None
+        if state.send_waiters:
+            _, waiting = next(iter(state.send_waiters.values()))
+            if best is None or waiting < best:
+                best = waiting
+        return best
+
     def peek_priority(self) -> int | None:
         """Return the priority of the item ``receive_nowait`` would take, without taking it.
 
@@ -460,15 +471,30 @@ class PriorityReceiveChannel(trio.abc.ReceiveChannel[T]):
             trio.ClosedResourceError: If this endpoint is closed.
 
         """
-        if self._closed:
-            raise trio.ClosedResourceError("this receive channel is closed")
-        state = self._state
-        best: _Entry[T] | None = state.heap[0] if state.heap else None
-        if state.send_waiters:
-            _, waiting = next(iter(state.send_waiters.values()))
-            if best is None or waiting < best:
-                best = waiting
+        best = self._best_entry()
         return None if best is None else best[-2]
+
+    def peek(self) -> T:
+        """Return the item ``receive_nowait`` would take, without taking it.
+
+        Example:
+            >>> send_channel, receive_channel = open_priority_channel()
+            >>> send_channel.send_nowait("low", priority=0)
+            >>> send_channel.send_nowait("high", priority=2)
+            >>> receive_channel.peek()
+            'high'
+            >>> len(receive_channel)
+            2
+
+        Raises:
+            trio.WouldBlock: If there is no item.
+            trio.ClosedResourceError: If this endpoint is closed.
+
+        """
+        best = self._best_entry()
+        if best is None:
+            raise trio.WouldBlock
+        return best[-1]
 
     @enable_ki_protection
     def clone(self) -> PriorityReceiveChannel[T]:

@@ -1,5 +1,592 @@
-"""Placeholder: the owner of this store replaces this file."""
+"""The in-memory store: the default, event-driven, and as cheap per job as we can make it."""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import Counter
+from collections.abc import Collection, Mapping
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Self, final
+
+import trio
+
+from .._priority_channel import PriorityReceiveChannel, PrioritySendChannel, open_priority_channel
+from .._records import ErrorInfo, Job, JobStats, JobStatus, replace, utcnow
+from ._base import CancelOutcome, Heartbeat
+
+_WAITING = (JobStatus.PENDING, JobStatus.RETRYING)
+_UNFINISHED = frozenset({JobStatus.PENDING, JobStatus.RETRYING, JobStatus.RUNNING})
+_RUNNING = JobStatus.RUNNING
 
 
+def worker_lost_error(worker_id: str, attempt: int) -> ErrorInfo:
+    """The error recorded on a job whose worker stopped renewing its lease."""
+    return ErrorInfo(
+        message=f"worker {worker_id} was lost (lease expired) during attempt {attempt}",
+        type="WorkerLostError",
+        attempt=attempt,
+        retryable=True,
+    )
+
+
+class _Queue:
+    """The ready jobs of one type."""
+
+    __slots__ = ("receive", "send")
+
+    def __init__(self) -> None:
+        self.send: PrioritySendChannel[tuple[int, str]]
+        self.receive: PriorityReceiveChannel[tuple[int, str]]
+        self.send, self.receive = open_priority_channel()
+
+
+@final
 class MemoryStorage:
-    """Placeholder."""
+    """Keeps jobs in this process's memory: fast, and gone when the process ends.
+
+    The default store of :class:`JobRunner`. It is event-driven: a submit wakes the
+    scheduler at once, and delays, retry backoffs and leases are timed on the Trio
+    clock, so :class:`trio.testing.MockClock` drives them in tests. One store may be
+    shared by several runners and clients *in the same process*.
+
+    Args:
+        lease_duration: Seconds a claim stays valid without a heartbeat.
+    """
+
+    def __init__(self, *, lease_duration: float = 30.0) -> None:
+        if isinstance(lease_duration, bool) or not isinstance(lease_duration, int | float):
+            raise TypeError(f"lease_duration must be a number of seconds, got {lease_duration!r}")
+        if math.isnan(lease_duration) or lease_duration <= 0:
+            raise ValueError(f"lease_duration must be > 0, got {lease_duration!r}")
+        self._lease_duration = float(lease_duration)
+        self._jobs: dict[str, Job[Any]] = {}
+        self._seq = 0
+        # Ready jobs: a priority channel per job type (best first, FIFO within a
+        # priority), carrying (seq, job_id). An entry is live while _queued maps its
+        # job to its seq: cancelling a queued job just forgets it.
+        self._ready: dict[str, _Queue] = {}
+        self._queued: dict[str, int] = {}
+        # Delayed jobs (delays and retry backoffs), by due time on the Trio clock.
+        self._delayed: list[tuple[float, int, str]] = []
+        self._scheduled: dict[str, int] = {}
+        self._leases: dict[str, tuple[str, float]] = {}
+        self._cancel_requested: set[str] = set()
+        self._counts: Counter[JobStatus] = Counter()
+        self._unfinished_by_type: Counter[str] = Counter()
+        self._completed_time = 0.0
+        self._completed_timed = 0
+        self._work = trio.Event()
+        self._cancel_signal = trio.Event()
+        self._watchers: dict[str, trio.Event] = {}
+
+    @property
+    def lease_duration(self) -> float:
+        """Seconds a claim stays valid without a heartbeat (Trio clock)."""
+        return self._lease_duration
+
+    async def open(self) -> None:
+        """Nothing to open; present for the protocol."""
+        await trio.lowlevel.checkpoint()
+
+    async def close(self) -> None:
+        """Nothing to close; the jobs stay readable."""
+        await trio.lowlevel.checkpoint()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- bookkeeping: every write goes through _put ---------------------------------
+
+    def _put(self, job: Job[Any]) -> None:
+        old = self._jobs.get(job.id)
+        if old is not None:
+            self._uncount(old)
+        self._jobs[job.id] = job
+        status = job.status
+        self._counts[status] += 1
+        if status in _UNFINISHED:
+            self._unfinished_by_type[job.type] += 1
+        elif status is JobStatus.COMPLETED and job.execution_time is not None:
+            self._completed_time += job.execution_time
+            self._completed_timed += 1
+        watcher = self._watchers.pop(job.id, None)
+        if watcher is not None:
+            watcher.set()
+
+    def _uncount(self, job: Job[Any]) -> None:
+        status = job.status
+        self._counts[status] -= 1
+        if status in _UNFINISHED:
+            self._unfinished_by_type[job.type] -= 1
+        elif status is JobStatus.COMPLETED and job.execution_time is not None:
+            self._completed_time -= job.execution_time
+            self._completed_timed -= 1
+
+    def _enqueue(self, job: Job[Any], delay: float) -> None:
+        self._seq = seq = self._seq + 1
+        if delay > 0:
+            self._scheduled[job.id] = seq
+            heapq.heappush(self._delayed, (trio.current_time() + delay, seq, job.id))
+        else:
+            self._push_ready(job, seq)
+        self._work.set()
+
+    def _push_ready(self, job: Job[Any], seq: int) -> None:
+        self._queued[job.id] = seq
+        queue = self._ready.get(job.type)
+        if queue is None:
+            queue = self._ready[job.type] = _Queue()
+        queue.send.send_nowait((seq, job.id), job.priority)
+
+    def _unqueue(self, job_id: str) -> None:
+        self._queued.pop(job_id, None)
+        self._scheduled.pop(job_id, None)
+
+    def _release_due(self) -> None:
+        delayed = self._delayed
+        if not delayed:
+            return
+        now = trio.current_time()
+        while delayed and delayed[0][0] <= now:
+            _, seq, job_id = heapq.heappop(delayed)
+            if self._scheduled.get(job_id) == seq:
+                del self._scheduled[job_id]
+                self._push_ready(self._jobs[job_id], seq)
+
+    def _best_queue(self, job_types: Collection[str] | None) -> _Queue | None:
+        """Return the queue holding the best ready job among ``job_types``."""
+        queued = self._queued
+        best: _Queue | None = None
+        best_key = (0, 0)
+        for job_type, queue in self._ready.items():
+            if job_types is not None and job_type not in job_types:
+                continue
+            receive = queue.receive
+            while len(receive):
+                seq, job_id = receive.peek()
+                if queued.get(job_id) == seq:
+                    key = (-(receive.peek_priority() or 0), seq)
+                    if best is None or key < best_key:
+                        best, best_key = queue, key
+                    break
+                receive.receive_nowait()  # a cancelled or re-queued job's old entry
+        return best
+
+    def _finish(self, job: Job[Any], **changes: Any) -> Job[Any]:
+        self._unqueue(job.id)
+        self._leases.pop(job.id, None)
+        self._cancel_requested.discard(job.id)
+        new = replace(job, **changes)
+        self._put(new)
+        return new
+
+    # -- the seed's methods ----------------------------------------------------------
+
+    async def save(self, job: Job[Any], *, delay: float = 0.0) -> None:
+        """Insert a new job, claimable ``delay`` seconds from now (Trio clock).
+
+        Raises:
+            ValueError: a job with this id exists already.
+        """
+        await trio.lowlevel.checkpoint()
+        if job.id in self._jobs:
+            raise ValueError(f"a job with id {job.id!r} exists already")
+        self._put(job)
+        if job.status in _WAITING:
+            self._enqueue(job, delay)
+
+    async def update(self, job: Job[Any]) -> None:
+        """Overwrite a job's record (administrative; not fenced)."""
+        await trio.lowlevel.checkpoint()
+        self._unqueue(job.id)
+        self._put(job)
+        if job.status in _WAITING:
+            delay = 0.0
+            if job.run_at is not None:
+                delay = max(0.0, (job.run_at - utcnow()).total_seconds())
+            self._enqueue(job, delay)
+
+    async def get(self, job_id: str) -> Job[Any] | None:
+        """Return the job's current snapshot, or ``None``."""
+        await trio.lowlevel.checkpoint()
+        return self._jobs.get(job_id)
+
+    async def get_next_pending(self, limit: int) -> list[Job[Any]]:
+        """Return up to ``limit`` ready jobs in claim order, without claiming them."""
+        await trio.lowlevel.checkpoint()
+        self._release_due()
+        jobs = self._jobs
+        best = heapq.nsmallest(
+            limit, self._queued.items(), key=lambda item: (-jobs[item[0]].priority, item[1])
+        )
+        return [jobs[job_id] for job_id, _ in best]
+
+    async def get_by_status(self, status: JobStatus, limit: int | None = None) -> list[Job[Any]]:
+        """Return jobs with ``status``, oldest first."""
+        await trio.lowlevel.checkpoint()
+        status = JobStatus(status)
+        found = [job for job in self._jobs.values() if job.status is status]
+        return found if limit is None else found[:limit]
+
+    async def mark_running(self, job_id: str) -> bool:
+        """Move a PENDING job to RUNNING (no lease); True only for the caller that did it."""
+        await trio.lowlevel.checkpoint()
+        job = self._jobs.get(job_id)
+        if job is None or job.status is not JobStatus.PENDING:
+            return False
+        self._unqueue(job_id)
+        self._put(replace(job, status=_RUNNING, attempts=job.attempts + 1, started_at=utcnow()))
+        return True
+
+    async def delete(self, job_id: str) -> bool:
+        """Remove a job; True when it existed."""
+        await trio.lowlevel.checkpoint()
+        job = self._jobs.pop(job_id, None)
+        if job is None:
+            return False
+        self._uncount(job)
+        self._unqueue(job_id)
+        self._leases.pop(job_id, None)
+        self._cancel_requested.discard(job_id)
+        watcher = self._watchers.pop(job_id, None)
+        if watcher is not None:
+            watcher.set()
+        return True
+
+    async def get_stats(self, job_types: Collection[str] | None = None) -> JobStats:
+        """Count jobs by status (over ``job_types`` only, when given)."""
+        await trio.lowlevel.checkpoint()
+        if job_types is None:
+            counts = self._counts
+            timed, total_time = self._completed_timed, self._completed_time
+        else:
+            types = set(job_types)
+            jobs = [job for job in self._jobs.values() if job.type in types]
+            counts = Counter(job.status for job in jobs)
+            times = [
+                job.execution_time
+                for job in jobs
+                if job.status is JobStatus.COMPLETED and job.execution_time is not None
+            ]
+            timed, total_time = len(times), sum(times)
+        final = sum(counts[s] for s in JobStatus if s.is_final)
+        return JobStats(
+            pending=counts[JobStatus.PENDING],
+            running=counts[JobStatus.RUNNING],
+            retrying=counts[JobStatus.RETRYING],
+            completed=counts[JobStatus.COMPLETED],
+            failed=counts[JobStatus.FAILED],
+            cancelled=counts[JobStatus.CANCELLED],
+            timeout=counts[JobStatus.TIMEOUT],
+            total_processed=final,
+            average_execution_time=total_time / timed if timed else None,
+        )
+
+    # -- claims, leases, fenced writes -----------------------------------------------
+
+    async def claim(
+        self, worker_id: str, limit: int, job_types: Collection[str] | None = None
+    ) -> list[Job[Any]]:
+        """Claim up to ``limit`` ready jobs: best priority first, FIFO within one."""
+        await trio.lowlevel.checkpoint()
+        return self.claim_nowait(worker_id, limit, job_types)
+
+    def claim_nowait(
+        self, worker_id: str, limit: int, job_types: Collection[str] | None = None
+    ) -> list[Job[Any]]:
+        """Like :meth:`claim`, without a checkpoint: the runner's fast path.
+
+        A store whose operations never block may offer ``claim_nowait`` and
+        ``settle_nowait``; the runner then skips a trip through Trio's scheduler per
+        job (its loops checkpoint elsewhere).
+        """
+        self._release_due()
+        queued, jobs = self._queued, self._jobs
+        claimed: list[Job[Any]] = []
+        now = utcnow()
+        expires = trio.current_time() + self._lease_duration
+        while len(claimed) < limit:
+            queue = self._best_queue(job_types)
+            if queue is None:
+                break
+            _, job_id = queue.receive.receive_nowait()
+            del queued[job_id]
+            job = jobs[job_id]
+            running = replace(job, status=_RUNNING, attempts=job.attempts + 1, started_at=now)
+            self._put(running)
+            self._leases[job_id] = (worker_id, expires)
+            claimed.append(running)
+        if len(claimed) < limit and self._work.is_set():
+            self._work = trio.Event()
+        return claimed
+
+    def _held(self, job_id: str, worker_id: str, attempt: int) -> Job[Any] | None:
+        job = self._jobs.get(job_id)
+        lease = self._leases.get(job_id)
+        if (
+            job is None
+            or job.status is not _RUNNING
+            or job.attempts != attempt
+            or lease is None
+            or lease[0] != worker_id
+        ):
+            return None
+        return job
+
+    async def settle(
+        self,
+        job_id: str,
+        *,
+        worker_id: str,
+        attempt: int,
+        status: JobStatus,
+        result: Any = None,
+        error: ErrorInfo | None = None,
+        delay: float = 0.0,
+        execution_time: float | None = None,
+    ) -> bool:
+        """End an attempt if the claim is still held; see :meth:`JobStorage.settle`."""
+        await trio.lowlevel.checkpoint()
+        return self.settle_nowait(
+            job_id,
+            worker_id=worker_id,
+            attempt=attempt,
+            status=status,
+            result=result,
+            error=error,
+            delay=delay,
+            execution_time=execution_time,
+        )
+
+    def settle_nowait(
+        self,
+        job_id: str,
+        *,
+        worker_id: str,
+        attempt: int,
+        status: JobStatus,
+        result: Any = None,
+        error: ErrorInfo | None = None,
+        delay: float = 0.0,
+        execution_time: float | None = None,
+    ) -> bool:
+        """Like :meth:`settle`, without a checkpoint: the runner's fast path."""
+        job = self._held(job_id, worker_id, attempt)
+        if job is None:
+            return False
+        last_error = error if error is not None else job.last_error
+        if status in _WAITING and job_id in self._cancel_requested:
+            status = JobStatus.CANCELLED
+        if status is JobStatus.COMPLETED:
+            self._finish(
+                job,
+                status=status,
+                result=result,
+                completed_at=utcnow(),
+                execution_time=execution_time,
+            )
+        elif status.is_final:
+            self._finish(
+                job,
+                status=status,
+                last_error=last_error,
+                completed_at=utcnow(),
+                execution_time=execution_time,
+            )
+        elif status is JobStatus.RETRYING:
+            self._leases.pop(job_id, None)
+            waiting = replace(
+                job,
+                status=status,
+                last_error=last_error,
+                run_at=utcnow() + timedelta(seconds=delay),
+                execution_time=execution_time,
+            )
+            self._put(waiting)
+            self._enqueue(waiting, delay)
+        elif status is JobStatus.PENDING:
+            self._leases.pop(job_id, None)
+            back = replace(job, status=status, attempts=job.attempts - 1)
+            self._put(back)
+            self._enqueue(back, 0.0)
+        else:
+            raise ValueError(f"cannot settle an attempt as {status}")
+        return True
+
+    async def record_progress(
+        self,
+        job_id: str,
+        *,
+        worker_id: str,
+        attempt: int,
+        progress: float | None = None,
+        message: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Store progress and merge metadata, if the claim is still held."""
+        await trio.lowlevel.checkpoint()
+        job = self._held(job_id, worker_id, attempt)
+        if job is None:
+            return False
+        merged = {**job.metadata, **metadata} if metadata else job.metadata
+        self._put(replace(job, progress=progress, progress_message=message, metadata=merged))
+        return True
+
+    async def heartbeat(self, worker_id: str, job_ids: Collection[str]) -> Heartbeat:
+        """Renew ``worker_id``'s leases; report cancellation requests and lost jobs."""
+        await trio.lowlevel.checkpoint()
+        expires = trio.current_time() + self._lease_duration
+        held: set[str] = set()
+        for job_id, (owner, _) in list(self._leases.items()):
+            if owner == worker_id:
+                self._leases[job_id] = (owner, expires)
+                held.add(job_id)
+        return Heartbeat(
+            cancel_requested=frozenset(held & self._cancel_requested),
+            lost=frozenset(set(job_ids) - held),
+        )
+
+    async def rescue_expired(self) -> list[Job[Any]]:
+        """Recover jobs whose lease expired; see :meth:`JobStorage.rescue_expired`."""
+        await trio.lowlevel.checkpoint()
+        now = trio.current_time()
+        rescued: list[Job[Any]] = []
+        for job_id, (owner, expires) in list(self._leases.items()):
+            if expires >= now:
+                continue
+            job = self._jobs[job_id]
+            error = worker_lost_error(owner, job.attempts)
+            if job_id in self._cancel_requested:
+                new = self._finish(job, status=JobStatus.CANCELLED, completed_at=utcnow())
+            elif job.attempts >= job.max_attempts:
+                new = self._finish(
+                    job, status=JobStatus.FAILED, last_error=error, completed_at=utcnow()
+                )
+            else:
+                del self._leases[job_id]
+                new = replace(job, status=JobStatus.PENDING, last_error=error)
+                self._put(new)
+                self._enqueue(new, 0.0)
+            rescued.append(new)
+        return rescued
+
+    async def request_cancel(self, job_id: str) -> CancelOutcome:
+        """Cancel a waiting job at once, or flag a running one for its worker."""
+        await trio.lowlevel.checkpoint()
+        job = self._jobs.get(job_id)
+        if job is None or job.status.is_final:
+            return CancelOutcome.NOTHING
+        if job.status is _RUNNING:
+            self._cancel_requested.add(job_id)
+            self._cancel_signal.set()
+            return CancelOutcome.REQUESTED
+        self._finish(job, status=JobStatus.CANCELLED, completed_at=utcnow())
+        return CancelOutcome.CANCELLED
+
+    # -- waiting ---------------------------------------------------------------------
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return when a job is saved or a delay ends, or after ``timeout`` seconds."""
+        self._release_due()
+        if self._best_queue(None) is not None:
+            await trio.lowlevel.checkpoint()
+            return
+        deadline = trio.current_time() + timeout
+        if self._delayed:
+            deadline = min(deadline, self._delayed[0][0])
+        with trio.move_on_at(deadline):
+            await self._work.wait()
+
+    async def wait_for_cancel_request(self, timeout: float) -> None:
+        """Return when a running job's cancellation is requested, or after ``timeout``."""
+        with trio.move_on_after(timeout):
+            await self._cancel_signal.wait()
+        if self._cancel_signal.is_set():
+            self._cancel_signal = trio.Event()
+
+    async def wait_for_change(self, job_id: str, timeout: float) -> None:
+        """Return when ``job_id`` changes, or after ``timeout`` seconds."""
+        watcher = self._watchers.get(job_id)
+        if watcher is None:
+            watcher = self._watchers[job_id] = trio.Event()
+        with trio.move_on_after(timeout):
+            await watcher.wait()
+
+    # -- administration --------------------------------------------------------------
+
+    async def list_jobs(
+        self,
+        *,
+        status: JobStatus | None = None,
+        job_type: str | None = None,
+        limit: int | None = None,
+    ) -> list[Job[Any]]:
+        """Return jobs, newest first, filtered by status and type."""
+        await trio.lowlevel.checkpoint()
+        found: list[Job[Any]] = []
+        for job in reversed(self._jobs.values()):
+            if status is not None and job.status != status:
+                continue
+            if job_type is not None and job.type != job_type:
+                continue
+            found.append(job)
+            if limit is not None and len(found) >= limit:
+                break
+        return found
+
+    async def count_unfinished(self, job_types: Collection[str] | None = None) -> int:
+        """Count jobs that are PENDING, RETRYING or RUNNING."""
+        await trio.lowlevel.checkpoint()
+        by_type = self._unfinished_by_type
+        if job_types is None:
+            return sum(by_type.values())
+        return sum(by_type[t] for t in job_types)
+
+    async def requeue(self, job_id: str) -> bool:
+        """Give a FAILED, TIMEOUT or CANCELLED job a fresh start."""
+        await trio.lowlevel.checkpoint()
+        job = self._jobs.get(job_id)
+        if job is None or job.status not in (
+            JobStatus.FAILED,
+            JobStatus.TIMEOUT,
+            JobStatus.CANCELLED,
+        ):
+            return False
+        fresh = replace(
+            job,
+            status=JobStatus.PENDING,
+            attempts=0,
+            started_at=None,
+            completed_at=None,
+            run_at=None,
+            result=None,
+            progress=None,
+            progress_message=None,
+        )
+        self._put(fresh)
+        self._enqueue(fresh, 0.0)
+        return True
+
+    async def purge(self, older_than: float) -> int:
+        """Delete final jobs completed more than ``older_than`` seconds ago."""
+        await trio.lowlevel.checkpoint()
+        cutoff = utcnow() - timedelta(seconds=older_than)
+        old = [
+            job.id
+            for job in self._jobs.values()
+            if job.status.is_final and job.completed_at is not None and job.completed_at < cutoff
+        ]
+        for job_id in old:
+            self._uncount(self._jobs.pop(job_id))
+        return len(old)
