@@ -6,6 +6,7 @@ events, and a handle to await the result. The same API runs in memory, on an
 embedded SQLite file, or on PostgreSQL shared by many worker processes.
 """
 
+from ._client import JobClient as JobClient
 from ._context import JobContext as JobContext
 from ._exceptions import JobCancelledError as JobCancelledError
 from ._exceptions import JobError as JobError
@@ -40,6 +41,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     # running jobs
+    "JobClient",
     "JobContext",
     "JobHandle",
     "JobRunner",
