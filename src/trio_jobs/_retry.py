@@ -19,7 +19,7 @@ T = TypeVar("T")
 PosArgsT = TypeVarTuple("PosArgsT")
 
 
-class RetryStrategy(str, enum.Enum):  # noqa: UP042 - the (str, Enum) base API.md spells
+class RetryStrategy(str, enum.Enum):
     """How the wait between attempts grows. See :func:`compute_delay` for the formulas."""
 
     IMMEDIATE = "immediate"
