@@ -10,6 +10,7 @@ import trio_jobs
 
 EXPECTED = {
     # running jobs
+    "JobClient",
     "JobContext",
     "JobHandle",
     "JobRunner",
