@@ -1,5 +1,1103 @@
-"""Placeholder: the owner of this store replaces this file."""
+"""SQLiteStorage: a durable job store in one SQLite file, shared by the processes of one machine.
+
+How it talks to SQLite: one stdlib :mod:`sqlite3` connection per store object, used
+from worker threads (``trio.to_thread``) by one thread at a time (a
+:class:`trio.Lock`). The file is in WAL mode, so readers never block the writer,
+with ``synchronous=NORMAL`` (a commit is durable against a process crash; a power
+cut may lose the last commits, never corrupt the file) and a busy timeout, so
+writers of several processes queue for the write lock instead of failing.
+
+Every write is a ``BEGIN IMMEDIATE`` transaction, so a claim selects and marks its
+jobs under the write lock and two claimers (threads or processes) can never take the
+same job. Writes from many tasks are *group-committed*: concurrent ``settle``,
+``save`` and other writes queue up, and whichever caller finds no flush in progress
+runs the whole queue in one thread call and one transaction, each caller getting
+its own result. Claims run in a transaction of their own, so that a claim's result
+always reaches its caller even when the caller is cancelled mid-flight (a claimed
+job nobody knows about would only come back after its lease expired).
+
+Times in the database are wall-clock unix seconds (``REAL``); ``run_at`` is always
+set (a job saved without delay is eligible from its save time), so the claim order
+"priority, then ``run_at``, then insertion order" is one index scan.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import math
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Final, Generic, Self, TypeVar, cast
+
+import trio
+
+from .._records import ErrorInfo, Job, JobStats, JobStatus
+from ._base import CancelOutcome, Heartbeat
+from ._codec import (
+    decode_error,
+    decode_json,
+    decode_retry,
+    encode_error,
+    encode_json,
+    encode_retry,
+)
+
+T = TypeVar("T")
+
+#: How long a writer waits for another connection's write lock before giving up.
+BUSY_TIMEOUT: Final = 5.0
+
+# Each migration is a list of statements; migration N brings the schema from
+# version N-1 to N. Append new ones, never edit or remove applied ones.
+_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    (
+        """
+        CREATE TABLE jobs (
+            seq              INTEGER PRIMARY KEY,  -- insertion order (rowid)
+            id               TEXT    NOT NULL UNIQUE,
+            type             TEXT    NOT NULL,
+            payload          TEXT,                 -- JSON
+            status           TEXT    NOT NULL,
+            priority         INTEGER NOT NULL,
+            attempts         INTEGER NOT NULL,
+            max_attempts     INTEGER NOT NULL,
+            created_at       REAL    NOT NULL,     -- unix seconds, UTC
+            started_at       REAL,
+            completed_at     REAL,
+            run_at           REAL    NOT NULL,     -- eligible from
+            timeout          REAL,
+            last_error       TEXT,                 -- JSON ErrorInfo
+            result           TEXT,                 -- JSON
+            execution_time   REAL,
+            progress         REAL,
+            progress_message TEXT,
+            metadata         TEXT    NOT NULL,     -- JSON object
+            tenant_id        TEXT,
+            retry            TEXT,                 -- JSON RetryConfig
+            worker_id        TEXT,
+            lease_expires_at REAL,
+            cancel_requested INTEGER NOT NULL DEFAULT 0
+        )
+        """,
+        # The claim order; partial, so finished jobs cost nothing, and a claim
+        # walks it in order and stops after `limit` rows (no sort). Queries name
+        # it with INDEXED BY: the planner, misled by the status index, would
+        # otherwise sort every ready job on each claim.
+        """
+        CREATE INDEX jobs_ready ON jobs (priority DESC, run_at, seq, type)
+            WHERE status IN ('pending', 'retrying')
+        """,
+        "CREATE INDEX jobs_leases ON jobs (lease_expires_at) WHERE status = 'running'",
+        "CREATE INDEX jobs_status ON jobs (status, type)",
+    ),
+)
+
+#: The schema version this code writes.
+SCHEMA_VERSION: Final = len(_MIGRATIONS)
+
+_COLUMN_NAMES: Final = (
+    "id", "type", "payload", "status", "priority", "attempts", "max_attempts", "created_at",
+    "started_at", "completed_at", "run_at", "timeout", "last_error", "result", "execution_time",
+    "progress", "progress_message", "metadata", "tenant_id", "retry",
+)  # fmt: skip
+_COLUMNS: Final = ", ".join(_COLUMN_NAMES)
+_INSERT: Final = f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * len(_COLUMN_NAMES))})"
+_SELECT: Final = f"SELECT {_COLUMNS} FROM jobs"
+_READY: Final = "status IN ('pending', 'retrying')"
+_CLAIM_ORDER: Final = "ORDER BY priority DESC, run_at, seq"
+_FINAL_STATUSES: Final = "('completed', 'failed', 'cancelled', 'timeout')"
+_FENCE: Final = "id = ? AND status = 'running' AND attempts = ? AND worker_id = ?"
+
+# Primary SQLite result codes (``exc.sqlite_errorcode & 0xFF``).
+_SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 3, 5, 6, 8
+_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN = 10, 11, 13, 14
+_SQLITE_NOTADB = 26
+
+_Op = Callable[[sqlite3.Connection, float], T]
+
+
+class _Entry(Generic[T]):
+    """One queued write of the group commit, and what became of it."""
+
+    __slots__ = ("abandoned", "done", "error", "op", "value")
+
+    def __init__(self, op: _Op[T]) -> None:
+        self.op = op
+        self.value: T | None = None
+        self.error: BaseException | None = None
+        self.done = False
+        # Its caller gave up (was cancelled) after a flusher had taken it.
+        self.abandoned = False
 
 
 class SQLiteStorage:
-    """Placeholder."""
+    """A durable job store in one SQLite file: jobs survive restarts and crashes.
+
+    Several processes on one machine may share the file: each claims jobs
+    atomically, holds them under a lease renewed by :meth:`heartbeat`, and a job
+    whose worker died comes back through :meth:`rescue_expired`. Payloads, results
+    and metadata are stored as JSON. The tables are created (and migrated, never
+    destructively) by :meth:`open`; use the store as ``async with SQLiteStorage(p)
+    as store:``, or hand it to a runner, which opens and closes it.
+
+    ``run_at`` on the records it returns is always set: the wall-clock time from
+    which the job is (or was) eligible to run, its save time when it had no delay.
+
+    Args:
+        path: The database file; created when missing (its directory must exist).
+            ``":memory:"`` gives a private in-memory database (tests).
+        lease_duration: Seconds a claim stays valid without a heartbeat.
+
+    Raises:
+        TypeError: ``path`` is not a ``str`` or ``os.PathLike[str]``, or
+            ``lease_duration`` is not a number.
+        ValueError: ``lease_duration`` is not positive and finite.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, lease_duration: float = 30.0) -> None:
+        fspath = os.fspath(path) if isinstance(path, str | os.PathLike) else None
+        if not isinstance(fspath, str):
+            raise TypeError(f"path must be a str or os.PathLike[str], got {path!r}")
+        if isinstance(lease_duration, bool) or not isinstance(lease_duration, int | float):
+            raise TypeError(f"lease_duration must be a number, got {lease_duration!r}")
+        if not 0 < lease_duration < math.inf:
+            raise ValueError(f"lease_duration must be positive and finite, got {lease_duration!r}")
+        self._path = fspath
+        self._lease = float(lease_duration)
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+        # The connection is used by one thread at a time: whoever holds the lock.
+        self._lock = trio.Lock()
+        self._thread_limiter = trio.CapacityLimiter(1)
+        # Group commit: writes wait in the queue; one flusher at a time runs it all.
+        self._queue: list[_Entry[Any]] = []
+        self._flushing = False
+        self._round_done = trio.Event()
+        # Local wake-ups for wait_for_work / wait_for_change.
+        self._work = trio.Event()
+        self._work_flag = False
+        self._due: list[float] = []
+        self._changes: dict[str, trio.Event] = {}
+        self._cancel_signal = trio.Event()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStorage({self._path!r}, lease_duration={self._lease!r})"
+
+    @property
+    def path(self) -> str:
+        """The database file's path, as given."""
+        return self._path
+
+    @property
+    def lease_duration(self) -> float:
+        """Seconds a claim stays valid without a heartbeat."""
+        return self._lease
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect, switch to WAL, and create or migrate the tables. Idempotent.
+
+        Raises:
+            FileNotFoundError: The file's directory does not exist.
+            OSError: The file cannot be opened or written (permissions, not a file).
+            ValueError: The file is not a SQLite database, is corrupt, or holds a
+                schema this version does not know (another program's, or a newer
+                trio_jobs's).
+            TimeoutError: Another connection held the database locked for longer
+                than the busy timeout.
+        """
+        async with self._lock:
+            if self._conn is None:
+                self._conn = await self._in_thread(self._connect)
+                self._closed = False
+
+    async def close(self) -> None:
+        """Close the connection. Idempotent; the store may be opened again."""
+        # Shielded: a cancelled close must still release the connection, and the
+        # only wait is for a short query in flight.
+        with trio.CancelScope(shield=True):
+            async with self._lock:
+                conn, self._conn = self._conn, None
+                self._closed = True
+                if conn is not None:
+                    await trio.to_thread.run_sync(conn.close, limiter=self._thread_limiter)
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- the seed's methods ---------------------------------------------------------
+
+    async def save(self, job: Job[Any], *, delay: float = 0.0) -> None:
+        """Insert a new job, claimable ``delay`` seconds from now.
+
+        Concurrent saves are committed together in one transaction.
+
+        Raises:
+            TypeError: The payload, metadata or result is not JSON-encodable (the
+                message names the field); nothing is stored.
+            ValueError: A job with this id exists already, or ``delay`` is negative.
+        """
+        _check_delay(delay)
+        values = _encode_record(job)
+
+        def op(conn: sqlite3.Connection, now: float) -> float:
+            run_at = now + delay
+            try:
+                conn.execute(_INSERT, (*values[:10], run_at, *values[11:]))
+            except sqlite3.IntegrityError:
+                raise ValueError(f"a job with id {job.id!r} exists already") from None
+            return run_at
+
+        run_at = await self._write(op)
+        self._changed(job.id)
+        self._work_at(run_at if delay > 0 else None)
+
+    async def update(self, job: Job[Any]) -> None:
+        """Overwrite a job's record unconditionally, or insert it (administrative).
+
+        Not fenced: a worker's claim on the job stays in place while the new record
+        says RUNNING and is dropped otherwise. A record without ``run_at`` keeps the
+        stored one.
+
+        Raises:
+            TypeError: The payload, metadata or result is not JSON-encodable.
+        """
+        values = _encode_record(job)
+        keep_claim = job.status is JobStatus.RUNNING
+        assignments = ", ".join(
+            "run_at = COALESCE(?, run_at)" if name == "run_at" else f"{name} = ?"
+            for name in _COLUMN_NAMES[1:]
+        )
+
+        def op(conn: sqlite3.Connection, now: float) -> None:
+            cur = conn.execute(
+                f"UPDATE jobs SET {assignments},"
+                " worker_id = CASE WHEN ? THEN worker_id END,"
+                " lease_expires_at = CASE WHEN ? THEN lease_expires_at END,"
+                " cancel_requested = CASE WHEN ? THEN cancel_requested ELSE 0 END"
+                " WHERE id = ?",
+                (*values[1:], keep_claim, keep_claim, keep_claim, job.id),
+            )
+            if cur.rowcount == 0:
+                run_at = now if values[10] is None else values[10]
+                conn.execute(_INSERT, (*values[:10], run_at, *values[11:]))
+
+        await self._write(op)
+        self._changed(job.id)
+        self._work_at(None)
+
+    async def get(self, job_id: str) -> Job[Any] | None:
+        """Return the job's current snapshot, or ``None`` for an unknown id."""
+        rows = await self._read(f"{_SELECT} WHERE id = ?", (job_id,))
+        return _job_from_row(rows[0]) if rows else None
+
+    async def get_next_pending(self, limit: int) -> list[Job[Any]]:
+        """Return (without claiming) up to ``limit`` ready jobs in claim order."""
+        if limit <= 0:
+            await trio.lowlevel.checkpoint()
+            return []
+        rows = await self._read(
+            f"{_SELECT} INDEXED BY jobs_ready"
+            f" WHERE {_READY} AND run_at <= ? {_CLAIM_ORDER} LIMIT ?",
+            (time.time(), limit),
+        )
+        return [_job_from_row(row) for row in rows]
+
+    async def get_by_status(self, status: JobStatus, limit: int | None = None) -> list[Job[Any]]:
+        """Return jobs with ``status``, oldest first."""
+        rows = await self._read(
+            f"{_SELECT} WHERE status = ? ORDER BY seq LIMIT ?",
+            (JobStatus(status).value, _sql_limit(limit)),
+        )
+        return [_job_from_row(row) for row in rows]
+
+    async def mark_running(self, job_id: str) -> bool:
+        """Move one job from PENDING to RUNNING; True only for the caller that did it.
+
+        The seed's claim, kept for compatibility: it counts an attempt and sets
+        ``started_at`` but takes no lease, so a crash of the caller leaves the job
+        RUNNING for good. Workers use :meth:`claim`.
+        """
+
+        def op(conn: sqlite3.Connection, now: float) -> bool:
+            cur = conn.execute(
+                "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?,"
+                " worker_id = NULL, lease_expires_at = NULL"
+                " WHERE id = ? AND status = 'pending'",
+                (now, job_id),
+            )
+            return cur.rowcount == 1
+
+        done = await self._write(op)
+        if done:
+            self._changed(job_id)
+        return done
+
+    async def delete(self, job_id: str) -> bool:
+        """Remove a job; True when it existed."""
+
+        def op(conn: sqlite3.Connection, now: float) -> bool:
+            return conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount == 1
+
+        done = await self._write(op)
+        if done:
+            self._changed(job_id)
+        return done
+
+    async def get_stats(self, job_types: Collection[str] | None = None) -> JobStats:
+        """Count jobs by status (of ``job_types`` only, when given)."""
+        where, params = _type_filter(job_types)
+        rows = await self._read(
+            "SELECT status, COUNT(*), AVG(execution_time) FROM jobs"
+            f" WHERE 1{where} GROUP BY status",
+            params,
+        )
+        counts = {status: count for status, count, _ in rows}
+        average = next((avg for status, _, avg in rows if status == "completed"), None)
+        final = ("completed", "failed", "cancelled", "timeout")
+        return JobStats(
+            **{s.value: counts.get(s.value, 0) for s in JobStatus},
+            total_processed=sum(counts.get(s, 0) for s in final),
+            average_execution_time=average,
+        )
+
+    # -- claims, leases, fenced writes ------------------------------------------------
+
+    async def claim(
+        self, worker_id: str, limit: int, job_types: Collection[str] | None = None
+    ) -> list[Job[Any]]:
+        """Atomically claim up to ``limit`` ready jobs for ``worker_id``.
+
+        One ``BEGIN IMMEDIATE`` transaction selects the best ready jobs (priority,
+        then ``run_at``, then insertion order) and marks them RUNNING with
+        ``attempts + 1``, ``started_at`` and a lease of :attr:`lease_duration`.
+
+        Returns:
+            The claimed jobs' snapshots, in claim order.
+        """
+        where, types = _type_filter(job_types)
+        if limit <= 0 or (job_types is not None and not types):
+            await trio.lowlevel.checkpoint()
+            return []
+
+        def claim(conn: sqlite3.Connection, now: float) -> list[Any]:
+            return conn.execute(
+                "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?,"
+                " completed_at = NULL, worker_id = ?, lease_expires_at = ?"
+                f" WHERE seq IN (SELECT seq FROM jobs INDEXED BY jobs_ready"
+                f" WHERE {_READY} AND run_at <= ?{where}"
+                f" {_CLAIM_ORDER} LIMIT ?) RETURNING {_COLUMNS}, seq",
+                (now, worker_id, now + self._lease, now, *types, limit),
+            ).fetchall()
+
+        rows = await self._transaction(claim)
+        # RETURNING yields rows in no particular order.
+        rows.sort(key=lambda row: (-row[4], row[10], row[20]))
+        jobs = [_job_from_row(row) for row in rows]
+        for job in jobs:
+            self._changed(job.id)
+        return jobs
+
+    async def settle(
+        self,
+        job_id: str,
+        *,
+        worker_id: str,
+        attempt: int,
+        status: JobStatus,
+        result: Any = None,
+        error: ErrorInfo | None = None,
+        delay: float = 0.0,
+        execution_time: float | None = None,
+    ) -> bool:
+        """End an attempt, fenced: applies only while the claim is still this worker's.
+
+        See :meth:`JobStorage.settle` for what each ``status`` does. Concurrent
+        settles are committed together in one transaction.
+
+        Returns:
+            True when applied; False when the claim was no longer held.
+
+        Raises:
+            TypeError: ``result`` is not JSON-encodable; nothing changed.
+            ValueError: ``status`` is RUNNING, or ``delay`` is negative.
+        """
+        status = JobStatus(status)
+        _check_delay(delay)
+        fence = (job_id, attempt, worker_id)
+        error_json = encode_error(error)
+        if status is JobStatus.COMPLETED:
+            sql = (
+                "UPDATE jobs SET status = 'completed', result = ?, completed_at = ?,"
+                " execution_time = COALESCE(?, execution_time),"
+                f" worker_id = NULL, lease_expires_at = NULL WHERE {_FENCE} RETURNING status"
+            )
+            result_json = encode_json(result, "result")
+
+            def values(now: float) -> tuple[Any, ...]:
+                return (result_json, now, execution_time, *fence)
+
+        elif status.is_final:
+            sql = (
+                "UPDATE jobs SET status = ?, last_error = COALESCE(?, last_error),"
+                " completed_at = ?, execution_time = COALESCE(?, execution_time),"
+                f" worker_id = NULL, lease_expires_at = NULL WHERE {_FENCE} RETURNING status"
+            )
+
+            def values(now: float) -> tuple[Any, ...]:
+                return (status.value, error_json, now, execution_time, *fence)
+
+        elif status in (JobStatus.RETRYING, JobStatus.PENDING):
+            # A cancellation requested during the attempt wins over another attempt
+            # (and the interrupted attempt then stays counted).
+            sql = (
+                "UPDATE jobs SET"
+                " status = CASE WHEN cancel_requested THEN 'cancelled' ELSE ? END,"
+                " completed_at = CASE WHEN cancel_requested THEN ? END,"
+                " run_at = ?, attempts = attempts - CASE WHEN cancel_requested THEN 0 ELSE ? END,"
+                " last_error = COALESCE(?, last_error),"
+                " execution_time = COALESCE(?, execution_time),"
+                f" worker_id = NULL, lease_expires_at = NULL WHERE {_FENCE} RETURNING status"
+            )
+            uncount = 1 if status is JobStatus.PENDING else 0
+            wait = delay if status is JobStatus.RETRYING else 0.0
+
+            def values(now: float) -> tuple[Any, ...]:
+                return (status.value, now, now + wait, uncount, error_json, execution_time, *fence)
+
+        else:
+            raise ValueError(f"cannot settle an attempt as {status.value!r}")
+
+        def op(conn: sqlite3.Connection, now: float) -> tuple[str | None, float]:
+            row = conn.execute(sql, values(now)).fetchone()
+            return (None if row is None else row[0]), now
+
+        new_status, now = await self._write(op)
+        if new_status is None:
+            return False
+        self._changed(job_id)
+        if new_status == "retrying":
+            self._work_at(now + delay if delay > 0 else None)
+        elif new_status == "pending":
+            self._work_at(None)
+        return True
+
+    async def record_progress(
+        self,
+        job_id: str,
+        *,
+        worker_id: str,
+        attempt: int,
+        progress: float | None = None,
+        message: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Store progress and merge ``metadata`` into the job's, fenced like :meth:`settle`.
+
+        ``progress`` replaces both the progress and its message; a ``message``
+        alone replaces only the message. ``metadata`` keys replace stored keys of
+        the same name (a shallow merge).
+
+        Returns:
+            True when applied; False when the claim was no longer held.
+
+        Raises:
+            TypeError: ``metadata`` is not JSON-encodable; nothing changed.
+        """
+        extra = dict(metadata) if metadata is not None else None
+        if extra is not None:
+            encode_json(extra, "metadata")
+
+        def op(conn: sqlite3.Connection, now: float) -> bool:
+            row = conn.execute(
+                f"SELECT metadata FROM jobs WHERE {_FENCE}", (job_id, attempt, worker_id)
+            ).fetchone()
+            if row is None:
+                return False
+            sets: list[str] = []
+            params: list[Any] = []
+            if progress is not None:
+                sets += ["progress = ?", "progress_message = ?"]
+                params += [progress, message]
+            elif message is not None:
+                sets.append("progress_message = ?")
+                params.append(message)
+            if extra:
+                sets.append("metadata = ?")
+                params.append(encode_json({**decode_json(row[0]), **extra}, "metadata"))
+            if sets:
+                conn.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*params, job_id))
+            return True
+
+        done = await self._write(op)
+        if done:
+            self._changed(job_id)
+        return done
+
+    async def heartbeat(self, worker_id: str, job_ids: Collection[str]) -> Heartbeat:
+        """Renew the leases of ``job_ids`` held by ``worker_id``, in one write.
+
+        Only the listed jobs are renewed: a job claimed for this worker that the
+        worker does not know it holds (its claim never reached it) lets its lease
+        run out and is rescued, instead of staying RUNNING for as long as the
+        worker lives.
+
+        Returns:
+            Which of these jobs someone asked to cancel, and which the worker no
+            longer holds (rescued, settled elsewhere, or deleted).
+        """
+        held = frozenset(job_ids)
+        if not held:
+            await trio.lowlevel.checkpoint()
+            return Heartbeat()
+        ids_json = encode_json(sorted(held), "job_ids")
+
+        def op(conn: sqlite3.Connection, now: float) -> list[Any]:
+            return conn.execute(
+                "UPDATE jobs SET lease_expires_at = ?"
+                " WHERE id IN (SELECT value FROM json_each(?))"
+                " AND status = 'running' AND worker_id = ?"
+                " RETURNING id, cancel_requested",
+                (now + self._lease, ids_json, worker_id),
+            ).fetchall()
+
+        rows = await self._write(op)
+        return Heartbeat(
+            cancel_requested=frozenset(job_id for job_id, flag in rows if flag),
+            lost=held - {job_id for job_id, _ in rows},
+        )
+
+    async def rescue_expired(self) -> list[Job[Any]]:
+        """Recover jobs whose lease expired (their worker died). Safe to run concurrently.
+
+        The crashed attempt stays counted. With attempts left the job goes back to
+        PENDING; with none left it ends FAILED; if cancellation was requested it
+        ends CANCELLED. In every case ``last_error`` records a ``WorkerLostError``
+        naming the worker and the attempt.
+
+        Returns:
+            The rescued jobs' new snapshots.
+        """
+
+        def op(conn: sqlite3.Connection, now: float) -> list[Any]:
+            expired = conn.execute(
+                "SELECT seq, worker_id, attempts, max_attempts, cancel_requested"
+                " FROM jobs INDEXED BY jobs_leases"
+                " WHERE status = 'running' AND lease_expires_at < ?",
+                (now,),
+            ).fetchall()
+            rows = []
+            for seq, worker_id, attempts, max_attempts, cancel_requested in expired:
+                retry = attempts < max_attempts and not cancel_requested
+                status = "cancelled" if cancel_requested else "pending" if retry else "failed"
+                error = ErrorInfo(
+                    message=(
+                        f"worker {worker_id} was lost (lease expired) during attempt {attempts}"
+                    ),
+                    type="WorkerLostError",
+                    attempt=attempts,
+                    timestamp=datetime.fromtimestamp(now, UTC),
+                    retryable=retry,
+                )
+                rows.append(
+                    conn.execute(
+                        "UPDATE jobs SET status = ?, last_error = ?, run_at = ?,"
+                        " completed_at = ?, worker_id = NULL, lease_expires_at = NULL"
+                        f" WHERE seq = ? RETURNING {_COLUMNS}",
+                        (status, encode_error(error), now, None if retry else now, seq),
+                    ).fetchone()
+                )
+            return rows
+
+        jobs = [_job_from_row(row) for row in await self._write(op)]
+        for job in jobs:
+            self._changed(job.id)
+        if any(job.status is JobStatus.PENDING for job in jobs):
+            self._work_at(None)
+        return jobs
+
+    async def request_cancel(self, job_id: str) -> CancelOutcome:
+        """Cancel a pending or retrying job at once, or flag a running one for its worker.
+
+        Returns:
+            :attr:`CancelOutcome.CANCELLED`, :attr:`~CancelOutcome.REQUESTED` (the
+            running job's worker learns of it from its next :meth:`heartbeat`), or
+            :attr:`~CancelOutcome.NOTHING` for an unknown or final job.
+        """
+
+        def op(conn: sqlite3.Connection, now: float) -> CancelOutcome:
+            if conn.execute(
+                "UPDATE jobs SET status = 'cancelled', completed_at = ?,"
+                f" worker_id = NULL, lease_expires_at = NULL WHERE id = ? AND {_READY}",
+                (now, job_id),
+            ).rowcount:
+                return CancelOutcome.CANCELLED
+            if conn.execute(
+                "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'",
+                (job_id,),
+            ).rowcount:
+                return CancelOutcome.REQUESTED
+            return CancelOutcome.NOTHING
+
+        outcome = await self._write(op)
+        if outcome is not CancelOutcome.NOTHING:
+            self._changed(job_id)
+        if outcome is CancelOutcome.REQUESTED:
+            self._cancel_signal.set()
+            self._cancel_signal = trio.Event()
+        return outcome
+
+    # -- waiting ----------------------------------------------------------------------
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return when a job may have become claimable, or after ``timeout`` seconds.
+
+        Wakes on what this store object saw: a save, a retry or release, a requeue
+        or rescue, or the end of a delay it wrote. Work written by other processes
+        is found by the caller's next claim after the timeout (the poll).
+        """
+        fired = self._pop_due()
+        if fired or self._work_flag:
+            self._work_flag = False
+            await trio.lowlevel.checkpoint()
+            return
+        wait = timeout if not self._due else min(timeout, max(0.0, self._due[0] - time.time()))
+        with trio.move_on_after(wait):
+            await self._work.wait()
+        self._work_flag = False
+        self._pop_due()
+
+    async def wait_for_cancel_request(self, timeout: float) -> None:
+        """Return when this store object flags a running job for cancellation, or on timeout.
+
+        An optional extra of the protocol: a runner sharing this store object with
+        the canceller learns of the request at once instead of at its next heartbeat.
+        """
+        with trio.move_on_after(timeout):
+            await self._cancel_signal.wait()
+
+    async def wait_for_change(self, job_id: str, timeout: float) -> None:
+        """Return when this store object changed ``job_id``, or after ``timeout`` seconds."""
+        event = self._changes.get(job_id)
+        if event is None:
+            event = self._changes[job_id] = trio.Event()
+        try:
+            with trio.move_on_after(timeout):
+                await event.wait()
+        finally:
+            if self._changes.get(job_id) is event and event.statistics().tasks_waiting == 0:
+                del self._changes[job_id]
+
+    # -- administration ---------------------------------------------------------------
+
+    async def list_jobs(
+        self,
+        *,
+        status: JobStatus | None = None,
+        job_type: str | None = None,
+        limit: int | None = None,
+    ) -> list[Job[Any]]:
+        """Return jobs, newest first, filtered by status and type."""
+        where = ""
+        params: list[Any] = []
+        if status is not None:
+            where += " AND status = ?"
+            params.append(JobStatus(status).value)
+        if job_type is not None:
+            where += " AND type = ?"
+            params.append(job_type)
+        rows = await self._read(
+            f"{_SELECT} WHERE 1{where} ORDER BY seq DESC LIMIT ?", (*params, _sql_limit(limit))
+        )
+        return [_job_from_row(row) for row in rows]
+
+    async def count_unfinished(self, job_types: Collection[str] | None = None) -> int:
+        """Count jobs that are PENDING, RETRYING or RUNNING."""
+        where, params = _type_filter(job_types)
+        rows = await self._read(
+            f"SELECT COUNT(*) FROM jobs WHERE status IN ('pending', 'retrying', 'running'){where}",
+            params,
+        )
+        return int(rows[0][0])
+
+    async def requeue(self, job_id: str) -> bool:
+        """Give a FAILED, TIMEOUT or CANCELLED job a fresh start: PENDING, attempts 0.
+
+        Its result, progress and times of the last run are cleared; ``last_error``
+        is kept for the record.
+
+        Returns:
+            True when requeued; False for an unknown job or one not in those statuses.
+        """
+
+        def op(conn: sqlite3.Connection, now: float) -> bool:
+            return (
+                conn.execute(
+                    "UPDATE jobs SET status = 'pending', attempts = 0, run_at = ?,"
+                    " started_at = NULL, completed_at = NULL, result = NULL,"
+                    " execution_time = NULL, progress = NULL, progress_message = NULL,"
+                    " worker_id = NULL, lease_expires_at = NULL, cancel_requested = 0"
+                    " WHERE id = ? AND status IN ('failed', 'timeout', 'cancelled')",
+                    (now, job_id),
+                ).rowcount
+                == 1
+            )
+
+        done = await self._write(op)
+        if done:
+            self._changed(job_id)
+            self._work_at(None)
+        return done
+
+    async def purge(self, older_than: float) -> int:
+        """Delete final jobs completed more than ``older_than`` seconds ago.
+
+        Returns:
+            How many jobs were deleted.
+
+        Raises:
+            ValueError: ``older_than`` is negative.
+        """
+        if not older_than >= 0:
+            raise ValueError(f"older_than must be >= 0, got {older_than!r}")
+
+        def op(conn: sqlite3.Connection, now: float) -> int:
+            return conn.execute(
+                f"DELETE FROM jobs WHERE status IN {_FINAL_STATUSES} AND completed_at < ?",
+                (now - older_than,),
+            ).rowcount
+
+        return await self._write(op)
+
+    # -- threads, transactions, group commit --------------------------------------------
+
+    def _require(self) -> sqlite3.Connection:
+        if self._conn is None:
+            if self._closed:
+                raise trio.ClosedResourceError(f"{self!r} is closed")
+            raise RuntimeError(f"{self!r} is not open: call open() or use 'async with'")
+        return self._conn
+
+    async def _in_thread(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in a worker thread; the caller holds ``self._lock``."""
+        try:
+            return await trio.to_thread.run_sync(fn, limiter=self._thread_limiter)
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from exc
+
+    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        async with self._lock:
+            conn = self._require()
+            return await self._in_thread(lambda: conn.execute(sql, params).fetchall())
+
+    async def _transaction(self, op: _Op[T]) -> T:
+        """Run ``op`` alone in a write transaction.
+
+        Its result reaches the caller even if the caller is cancelled while it runs.
+        """
+        async with self._lock:
+            conn = self._require()
+            return await self._in_thread(lambda: _run_transaction(conn, [_Entry(op)])[0])
+
+    async def _write(self, op: _Op[T]) -> T:
+        """Run ``op`` in a write transaction shared with the writes queued meanwhile."""
+        entry = _Entry(op)
+        self._queue.append(entry)
+        try:
+            while not entry.done:
+                if self._flushing:
+                    await self._round_done.wait()
+                else:
+                    await self._flush()
+        except BaseException:
+            if not entry.done:
+                if entry in self._queue:
+                    self._queue.remove(entry)
+                else:
+                    entry.abandoned = True
+            raise
+        if entry.error is not None:
+            if isinstance(entry.error, sqlite3.Error):
+                raise self._translate(entry.error) from entry.error
+            raise entry.error
+        return cast(T, entry.value)
+
+    async def _flush(self) -> None:
+        self._flushing = True
+        try:
+            async with self._lock:
+                conn = self._require()
+                batch = [entry for entry in self._queue if not entry.abandoned]
+                self._queue.clear()
+                try:
+                    await trio.to_thread.run_sync(
+                        _run_batch, conn, batch, limiter=self._thread_limiter
+                    )
+                except BaseException:
+                    # The thread never started (cancelled at its checkpoint).
+                    self._queue[:0] = batch
+                    raise
+                for entry in batch:
+                    entry.done = True
+        finally:
+            self._flushing = False
+            self._round_done.set()
+            self._round_done = trio.Event()
+
+    def _translate(self, exc: sqlite3.Error) -> Exception:
+        """Turn a driver error into one that says what is wrong with which file."""
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        where = f"SQLite database {self._path}"
+        if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
+            return TimeoutError(
+                f"{where} is locked: another connection kept it locked for more than"
+                f" the {BUSY_TIMEOUT:g} s busy timeout ({exc})"
+            )
+        if code in (_SQLITE_NOTADB, _SQLITE_CORRUPT):
+            return ValueError(f"{self._path} is not a trio_jobs SQLite database: {exc}")
+        if code in (_SQLITE_PERM, _SQLITE_READONLY):
+            return PermissionError(f"cannot write {where}: {exc}")
+        if code in (_SQLITE_CANTOPEN, _SQLITE_IOERR, _SQLITE_FULL):
+            return OSError(f"cannot use {where}: {exc}")
+        return exc
+
+    def _connect(self) -> sqlite3.Connection:
+        """Open the connection and bring the schema up to date (in a worker thread)."""
+        if self._path != ":memory:" and not self._path.startswith("file:"):
+            directory = os.path.dirname(os.path.abspath(self._path))
+            if not os.path.isdir(directory):
+                raise FileNotFoundError(
+                    f"cannot open SQLite database {self._path}:"
+                    f" directory {directory} does not exist"
+                )
+        conn = sqlite3.connect(
+            self._path,
+            timeout=BUSY_TIMEOUT,
+            isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+            check_same_thread=False,  # one thread at a time, under self._lock
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL").fetchall()
+            conn.execute("PRAGMA synchronous = NORMAL")
+            _migrate(conn, self._path)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    # -- local wake-ups -----------------------------------------------------------------
+
+    def _changed(self, job_id: str) -> None:
+        event = self._changes.pop(job_id, None)
+        if event is not None:
+            event.set()
+
+    def _work_at(self, when: float | None) -> None:
+        """Wake wait_for_work now (``None``) or remember to at wall-clock ``when``."""
+        if when is None:
+            self._work_flag = True
+            self._work.set()
+            self._work = trio.Event()
+        else:
+            heapq.heappush(self._due, when)
+            # A sleeping waiter must recompute its wake-up time.
+            self._work.set()
+            self._work = trio.Event()
+
+    def _pop_due(self) -> bool:
+        now = time.time()
+        fired = False
+        while self._due and self._due[0] <= now:
+            heapq.heappop(self._due)
+            fired = True
+        return fired
+
+
+# -- helpers run in worker threads ------------------------------------------------------
+
+
+def _run_transaction(conn: sqlite3.Connection, batch: list[_Entry[Any]]) -> list[Any]:
+    """Run ``batch`` in one ``BEGIN IMMEDIATE`` transaction; raise if it failed."""
+    _run_batch(conn, batch)
+    for entry in batch:
+        if entry.error is not None:
+            raise entry.error
+    return [entry.value for entry in batch]
+
+
+def _run_batch(conn: sqlite3.Connection, batch: list[_Entry[Any]]) -> None:
+    """Run each entry's op in one transaction, recording each one's value or error.
+
+    An op's own error (a duplicate id, a bad value) fails that op alone: SQLite has
+    already undone its statement. Any other database error fails the whole batch.
+    """
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            now = time.time()
+            for entry in batch:
+                try:
+                    entry.value = entry.op(conn, now)
+                except sqlite3.IntegrityError as exc:
+                    entry.error = exc
+                except sqlite3.Error:
+                    raise
+                except Exception as exc:
+                    entry.error = exc
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+    except Exception as exc:
+        for entry in batch:
+            entry.value = None
+            entry.error = exc
+
+
+def _migrate(conn: sqlite3.Connection, path: str) -> None:
+    """Create the tables on first use and apply the migrations this file lacks."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        current = _schema_version(conn, path)
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[version - 1]:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                (version, time.time()),
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _schema_version(conn: sqlite3.Connection, path: str) -> int:
+    """Return the file's schema version (creating the version table in a new file).
+
+    Raises:
+        ValueError: The file holds another program's ``jobs`` table, or a schema
+            newer than this code knows.
+    """
+    tables = {
+        name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    }
+    if "schema_version" not in tables:
+        if "jobs" in tables:
+            raise ValueError(
+                f"{path} is not a trio_jobs SQLite database: it has a 'jobs' table"
+                " but no schema_version table"
+            )
+        conn.execute(
+            "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+        )
+    (current,) = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
+    if current > SCHEMA_VERSION:
+        raise ValueError(
+            f"{path} has schema version {current}, newer than this trio_jobs"
+            f" understands ({SCHEMA_VERSION}): upgrade trio_jobs"
+        )
+    return int(current)
+
+
+# -- records <-> rows -------------------------------------------------------------------
+
+
+def _encode_record(job: Job[Any]) -> tuple[Any, ...]:
+    """Return a job's column values in ``_COLUMNS`` order (``run_at`` may be ``None``).
+
+    The JSON fields are encoded first, so a bad value fails before anything is written.
+    """
+    payload = encode_json(job.payload, "payload")
+    metadata = encode_json(dict(job.metadata), "metadata")
+    result = None if job.result is None else encode_json(job.result, "result")
+    return (
+        job.id,
+        job.type,
+        payload,
+        JobStatus(job.status).value,
+        int(job.priority),
+        job.attempts,
+        job.max_attempts,
+        job.created_at.timestamp(),
+        _ts(job.started_at),
+        _ts(job.completed_at),
+        _ts(job.run_at),
+        job.timeout,
+        encode_error(job.last_error),
+        result,
+        job.execution_time,
+        job.progress,
+        job.progress_message,
+        metadata,
+        job.tenant_id,
+        encode_retry(job.retry),
+    )
+
+
+def _job_from_row(row: Sequence[Any]) -> Job[Any]:
+    return Job(
+        id=row[0],
+        type=row[1],
+        payload=decode_json(row[2]),
+        status=row[3],
+        priority=row[4],
+        attempts=row[5],
+        max_attempts=row[6],
+        created_at=datetime.fromtimestamp(row[7], UTC),
+        started_at=_dt(row[8]),
+        completed_at=_dt(row[9]),
+        run_at=_dt(row[10]),
+        timeout=row[11],
+        last_error=decode_error(row[12]),
+        result=decode_json(row[13]),
+        execution_time=row[14],
+        progress=row[15],
+        progress_message=row[16],
+        metadata=decode_json(row[17]),
+        tenant_id=row[18],
+        retry=decode_retry(row[19]),
+    )
+
+
+def _ts(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def _dt(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def _type_filter(job_types: Collection[str] | None) -> tuple[str, tuple[str, ...]]:
+    if job_types is None:
+        return "", ()
+    types = (job_types,) if isinstance(job_types, str) else tuple(dict.fromkeys(job_types))
+    return f" AND type IN ({', '.join('?' * len(types))})", types
+
+
+def _sql_limit(limit: int | None) -> int:
+    return -1 if limit is None else max(0, limit)
+
+
+def _check_delay(delay: float) -> None:
+    if not 0 <= delay < math.inf:
+        raise ValueError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
