@@ -28,7 +28,7 @@ from ._handle import JobHandle
 from ._records import ErrorInfo, Job, JobPriority, JobStats, JobStatus, RunnerEvent, replace, utcnow
 from ._retry import RetryConfig, compute_delay, is_retryable_error
 from ._submit import build_job, check_seconds
-from .storage._base import CancelOutcome, JobStorage
+from .storage._base import CancelOutcome, InProcessStorage, JobStorage
 from .storage._memory import MemoryStorage
 
 R = TypeVar("R")
@@ -124,9 +124,10 @@ class JobRunner:
         self._poll_interval = float(poll_interval)
         self._default_retry = default_retry or RetryConfig()
         self._storage: JobStorage = storage if storage is not None else MemoryStorage()
-        # Stores whose operations never block may offer a checkpoint-free fast path.
-        self._settle_nowait: Callable[..., bool] | None = getattr(
-            self._storage, "settle_nowait", None
+        # An in-process store sees every change and never blocks: the runner waits on
+        # it without polling and skips a trip through Trio's scheduler per job.
+        self._in_process: InProcessStorage | None = (
+            self._storage if isinstance(self._storage, InProcessStorage) else None
         )
         self._logger = logger or logging.getLogger("trio_jobs")
         self._events = EventHub(self._logger)
@@ -185,6 +186,8 @@ class JobRunner:
             raise ValueError(f"job type {job_type!r} already has a handler")
         self._handlers[job_type] = handler
         self._types = frozenset(self._handlers)
+        if self._in_process is not None:
+            self._in_process.wake()  # jobs of this type may be waiting already
         return handler
 
     def handler(self, job_type: str, /) -> Callable[[H], H]:
@@ -366,11 +369,19 @@ class JobRunner:
             default_retry=self._default_retry,
             default_timeout=self._default_timeout,
         )
-        await self._storage.save(job, delay=delay)
+        if self._in_process is None:
+            await self._storage.save(job, delay=delay)
+        else:
+            await trio.lowlevel.checkpoint()
+            # Claim it here if a slot is free, as the scheduler would: that spares
+            # waking the scheduler task for every job.
+            self._in_process.save_nowait(job, delay=delay, wake=False)
         if job.retry is not None and job.retry.is_retryable is not None:
             self._retry_policies[job.id] = job.retry
         if self._events.active:
             self._events.emit("job:submitted", job)
+        if self._in_process is not None and not delay:
+            self._dispatch(self._in_process)
         return JobHandle(job.id, job_type, self)
 
     async def get_job(self, job_id: str) -> Job[Any] | None:
@@ -499,7 +510,8 @@ class JobRunner:
     ) -> None:
         storage = self._storage
         running = self._running
-        claim_nowait = getattr(storage, "claim_nowait", None)
+        claim_nowait = self._in_process.claim_nowait if self._in_process is not None else None
+        idle_wait = math.inf if claim_nowait is not None else self._poll_interval
         with self._scheduler_scope:
             task_status.started()
             while True:
@@ -522,13 +534,23 @@ class JobRunner:
                     for job in jobs:
                         self._start(job)
                 else:
-                    await storage.wait_for_work(self._poll_interval)
+                    await storage.wait_for_work(idle_wait)
+
+    def _dispatch(self, store: InProcessStorage) -> None:
+        """Start the best ready jobs in the free slots, or leave the scheduler a wake-up."""
+        free = self._concurrency - len(self._running)
+        if free > 0 and self._state == "running":
+            for job in store.claim_nowait(self._worker_id, free, self._types):
+                self._start(job)
+        else:
+            store.wake()
 
     def _start(self, job: Job[Any]) -> None:
         assert self._nursery is not None
-        scope = trio.CancelScope()
-        if job.timeout is not None:
-            scope.deadline = trio.current_time() + job.timeout
+        timeout = job.timeout
+        scope = trio.CancelScope(
+            deadline=math.inf if timeout is None else trio.current_time() + timeout
+        )
         attempt = _Attempt(job, scope)
         self._running[job.id] = attempt
         if self._force:
@@ -647,9 +669,9 @@ class JobRunner:
         job = attempt.job
         try:
             try:
-                if self._settle_nowait is not None:
+                if self._in_process is not None:
                     return bool(
-                        self._settle_nowait(
+                        self._in_process.settle_nowait(
                             job.id,
                             worker_id=self._worker_id,
                             attempt=job.attempts,

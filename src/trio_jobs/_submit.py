@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-import uuid
+import os
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -84,7 +84,7 @@ def build_job(
         timeout = None
     now = utcnow()
     return Job(
-        id=uuid.uuid4().hex,
+        id=os.urandom(16).hex(),
         type=job_type,
         payload=payload,
         priority=JobPriority(priority),

@@ -243,3 +243,42 @@ class JobStorage(Protocol):
     async def purge(self, older_than: float) -> int:
         """Delete final jobs completed more than ``older_than`` seconds ago; return how many."""
         ...
+
+
+@runtime_checkable
+class InProcessStorage(JobStorage, Protocol):
+    """A store living in this process, whose operations never block.
+
+    It sees every change (nothing happens to its jobs elsewhere), so the runner
+    waits on it without polling, and it offers checkpoint-free variants of the
+    two calls on the runner's hot path. :class:`MemoryStorage` is one.
+    """
+
+    def save_nowait(self, job: Job[Any], *, delay: float = 0.0, wake: bool = True) -> None:
+        """:meth:`JobStorage.save`, without a checkpoint; ``wake=False`` wakes no waiter."""
+        ...
+
+    def claim_nowait(
+        self, worker_id: str, limit: int, job_types: Collection[str] | None = None
+    ) -> list[Job[Any]]:
+        """:meth:`JobStorage.claim`, without a checkpoint."""
+        ...
+
+    def settle_nowait(
+        self,
+        job_id: str,
+        *,
+        worker_id: str,
+        attempt: int,
+        status: JobStatus,
+        result: Any = None,
+        error: ErrorInfo | None = None,
+        delay: float = 0.0,
+        execution_time: float | None = None,
+    ) -> bool:
+        """:meth:`JobStorage.settle`, without a checkpoint."""
+        ...
+
+    def wake(self) -> None:
+        """Wake tasks in :meth:`wait_for_work` (e.g. a runner gained a handler)."""
+        ...

@@ -133,14 +133,15 @@ class MemoryStorage:
             self._completed_time -= job.execution_time
             self._completed_timed -= 1
 
-    def _enqueue(self, job: Job[Any], delay: float) -> None:
+    def _enqueue(self, job: Job[Any], delay: float, *, wake: bool = True) -> None:
         self._seq = seq = self._seq + 1
         if delay > 0:
             self._scheduled[job.id] = seq
             heapq.heappush(self._delayed, (trio.current_time() + delay, seq, job.id))
         else:
             self._push_ready(job, seq)
-        self._work.set()
+        if wake:
+            self._work.set()
 
     def _push_ready(self, job: Job[Any], seq: int) -> None:
         self._queued[job.id] = seq
@@ -200,11 +201,19 @@ class MemoryStorage:
             ValueError: a job with this id exists already.
         """
         await trio.lowlevel.checkpoint()
+        self.save_nowait(job, delay=delay)
+
+    def save_nowait(self, job: Job[Any], *, delay: float = 0.0, wake: bool = True) -> None:
+        """Like :meth:`save`, without a checkpoint.
+
+        ``wake=False`` leaves tasks in :meth:`wait_for_work` asleep: for a runner
+        that claims the job itself right away.
+        """
         if job.id in self._jobs:
             raise ValueError(f"a job with id {job.id!r} exists already")
         self._put(job)
         if job.status in _WAITING:
-            self._enqueue(job, delay)
+            self._enqueue(job, delay, wake=wake or delay > 0)
 
     async def update(self, job: Job[Any]) -> None:
         """Overwrite a job's record (administrative; not fenced)."""
@@ -497,7 +506,11 @@ class MemoryStorage:
     # -- waiting ---------------------------------------------------------------------
 
     async def wait_for_work(self, timeout: float) -> None:
-        """Return when a job is saved or a delay ends, or after ``timeout`` seconds."""
+        """Return when a job is saved or a delay ends, or after ``timeout`` seconds.
+
+        ``timeout=math.inf`` waits for a change only, which is all a caller needs:
+        this store sees every change.
+        """
         self._release_due()
         if self._best_queue(None) is not None:
             await trio.lowlevel.checkpoint()
@@ -505,8 +518,15 @@ class MemoryStorage:
         deadline = trio.current_time() + timeout
         if self._delayed:
             deadline = min(deadline, self._delayed[0][0])
-        with trio.move_on_at(deadline):
-            await self._work.wait()
+        if deadline == math.inf:
+            await self._work.wait()  # no cancel scope: this is the runner's idle path
+        else:
+            with trio.move_on_at(deadline):
+                await self._work.wait()
+
+    def wake(self) -> None:
+        """Wake tasks in :meth:`wait_for_work`."""
+        self._work.set()
 
     async def wait_for_cancel_request(self, timeout: float) -> None:
         """Return when a running job's cancellation is requested, or after ``timeout``."""
