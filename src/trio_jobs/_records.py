@@ -166,19 +166,22 @@ class RunnerEvent:
 
 def _make_replace() -> Any:
     # attrs.evolve re-runs __init__ (converters, factories) and introspects the
-    # fields on every call; the stores copy a record at every status change, so we
-    # generate a plain field-by-field copy once. Values are trusted: only the
-    # runner and the stores call it, with values of the right types.
+    # fields on every call, and a frozen class's __init__ sets each field through
+    # object.__setattr__; the stores copy a record at every status change, so we
+    # generate a plain copy through the slots' own descriptors once. Values are
+    # trusted: only the runner and the stores call it, with values of the right types.
     names = [a.name for a in attrs.fields(Job)]
+    setters = {name: Job.__dict__[name].__set__ for name in names}
+    namespace: dict[str, Any] = {"new_job": object.__new__, "Job": Job, "setters": setters}
     lines = ["def replace(job, changes):", "    new = new_job(Job)"]
-    for name in names:
-        lines.append(f"    set_field(new, {name!r}, changes.get({name!r}, job.{name}))")
-    lines.append("    return new")
-    namespace: dict[str, Any] = {
-        "new_job": object.__new__,
-        "set_field": object.__setattr__,
-        "Job": Job,
-    }
+    for i, name in enumerate(names):
+        namespace[f"set_{i}"] = setters[name]
+        lines.append(f"    set_{i}(new, job.{name})")
+    lines += [
+        "    for name, value in changes.items():",
+        "        setters[name](new, value)",
+        "    return new",
+    ]
     exec("\n".join(lines), namespace)
     return namespace["replace"]
 
