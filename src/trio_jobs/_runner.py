@@ -265,7 +265,10 @@ class JobRunner:
         # the body is the user's and must not be wrapped in an ExceptionGroup.
         passed = exc if isinstance(exc, trio.Cancelled) else None
         try:
-            return bool(await manager.__aexit__(type(passed) if passed else None, passed, None))
+            absorbed = await manager.__aexit__(type(passed) if passed else None, passed, None)
+            # The manager says "absorbed" whenever nothing is left to raise; that
+            # speaks for ``exc`` only when ``exc`` was handed to it.
+            return bool(absorbed) and passed is not None
         except BaseExceptionGroup as group:
             # Handlers' errors never reach the nursery; what does is a
             # KeyboardInterrupt/SystemExit from a handler, or a runner bug. Raise a
@@ -285,8 +288,8 @@ class JobRunner:
         jobs that are not final get :class:`RunnerStoppedError`. Calling ``stop``
         again is harmless; ``stop(False)`` during a graceful stop forces it.
         """
+        await trio.lowlevel.checkpoint()
         if self._state in ("new", "stopped"):
-            await trio.lowlevel.checkpoint()
             return
         self._begin_stop(graceful)
         await self._wait_until_idle()
