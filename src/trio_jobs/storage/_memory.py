@@ -211,6 +211,8 @@ class MemoryStorage:
         """
         if job.id in self._jobs:
             raise ValueError(f"a job with id {job.id!r} exists already")
+        if delay > 0 and job.run_at is None:
+            job = replace(job, run_at=utcnow() + timedelta(seconds=delay))
         self._put(job)
         if job.status in _WAITING:
             self._enqueue(job, delay, wake=wake or delay > 0)
