@@ -842,7 +842,7 @@ class SQLiteStorage:
         try:
             async with self._lock:
                 conn = self._require()
-                batch = [entry for entry in self._queue[:1] if not entry.abandoned]
+                batch = [entry for entry in self._queue if not entry.abandoned]
                 self._queue.clear()
                 try:
                     await trio.to_thread.run_sync(
