@@ -122,7 +122,7 @@ async def test_the_decorator_registers_and_returns_the_function() -> None:
         return job.payload * 2
 
     assert double.__name__ == "double"
-    assert await double(Job(id="x", type="double", payload=4), None) == 8  # type: ignore[arg-type]
+    assert await double(Job(id="x", type="double", payload=4), None) == 8
     async with runner:
         assert await (await runner.submit("double", 21)).wait() == 42
 
