@@ -654,7 +654,6 @@ async def test_async_methods_checkpoint() -> None:
             await runner.join()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: stop() with nothing running does not checkpoint")
 async def test_stop_checkpoints() -> None:
     async with JobRunner() as runner:
         with trio.testing.assert_checkpoints():

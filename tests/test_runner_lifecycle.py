@@ -309,7 +309,6 @@ async def test_stopping_twice_is_harmless(autojump_clock: Any) -> None:
 # -- errors and cancellation from outside -----------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the body's exception is swallowed")
 async def test_an_exception_in_the_body_propagates_unchanged(autojump_clock: Any) -> None:
     work = Work()
     error = ValueError("mine")
