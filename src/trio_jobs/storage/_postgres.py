@@ -205,7 +205,7 @@ class PostgresStorage:
                 self._dsn,
                 min_size=self._min_connections,
                 max_size=self._max_connections,
-                kwargs={"autocommit": True},
+                kwargs={"autocommit": True, **self._connect_kwargs()},
                 configure=_configure_connection,
                 open=False,
                 name=f"trio_jobs.{self._schema}",
@@ -262,7 +262,11 @@ class PostgresStorage:
     def _migrate_sync(self) -> int:
         import psycopg
 
-        with psycopg.connect(self._dsn, connect_timeout=_CONNECT_KWARGS["connect_timeout"]) as conn:
+        with psycopg.connect(
+            self._dsn,
+            connect_timeout=_CONNECT_KWARGS["connect_timeout"],
+            **self._connect_kwargs(":migrate"),
+        ) as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (sql.advisory_key(self._schema),))
             if (
                 conn.execute(
@@ -291,10 +295,20 @@ class PostgresStorage:
                 version = target
             return version
 
+    def _connect_kwargs(self, role: str = "") -> dict[str, Any]:
+        from psycopg.conninfo import conninfo_to_dict
+
+        # Name our sessions (unless the DSN does) so pg_stat_activity shows whose they are.
+        if "application_name" in conninfo_to_dict(self._dsn):
+            return {}
+        return {"application_name": f"trio_jobs:{self._schema}{role}"}
+
     def _connect_listener(self) -> Connection:
         import psycopg
 
-        conn = psycopg.connect(self._dsn, autocommit=True, **_CONNECT_KWARGS)
+        conn = psycopg.connect(
+            self._dsn, autocommit=True, **_CONNECT_KWARGS, **self._connect_kwargs(":listen")
+        )
         try:
             for statement in self._sql.listen:
                 conn.execute(statement)
@@ -713,7 +727,7 @@ class PostgresStorage:
 
     # -- waiting ------------------------------------------------------------------
 
-    async def wait_for_work(self, timeout: float) -> None:  # noqa: ASYNC109 (the protocol's poll)
+    async def wait_for_work(self, timeout: float) -> None:
         """Return when a job may have become claimable, or after ``timeout`` seconds.
 
         Wakes on a local save, a notification from any process, or when a delay
@@ -731,7 +745,7 @@ class PostgresStorage:
             with trio.move_on_at(min(deadline, self._due[0] if self._due else math.inf)):
                 await self._work_event.wait()
 
-    async def wait_for_cancel_request(self, timeout: float) -> None:  # noqa: ASYNC109 (the protocol's poll)
+    async def wait_for_cancel_request(self, timeout: float) -> None:
         """Return when some job's cancellation may have been requested, or after ``timeout``.
 
         Not part of :class:`JobStorage` (yet): a runner that finds it uses it to
@@ -744,7 +758,7 @@ class PostgresStorage:
                 await self._cancel_event.wait()
         self._cancel_flag = False
 
-    async def wait_for_change(self, job_id: str, timeout: float) -> None:  # noqa: ASYNC109 (the protocol's poll)
+    async def wait_for_change(self, job_id: str, timeout: float) -> None:
         """Return when ``job_id`` may have changed (here or elsewhere), or after ``timeout``."""
         event = self._change_events.get(job_id)
         if event is None:
@@ -979,6 +993,9 @@ class _Listener:
                     for note in conn.notifies(timeout=_LISTEN_POLL):
                         if not self._post(self._on_notify, note.channel, note.payload):
                             return
+                    # Also ends the thread when the Trio run ended without close().
+                    if not self._post(_nothing):
+                        return
                 except psycopg.Error as exc:
                     logger.warning(
                         "LISTEN connection to PostgreSQL lost (%s); reconnecting; "
@@ -1018,6 +1035,10 @@ def _with_connection(pool: ConnectionPool[Connection], fn: Callable[[Connection]
     pool.check()
     with pool.connection() as conn:
         return fn(conn)
+
+
+def _nothing() -> None:
+    pass
 
 
 def _configure_connection(conn: Connection) -> None:

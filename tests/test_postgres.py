@@ -1,0 +1,551 @@
+"""PostgresStorage against the real server: what only PostgreSQL has to get right.
+
+The protocol's behaviour is tested for every store in test_storage_contract.py;
+here: migrations, SKIP LOCKED claims under real concurrency, LISTEN/NOTIFY
+wake-ups, connection loss, and the batching of settles. Every test uses its own
+schema. Real time appears only as generous ``fail_after`` deadlines: a wait that
+should be woken by a notification is given a 30 s timeout, so the deadline of 5 s
+fails the test if the notification never arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import psycopg
+import pytest
+import trio
+import trio.testing
+
+from trio_jobs import CancelOutcome, ErrorInfo, Job, JobPriority, JobStatus, PostgresStorage
+from trio_jobs.storage import _postgres_sql
+
+pytestmark = pytest.mark.slow
+
+PG_DSN = os.environ.get("TRIO_JOBS_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+WAKE_TIMEOUT = 30.0  # what a waiter asks for; a notification must beat it by far
+DEADLINE = 5.0  # the test fails if the notification has not arrived by then
+
+MakeStore = Callable[..., Any]
+
+
+@pytest.fixture
+async def make_store(pg_schema: str) -> AsyncIterator[MakeStore]:
+    """Open stores on this test's schema; all are closed after the test."""
+    async with AsyncExitStack() as stack:
+
+        async def make(**kwargs: Any) -> PostgresStorage:
+            kwargs.setdefault("schema", pg_schema)
+            store = PostgresStorage(PG_DSN, **kwargs)
+            return await stack.enter_async_context(store)
+
+        yield make
+
+
+def admin(query: str, params: Any = None) -> list[tuple[Any, ...]]:
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        cur = conn.execute(query, params)
+        return cur.fetchall() if cur.description else []
+
+
+async def admin_async(query: str, params: Any = None) -> list[tuple[Any, ...]]:
+    return await trio.to_thread.run_sync(admin, query, params)
+
+
+async def backend_pids(application_name: str) -> set[int]:
+    rows = await admin_async(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (application_name,)
+    )
+    return {row[0] for row in rows}
+
+
+async def terminate(pids: set[int]) -> None:
+    await admin_async(
+        "SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (list(pids),)
+    )
+
+
+async def save_jobs(store: PostgresStorage, count: int, job_type: str = "t") -> list[str]:
+    ids = [f"{job_type}-{i}" for i in range(count)]
+    for job_id in ids:
+        await store.save(Job(id=job_id, type=job_type))
+    return ids
+
+
+# -- construction -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "name"),
+    [
+        ({"lease_duration": 0}, ValueError, "lease_duration"),
+        ({"lease_duration": -1.0}, ValueError, "lease_duration"),
+        ({"lease_duration": math.nan}, ValueError, "lease_duration"),
+        ({"lease_duration": "30"}, TypeError, "lease_duration"),
+        ({"min_connections": 0}, ValueError, "min_connections"),
+        ({"min_connections": 1.5}, TypeError, "min_connections"),
+        ({"min_connections": 5, "max_connections": 4}, ValueError, "max_connections"),
+        ({"max_connections": True}, TypeError, "max_connections"),
+        ({"schema": "a-b"}, ValueError, "schema"),
+        ({"schema": 'x"; DROP TABLE y; --'}, ValueError, "schema"),
+        ({"schema": "1abc"}, ValueError, "schema"),
+        ({"schema": "s" * 60}, ValueError, "schema"),
+        ({"schema": None}, TypeError, "schema"),
+    ],
+)
+def test_constructor_rejects_bad_arguments_naming_them(
+    kwargs: dict[str, Any], error: type[Exception], name: str
+) -> None:
+    with pytest.raises(error, match=name):
+        PostgresStorage(PG_DSN, **kwargs)
+
+
+def test_dsn_must_be_a_string() -> None:
+    with pytest.raises(TypeError, match="dsn"):
+        PostgresStorage(b"postgresql://x")  # type: ignore[arg-type]
+
+
+def test_the_package_imports_without_psycopg_and_open_says_what_to_install() -> None:
+    code = """
+import sys, trio
+sys.modules["psycopg"] = None
+sys.modules["psycopg_pool"] = None
+import trio_jobs
+store = trio_jobs.PostgresStorage("postgresql://nowhere/x")
+try:
+    trio.run(store.open)
+except ImportError as exc:
+    print(exc)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert "pip install 'trio-jobs[postgres]'" in out
+
+
+async def test_methods_of_an_unopened_store_say_it_is_not_open(pg_schema: str) -> None:
+    store = PostgresStorage(PG_DSN, schema=pg_schema)
+    with pytest.raises(RuntimeError, match="not open"):
+        await store.get("x")
+
+
+# -- migrations -------------------------------------------------------------------
+
+
+async def test_migrate_creates_the_schema_at_the_latest_version_once(pg_schema: str) -> None:
+    store = PostgresStorage(PG_DSN, schema=pg_schema)
+    # The CLI migrates without opening the store.
+    assert await store.migrate() == _postgres_sql.LATEST_VERSION
+    assert await store.migrate() == _postgres_sql.LATEST_VERSION
+    versions = await admin_async(f'SELECT version FROM "{pg_schema}".schema_version')
+    assert versions == [(v,) for v, _ in _postgres_sql.MIGRATIONS]
+
+
+async def test_reopening_migrates_nothing_and_keeps_the_jobs(make_store: MakeStore) -> None:
+    first = await make_store()
+    await first.save(Job(id="kept", type="t", payload={"n": 1}))
+    await first.close()
+    second = await make_store()
+    assert await second.migrate() == _postgres_sql.LATEST_VERSION
+    job = await second.get("kept")
+    assert job is not None
+    assert job.payload == {"n": 1}
+
+
+async def test_stores_opening_together_on_a_fresh_schema_all_succeed(
+    make_store: MakeStore, pg_schema: str
+) -> None:
+    opened: list[PostgresStorage] = []
+
+    async def open_one() -> None:
+        opened.append(await make_store())
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(open_one)
+    assert len(opened) == 4
+    versions = await admin_async(f'SELECT version FROM "{pg_schema}".schema_version')
+    assert versions == [(v,) for v, _ in _postgres_sql.MIGRATIONS]
+    # And they share one queue.
+    await opened[0].save(Job(id="shared", type="t"))
+    claimed = await opened[3].claim("w", 5)
+    assert [job.id for job in claimed] == ["shared"]
+
+
+# -- claims -----------------------------------------------------------------------
+
+
+async def test_concurrent_claimers_on_separate_connections_never_share_a_job(
+    make_store: MakeStore,
+) -> None:
+    stores = [await make_store(max_connections=3) for _ in range(4)]
+    ids = await save_jobs(stores[0], 300)
+    limit = 7
+    claimed: list[str] = []
+    sizes: list[int] = []
+
+    async def claimer(store: PostgresStorage, worker: str) -> None:
+        while True:
+            jobs = await store.claim(worker, limit)
+            if not jobs:
+                return
+            sizes.append(len(jobs))
+            claimed.extend(job.id for job in jobs)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for n, store in enumerate(stores):
+                for task in range(3):
+                    nursery.start_soon(claimer, store, f"w{n}.{task}")
+
+    assert max(sizes) <= limit
+    assert Counter(claimed).most_common(1)[0][1] == 1
+    assert sorted(claimed) == sorted(ids)
+    assert (await stores[0].get_stats()).running == 300
+
+
+async def test_concurrent_claimers_in_plain_threads_never_share_a_job(
+    make_store: MakeStore, pg_schema: str
+) -> None:
+    # The claim statement itself, from many connections at once, without Trio.
+    store = await make_store()
+    ids = await save_jobs(store, 200)
+    statement = store._sql.claim
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def claimer(worker: str) -> None:
+        with psycopg.connect(PG_DSN, autocommit=True) as conn:
+            while rows := conn.execute(
+                statement, {"limit": 3, "worker_id": worker, "lease": 30.0, "types": None}
+            ).fetchall():
+                assert len(rows) <= 3
+                with lock:
+                    claimed.extend(row[0] for row in rows)
+
+    def run_all() -> None:
+        threads = [threading.Thread(target=claimer, args=(f"t{n}",)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    with trio.fail_after(60):
+        await trio.to_thread.run_sync(run_all)
+    assert sorted(claimed) == sorted(ids)
+
+
+async def test_claim_orders_by_priority_then_submission_across_types(
+    make_store: MakeStore,
+) -> None:
+    store = await make_store()
+    await store.save(Job(id="low", type="a", priority=JobPriority.LOW))
+    await store.save(Job(id="n1", type="b"))
+    await store.save(Job(id="crit", type="a", priority=JobPriority.CRITICAL))
+    await store.save(Job(id="n2", type="a"))
+    assert [j.id for j in await store.claim("w", 10, job_types=["a"])] == ["crit", "n2", "low"]
+    assert [j.id for j in await store.claim("w", 10, job_types=[])] == []
+    assert [j.id for j in await store.claim("w", 10)] == ["n1"]
+
+
+# -- settles ----------------------------------------------------------------------
+
+
+async def test_concurrent_settles_each_get_their_own_answer(make_store: MakeStore) -> None:
+    # Settles made together are written in one statement; each caller must still
+    # learn whether *its* settle applied.
+    store = await make_store()
+    await save_jobs(store, 40)
+    jobs = await store.claim("w", 40)
+    answers: dict[str, bool] = {}
+
+    async def settle(job: Job[Any], n: int) -> None:
+        stale = n % 3 == 0
+        answers[job.id] = await store.settle(
+            job.id,
+            worker_id="w",
+            attempt=job.attempts + (1 if stale else 0),
+            status=JobStatus.COMPLETED if n % 2 else JobStatus.RETRYING,
+            result={"n": n},
+            error=None if n % 2 else ErrorInfo(message="again", type="ValueError", attempt=1),
+            delay=0.0,
+        )
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for n, job in enumerate(jobs):
+                nursery.start_soon(settle, job, n)
+
+    for n, job in enumerate(jobs):
+        assert answers[job.id] is (n % 3 != 0)
+        stored = await store.get(job.id)
+        assert stored is not None
+        if n % 3 == 0:
+            assert stored.status is JobStatus.RUNNING
+        elif n % 2:
+            assert (stored.status, stored.result) == (JobStatus.COMPLETED, {"n": n})
+        else:
+            assert stored.status is JobStatus.RETRYING
+            assert stored.last_error is not None
+            assert stored.last_error.message == "again"
+
+
+async def test_two_settles_of_one_attempt_in_one_batch_apply_once(make_store: MakeStore) -> None:
+    store = await make_store()
+    await store.save(Job(id="j", type="t"))
+    [job] = await store.claim("w", 1)
+    answers: list[bool] = []
+
+    async def settle(status: JobStatus) -> None:
+        answers.append(await store.settle("j", worker_id="w", attempt=job.attempts, status=status))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(settle, JobStatus.COMPLETED)
+        nursery.start_soon(settle, JobStatus.FAILED)
+    assert sorted(answers) == [False, True]
+
+
+async def test_cancelled_settles_leave_the_others_to_be_written(make_store: MakeStore) -> None:
+    store = await make_store()
+    await save_jobs(store, 20)
+    jobs = await store.claim("w", 20)
+    doomed, kept = jobs[:5], jobs[5:]
+    answers: dict[str, bool] = {}
+    scopes: list[trio.CancelScope] = []
+
+    async def settle(job: Job[Any]) -> None:
+        answers[job.id] = await store.settle(
+            job.id, worker_id="w", attempt=job.attempts, status=JobStatus.COMPLETED
+        )
+
+    async def settle_or_give_up(job: Job[Any]) -> None:
+        with trio.CancelScope() as scope:
+            scopes.append(scope)
+            await settle(job)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for job in doomed:
+                nursery.start_soon(settle_or_give_up, job)
+            for job in kept:
+                nursery.start_soon(settle, job)
+            # The first settle is being written; the others wait in line.
+            await trio.testing.wait_all_tasks_blocked()
+            for scope in scopes:
+                scope.cancel()
+    assert all(answers[job.id] for job in kept)
+    for job in jobs:
+        stored = await store.get(job.id)
+        assert stored is not None
+        assert stored.status is (JobStatus.COMPLETED if job.id in answers else JobStatus.RUNNING)
+
+
+async def test_rescue_from_many_stores_at_once_rescues_each_job_once(
+    make_store: MakeStore,
+) -> None:
+    stores = [await make_store(lease_duration=0.2) for _ in range(4)]
+    for n in range(30):
+        await stores[0].save(Job(id=f"j{n}", type="t", max_attempts=1 + n % 2))
+    assert len(await stores[0].claim("doomed-worker", 30)) == 30
+    rescued: list[Job[Any]] = []
+
+    async def rescuer(store: PostgresStorage) -> None:
+        while len(rescued) < 30:
+            rescued.extend(await store.rescue_expired())
+            await trio.sleep(0.01)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for store in stores:
+                nursery.start_soon(rescuer, store)
+
+    assert sorted(job.id for job in rescued) == sorted(f"j{n}" for n in range(30))
+    for job in rescued:
+        assert job.attempts == 1
+        assert job.last_error is not None
+        assert job.last_error.type == "WorkerLostError"
+        assert "doomed-worker" in job.last_error.message
+        assert "attempt 1" in job.last_error.message
+        expected = JobStatus.FAILED if job.max_attempts == 1 else JobStatus.PENDING
+        assert job.status is expected
+
+
+async def test_json_columns_round_trip_exactly(make_store: MakeStore) -> None:
+    # jsonb would turn 1e16 into an int, reorder keys and refuse NUL characters.
+    store = await make_store()
+    payload = {"z": 1e16, "a": [1.0, 2.5, -0.0], "nul": "a\u0000b", "nested": {"b": 1, "a": 2}}
+    await store.save(Job(id="j", type="t", payload=payload, metadata={"k": 1e300}))
+    job = await store.get("j")
+    assert job is not None
+    assert job.payload == payload
+    assert type(job.payload["z"]) is float
+    assert list(job.payload["nested"]) == ["b", "a"]
+    assert job.metadata == {"k": 1e300}
+
+
+# -- LISTEN / NOTIFY --------------------------------------------------------------
+
+
+async def test_a_save_in_another_store_wakes_wait_for_work(make_store: MakeStore) -> None:
+    waiter, producer = await make_store(), await make_store()
+    await waiter.wait_for_work(0)  # forget anything seen before
+    woke = trio.Event()
+
+    async def wait() -> None:
+        await waiter.wait_for_work(WAKE_TIMEOUT)
+        woke.set()
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not woke.is_set()
+            await producer.save(Job(id="j", type="t"))
+    assert [job.id for job in await waiter.claim("w", 1)] == ["j"]
+
+
+async def test_a_delay_announced_by_another_store_wakes_wait_for_work_when_due(
+    make_store: MakeStore,
+) -> None:
+    waiter, producer = await make_store(), await make_store()
+    await producer.save(Job(id="later", type="t"), delay=0.3)
+    with trio.fail_after(DEADLINE):
+        while not await waiter.claim("w", 1):
+            await waiter.wait_for_work(WAKE_TIMEOUT)
+
+
+async def test_a_retry_in_another_store_wakes_wait_for_work(make_store: MakeStore) -> None:
+    waiter, worker = await make_store(), await make_store()
+    await worker.save(Job(id="j", type="t"))
+    await worker.claim("w", 1)
+    await waiter.wait_for_work(0)
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter.wait_for_work, WAKE_TIMEOUT)
+            await trio.testing.wait_all_tasks_blocked()
+            await worker.settle("j", worker_id="w", attempt=1, status=JobStatus.RETRYING)
+
+
+async def test_a_cancel_request_from_another_store_wakes_the_worker(
+    make_store: MakeStore,
+) -> None:
+    worker, client = await make_store(), await make_store()
+    await client.save(Job(id="j", type="t"))
+    [job] = await worker.claim("w", 1)
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(worker.wait_for_cancel_request, WAKE_TIMEOUT)
+            await trio.testing.wait_all_tasks_blocked()
+            assert await client.request_cancel("j") is CancelOutcome.REQUESTED
+    beat = await worker.heartbeat("w", [job.id])
+    assert beat.cancel_requested == {"j"}
+
+
+async def test_cancelling_a_waiting_job_does_not_signal_workers(make_store: MakeStore) -> None:
+    worker, client = await make_store(), await make_store()
+    await client.save(Job(id="j", type="t"))
+    assert await client.request_cancel("j") is CancelOutcome.CANCELLED
+    with trio.move_on_after(0.5) as scope:
+        await worker.wait_for_cancel_request(WAKE_TIMEOUT)
+    assert scope.cancelled_caught
+
+
+@pytest.mark.parametrize("job_id", ["plain", "with\nnewline", "long" * 100])
+async def test_a_settle_in_another_store_wakes_wait_for_change(
+    make_store: MakeStore, job_id: str
+) -> None:
+    watcher, worker = await make_store(), await make_store()
+    await worker.save(Job(id=job_id, type="t"))
+    await worker.claim("w", 1)
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watcher.wait_for_change, job_id, WAKE_TIMEOUT)
+            await trio.testing.wait_all_tasks_blocked()
+            await worker.settle(job_id, worker_id="w", attempt=1, status=JobStatus.COMPLETED)
+    done = await watcher.get(job_id)
+    assert done is not None
+    assert done.status is JobStatus.COMPLETED
+
+
+async def test_the_listener_reconnects_after_its_backend_is_terminated(
+    make_store: MakeStore, pg_schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="trio_jobs.postgres")
+    waiter, producer = await make_store(), await make_store()
+    listeners = await backend_pids(f"trio_jobs:{pg_schema}:listen")
+    assert len(listeners) == 2
+    await waiter.wait_for_work(0)
+    await terminate(listeners)
+    with trio.fail_after(DEADLINE):
+        # Reconnecting wakes every waiter: notifications may have been missed.
+        await waiter.wait_for_work(WAKE_TIMEOUT)
+        # The new connection listens: a save elsewhere wakes the waiter again.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter.wait_for_work, WAKE_TIMEOUT)
+            await trio.testing.wait_all_tasks_blocked()
+            await producer.save(Job(id="after", type="t"))
+    assert (await backend_pids(f"trio_jobs:{pg_schema}:listen")).isdisjoint(listeners)
+    messages = [r.getMessage() for r in caplog.records if r.name == "trio_jobs.postgres"]
+    assert any("LISTEN connection to PostgreSQL lost" in m for m in messages)
+    assert any("re-established" in m for m in messages)
+
+
+async def test_queries_succeed_after_the_pool_connections_are_terminated(
+    make_store: MakeStore, pg_schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await make_store(min_connections=3, max_connections=3)
+    await store.save(Job(id="j", type="t"))
+
+    async def read_concurrently() -> None:
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(store.get, "j")
+
+    # Make sure all three pooled connections exist, then kill them while idle.
+    await read_concurrently()
+    pool_pids = await backend_pids(f"trio_jobs:{pg_schema}")
+    assert len(pool_pids) == 3
+    await terminate(pool_pids)
+    with trio.fail_after(30):
+        job = await store.get("j")
+        assert job is not None
+        [claimed] = await store.claim("w", 1)
+        assert await store.settle(
+            "j", worker_id="w", attempt=claimed.attempts, status=JobStatus.COMPLETED
+        )
+        await read_concurrently()
+    assert (await backend_pids(f"trio_jobs:{pg_schema}")).isdisjoint(pool_pids)
+    assert any("connection lost" in r.getMessage() for r in caplog.records)
+
+
+async def test_close_leaves_no_listener_thread_behind(make_store: MakeStore) -> None:
+    store = await make_store()
+
+    def listener_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "trio_jobs postgres LISTEN"]
+
+    with trio.fail_after(DEADLINE):
+        while not listener_threads():  # noqa: ASYNC110 (a thread's name is not an event)
+            await trio.sleep(0.01)
+    await store.close()
+    assert listener_threads() == []
+    await store.close()  # idempotent
+
+
+async def test_close_completes_even_when_cancelled(make_store: MakeStore) -> None:
+    store = await make_store()
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await store.close()
+    with pytest.raises(RuntimeError, match="not open"):
+        await store.get("x")
