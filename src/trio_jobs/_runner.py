@@ -8,7 +8,8 @@ import os
 import socket
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any, Self, TypeVar, final
 
@@ -63,6 +64,8 @@ class _Attempt:
     scope: trio.CancelScope
     #: Why the runner cancelled the scope: "cancel" (user), "stop" (forced stop), "lost".
     reason: str | None = None
+    #: Set once the handler is done and the outcome is being written.
+    settling: bool = False
     #: The newest context snapshot whose progress/metadata is not stored yet.
     unsaved: JobContext[Any] | None = None
     writing: bool = False
@@ -141,6 +144,10 @@ class JobRunner:
         self._scheduler_scope = trio.CancelScope()
         self._services_scope = trio.CancelScope()
         self._running: dict[str, _Attempt] = {}
+        #: Outcomes being written to the store (their slots are already free).
+        self._writes = 0
+        #: Whether the last claim found fewer ready jobs than it asked for.
+        self._store_dry = False
         self._slot_freed = trio.lowlevel.ParkingLot()
         self._settled = trio.lowlevel.ParkingLot()
         self._stopped = trio.Event()
@@ -307,7 +314,7 @@ class JobRunner:
                 attempt.scope.cancel()
 
     async def _wait_until_idle(self) -> None:
-        while self._running:
+        while self._running or self._writes:
             await self._slot_freed.park()
 
     def _end_stop(self) -> None:
@@ -387,9 +394,27 @@ class JobRunner:
             self._dispatch(self._in_process)
         return JobHandle(job.id, job_type, self)
 
+    @asynccontextmanager
+    async def _store(self) -> AsyncIterator[JobStorage]:
+        """Yield the store, opened for the duration if the runner is not in its block.
+
+        Reads keep working before entering and after stopping: a store the runner
+        closed is reopened just for them.
+        """
+        if self._state in ("new", "stopped"):
+            await self._storage.open()
+            try:
+                yield self._storage
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._storage.close()
+        else:
+            yield self._storage
+
     async def get_job(self, job_id: str) -> Job[Any] | None:
         """Return the job's current snapshot, or ``None`` for an unknown id."""
-        return await self._storage.get(job_id)
+        async with self._store() as store:
+            return await store.get(job_id)
 
     async def get_handle(self, job_id: str) -> JobHandle[Any]:
         """Return a handle on an existing job (reattach by id).
@@ -397,14 +422,15 @@ class JobRunner:
         Raises:
             JobNotFoundError: the store knows no such job.
         """
-        job = await self._storage.get(job_id)
+        job = await self.get_job(job_id)
         if job is None:
             raise JobNotFoundError(job_id)
         return JobHandle(job.id, job.type, self)
 
     async def stats(self) -> JobStats:
         """Return counts of jobs by status, from the store."""
-        return await self._storage.get_stats()
+        async with self._store() as store:
+            return await store.get_stats()
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel a job.
@@ -417,13 +443,14 @@ class JobRunner:
             True when the cancellation took effect; False for an unknown or
             already final job.
         """
-        outcome = await self._storage.request_cancel(job_id)
+        async with self._store() as store:
+            outcome = await store.request_cancel(job_id)
         if outcome is CancelOutcome.NOTHING:
             return False
         if outcome is CancelOutcome.CANCELLED:
             self._settled.unpark_all()
             if self._events.active:
-                job = await self._storage.get(job_id)
+                job = await self.get_job(job_id)
                 if job is not None:
                     self._events.emit("job:cancelled", job)
             return True
@@ -444,7 +471,10 @@ class JobRunner:
     async def _drain(self) -> bool:
         """Wait until this runner's types have no unfinished job; False if it stopped first."""
         while True:
-            if not self._running and not await self._storage.count_unfinished(self._types):
+            # Ask the store only when nothing here runs and the scheduler found it dry:
+            # otherwise the answer is "not yet" and the query would slow the work down.
+            idle = not self._running and not self._writes and self._store_dry
+            if idle and not await self._storage.count_unfinished(self._types):
                 return True
             if self._state == "stopped":
                 return False
@@ -489,7 +519,7 @@ class JobRunner:
 
     async def _wait_final(self, job_id: str) -> Job[Any]:
         while True:
-            job = await self._storage.get(job_id)
+            job = await self.get_job(job_id)
             if job is None:
                 raise JobNotFoundError(job_id)
             if job.status.is_final:
@@ -533,6 +563,7 @@ class JobRunner:
                     self._report_error("claiming jobs failed", exc)
                     await trio.sleep(self._poll_interval)
                     continue
+                self._store_dry = len(jobs) < free
                 if jobs:
                     for job in jobs:
                         self._start(job)
@@ -670,6 +701,12 @@ class JobRunner:
         execution_time: float | None = None,
     ) -> bool:
         job = attempt.job
+        attempt.settling = True
+        # The handler is done: free its slot now, so the next claim can go out while
+        # this write is in flight (a durable store batches both into few
+        # transactions). The job stays RUNNING in the store until the write lands.
+        self._release(attempt)
+        self._writes += 1
         try:
             try:
                 if self._in_process is not None:
@@ -713,7 +750,10 @@ class JobRunner:
             self._report_error(f"recording job {job.id} as {status} failed", exc)
             return False
         finally:
-            self._release(attempt)
+            self._writes -= 1
+            self._settled.unpark_all()
+            if not self._writes:
+                self._slot_freed.unpark_all()  # for _wait_until_idle
 
     def _release(self, attempt: _Attempt) -> None:
         """Free the attempt's slot and wake whoever waits for one or for a settle."""
@@ -790,7 +830,9 @@ class JobRunner:
                         if (attempt := self._running.get(job_id)) is not None:
                             self._cancel_attempt(attempt, "cancel")
                     for job_id in beat.lost:
-                        if (attempt := self._running.get(job_id)) is not None:
+                        attempt = self._running.get(job_id)
+                        # A job settling right now is no longer held by anyone: not lost.
+                        if attempt is not None and not attempt.settling:
                             self._logger.warning("lost the claim on job %s; abandoning it", job_id)
                             self._cancel_attempt(attempt, "lost")
                     if await self._storage.rescue_expired():

@@ -6,6 +6,7 @@ readable by any tool, and never a code-execution channel (no pickle).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from datetime import datetime
@@ -88,6 +89,13 @@ def decode_retry(text: str | None) -> RetryConfig | None:
     """Decode what :func:`encode_retry` wrote."""
     if text is None:
         return None
+    return _decode_retry(text)
+
+
+@functools.lru_cache(maxsize=256)
+def _decode_retry(text: str) -> RetryConfig:
+    # Most jobs share a handful of policies; RetryConfig is frozen, so one decoded
+    # object can serve every job that stored the same text.
     data = json.loads(text)
     if data.get("max_delay") is None:
         data["max_delay"] = math.inf
