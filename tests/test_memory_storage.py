@@ -230,6 +230,37 @@ async def test_a_client_job_runs_at_once_on_a_runner_of_the_same_store(
     assert work.starts == [3.0]
 
 
+async def test_jobs_in_the_store_run_only_inside_a_runners_block(autojump_clock: Any) -> None:
+    store = MemoryStorage()
+    work = Work()
+    async with JobClient(store) as client:
+        handle = await client.submit("w", (1.0, False))
+        await trio.sleep(5.0)
+        assert (await handle.get_status()).status is JobStatus.PENDING
+        async with JobRunner(storage=store) as runner:
+            runner.register_handler("w", work)
+        assert await handle.wait() == "slept 1.0"
+    assert work.starts == [5.0]
+
+
+async def test_client_methods_checkpoint() -> None:
+    async with JobClient(MemoryStorage()) as client:
+        with trio.testing.assert_checkpoints():
+            handle = await client.submit("w")
+        with trio.testing.assert_checkpoints():
+            await client.get_job(handle.id)
+        with trio.testing.assert_checkpoints():
+            await client.get_handle(handle.id)
+        with trio.testing.assert_checkpoints():
+            await client.stats()
+        with trio.testing.assert_checkpoints():
+            assert await client.cancel(handle.id)
+        with trio.testing.assert_checkpoints():
+            await handle.is_done()
+        with trio.testing.assert_checkpoints(), pytest.raises(JobCancelledError):
+            await handle.wait()
+
+
 async def test_a_clients_retry_policy_is_what_the_runner_applies(autojump_clock: Any) -> None:
     store = MemoryStorage()
     work = Work()

@@ -462,6 +462,34 @@ async def test_a_retry_backoff_holds_no_slot(autojump_clock: Any) -> None:
     assert starts == [("flaky", 0.0), ("other", 0.0), ("flaky", 10.0)]
 
 
+async def test_delayed_and_retried_jobs_compete_by_priority_once_due(
+    autojump_clock: Any,
+) -> None:
+    starts: list[tuple[str, float]] = []
+
+    async def work(job: Job[Any], ctx: JobContext[Any]) -> None:
+        starts.append((job.payload, trio.current_time()))
+        if job.payload == "high-retried" and ctx.attempt == 1:
+            raise ConnectionError("reset")
+        await trio.sleep(2.0)
+
+    async with JobRunner(concurrency=1, default_retry=fixed(1.0)) as runner:
+        runner.register_handler("w", work)
+        await runner.submit("w", "high-retried", priority=JobPriority.HIGH)
+        for i in range(3):
+            await runner.submit("w", f"low-{i}", priority=JobPriority.LOW)
+        await runner.submit("w", "critical-delayed", priority=JobPriority.CRITICAL, delay=3.0)
+    # Due at 1.0 and 3.0, each waits only for the running attempt to end.
+    assert starts == [
+        ("high-retried", 0.0),
+        ("low-0", 0.0),
+        ("high-retried", 2.0),
+        ("critical-delayed", 4.0),
+        ("low-1", 6.0),
+        ("low-2", 8.0),
+    ]
+
+
 async def test_a_submitted_job_starts_without_waiting_for_poll_interval(
     autojump_clock: Any,
 ) -> None:
@@ -472,152 +500,6 @@ async def test_a_submitted_job_starts_without_waiting_for_poll_interval(
         await trio.sleep(7.0)
         await runner.submit("r", ("idle-then-submitted", 0.0))
     assert rec.starts == [("first", 0.0), ("idle-then-submitted", 7.0)]
-
-
-# -- attempts, failures, timeouts -------------------------------------------------
-
-
-async def test_attempts_grow_by_one_when_each_attempt_starts(autojump_clock: Any) -> None:
-    seen: list[tuple[int, int, JobStatus]] = []
-
-    async def flaky(job: Job[Any], ctx: JobContext[Any]) -> str:
-        seen.append((ctx.attempt, job.attempts, job.status))
-        if job.attempts < 3:
-            raise RuntimeError("try again")
-        return "done"
-
-    async with JobRunner(default_retry=fixed(1.0, attempts=5)) as runner:
-        runner.register_handler("flaky", flaky)
-        handle = await runner.submit("flaky")
-        assert await handle.wait() == "done"
-        job = await handle.get_status()
-    assert seen == [(n, n, JobStatus.RUNNING) for n in (1, 2, 3)]
-    assert (job.status, job.attempts) == (JobStatus.COMPLETED, 3)
-
-
-async def test_an_exception_is_retried_with_exact_backoff_then_fails(
-    autojump_clock: Any,
-) -> None:
-    starts: list[float] = []
-
-    async def broken(job: Job[Any], ctx: JobContext[Any]) -> None:
-        starts.append(trio.current_time())
-        raise RuntimeError(f"boom {ctx.attempt}")
-
-    config = RetryConfig(max_attempts=4, base_delay=1.0, backoff_multiplier=2.0, jitter=False)
-    async with JobRunner(default_retry=config) as runner:
-        runner.register_handler("broken", broken)
-        runner.register_handler("echo", echo)
-        handle = await runner.submit("broken")
-        with pytest.raises(JobFailedError):
-            await handle.wait()
-        # The failures never reached the runner: it still runs jobs.
-        assert runner.running
-        assert await (await runner.submit("echo", "alive")).wait() == "alive"
-        job = await handle.get_status()
-    assert starts == [0.0, 1.0, 3.0, 7.0]
-    assert (job.status, job.attempts, job.result) == (JobStatus.FAILED, 4, None)
-    error = job.last_error
-    assert error is not None
-    assert (error.message, error.type, error.attempt, error.retryable) == (
-        "boom 4",
-        "RuntimeError",
-        4,
-        True,
-    )
-    assert error.traceback is not None
-    assert "RuntimeError: boom 4" in error.traceback
-    assert error.timestamp.utcoffset() == timedelta(0)
-    assert job.completed_at is not None
-
-
-async def test_a_non_retryable_error_is_not_retried(autojump_clock: Any) -> None:
-    calls = 0
-
-    async def picky(job: Job[Any], ctx: JobContext[Any]) -> None:
-        nonlocal calls
-        calls += 1
-        raise ValueError("invalid input: no name")
-
-    async with JobRunner() as runner:
-        runner.register_handler("picky", picky)
-        handle = await runner.submit("picky")
-        with pytest.raises(JobFailedError):
-            await handle.wait()
-        job = await handle.get_status()
-    assert calls == 1
-    assert (job.status, job.attempts, trio.current_time()) == (JobStatus.FAILED, 1, 0.0)
-    assert job.last_error is not None
-    assert (job.last_error.type, job.last_error.retryable) == ("ValueError", False)
-
-
-async def test_the_jobs_is_retryable_predicate_decides(autojump_clock: Any) -> None:
-    calls = 0
-
-    async def broken(job: Job[Any], ctx: JobContext[Any]) -> None:
-        nonlocal calls
-        calls += 1
-        raise ConnectionError("reset")
-
-    async with JobRunner() as runner:
-        runner.register_handler("broken", broken)
-        handle = await runner.submit("broken", retry={"is_retryable": lambda e: False})
-        with pytest.raises(JobFailedError):
-            await handle.wait()
-    assert calls == 1
-
-
-async def test_a_timeout_cancels_the_attempt_and_is_retried_until_timeout(
-    autojump_clock: Any,
-) -> None:
-    spans: list[tuple[float, float]] = []
-
-    async def hang(job: Job[Any], ctx: JobContext[Any]) -> None:
-        start = trio.current_time()
-        try:
-            await trio.sleep_forever()
-        finally:
-            spans.append((start, trio.current_time()))
-
-    async with JobRunner(default_retry=fixed(1.0, attempts=2)) as runner:
-        runner.register_handler("hang", hang)
-        handle = await runner.submit("hang", timeout=5.0)
-        with pytest.raises(JobTimeoutError):
-            await handle.wait()
-        assert trio.current_time() == 11.0
-        job = await handle.get_status()
-    assert spans == [(0.0, 5.0), (6.0, 11.0)]
-    assert (job.status, job.attempts) == (JobStatus.TIMEOUT, 2)
-    assert job.last_error is not None
-    assert job.last_error.type.endswith("JobTimeoutError")
-    assert job.last_error.attempt == 2
-
-
-async def test_a_timed_out_attempt_counts_and_the_retry_may_succeed(autojump_clock: Any) -> None:
-    async def slow_once(job: Job[Any], ctx: JobContext[Any]) -> str:
-        if ctx.attempt == 1:
-            await trio.sleep_forever()
-        return "second time lucky"
-
-    async with JobRunner(default_retry=fixed(2.0)) as runner:
-        runner.register_handler("slow", slow_once)
-        handle = await runner.submit("slow", timeout=3.0)
-        assert await handle.wait() == "second time lucky"
-        assert trio.current_time() == 5.0
-        job = await handle.get_status()
-    assert (job.status, job.attempts) == (JobStatus.COMPLETED, 2)
-
-
-async def test_a_timeout_follows_the_retry_predicate(autojump_clock: Any) -> None:
-    async with JobRunner(default_retry=fixed(1.0)) as runner:
-        runner.register_handler("sleep", sleep_for)
-        handle = await runner.submit(
-            "sleep", 100.0, timeout=2.0, retry={"is_retryable": lambda e: False}
-        )
-        with pytest.raises(JobTimeoutError):
-            await handle.wait()
-        job = await handle.get_status()
-    assert (job.status, job.attempts, trio.current_time()) == (JobStatus.TIMEOUT, 1, 2.0)
 
 
 # -- checkpoints ------------------------------------------------------------------
