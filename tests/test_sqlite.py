@@ -466,6 +466,7 @@ async def test_a_write_cancelled_while_queued_never_happens(store: SQLiteStorage
     assert results == {first.id: True}
     assert (await store.get(first.id)).status is JobStatus.COMPLETED
     assert (await store.get(second.id)).status is JobStatus.RUNNING
+    assert await store.settle(second.id, worker_id="w1", attempt=1, status=JobStatus.FAILED)
 
 
 async def test_when_the_flusher_is_cancelled_a_waiting_writer_takes_over(
@@ -499,6 +500,47 @@ async def test_when_the_flusher_is_cancelled_a_waiting_writer_takes_over(
     assert results == {second.id: True}
     assert (await store.get(first.id)).status is JobStatus.RUNNING
     assert (await store.get(second.id)).status is JobStatus.COMPLETED
+    assert await store.settle(first.id, worker_id="w1", attempt=1, status=JobStatus.FAILED)
+
+
+async def test_a_claim_taken_by_a_flusher_reaches_its_cancelled_caller(
+    store: SQLiteStorage,
+) -> None:
+    await store.save(new_job())
+    in_thread = threading.Event()
+    release = threading.Event()
+
+    def slow(conn: sqlite3.Connection, now: float) -> None:
+        in_thread.set()
+        release.wait(DEADLINE)
+
+    claimed: list[Job[Any]] = []
+    claim_scope = trio.CancelScope()
+
+    async def claimer() -> None:
+        with claim_scope:
+            jobs = await store.claim("w1", 5)
+            claimed.extend(jobs)  # before the next checkpoint delivers the cancel
+            await trio.lowlevel.checkpoint()
+            raise AssertionError("the cancellation should have been delivered")
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            async with store._lock:
+                nursery.start_soon(store._write, slow)  # the flusher
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(claimer)  # parks behind it
+                await trio.testing.wait_all_tasks_blocked()
+            # Both writes are now in one batch, stuck in the thread on `slow`.
+            await trio.to_thread.run_sync(in_thread.wait)
+            claim_scope.cancel()
+            release.set()
+
+    assert claim_scope.cancelled_caught
+    assert [job.attempts for job in claimed] == [1]
+    assert (await store.get(claimed[0].id)).status is JobStatus.RUNNING
+    await store.save(new_job())  # the queue still flows
+    assert await store.count_unfinished() == 2
 
 
 # -- details of this store -----------------------------------------------------------------

@@ -36,7 +36,7 @@ from typing import Any, Final, Generic, Self, TypeVar, cast
 
 import trio
 
-from .._records import ErrorInfo, Job, JobStats, JobStatus
+from .._records import ErrorInfo, Job, JobPriority, JobStats, JobStatus
 from ._base import CancelOutcome, Heartbeat
 from ._codec import (
     decode_error,
@@ -124,15 +124,17 @@ _Op = Callable[[sqlite3.Connection, float], T]
 class _Entry(Generic[T]):
     """One queued write of the group commit, and what became of it."""
 
-    __slots__ = ("abandoned", "done", "error", "op", "value")
+    __slots__ = ("done", "error", "flush_turn", "op", "taken", "task", "value")
 
     def __init__(self, op: _Op[T]) -> None:
         self.op = op
         self.value: T | None = None
         self.error: BaseException | None = None
+        # The task parked waiting for this write (None: the flusher's own write).
+        self.task: trio.lowlevel.Task | None = None
+        self.taken = False  # a flusher has it: it can no longer be cancelled
         self.done = False
-        # Its caller gave up (was cancelled) after a flusher had taken it.
-        self.abandoned = False
+        self.flush_turn = False  # its task was woken to flush next
 
 
 class SQLiteStorage:
@@ -177,7 +179,6 @@ class SQLiteStorage:
         # Group commit: writes wait in the queue; one flusher at a time runs it all.
         self._queue: list[_Entry[Any]] = []
         self._flushing = False
-        self._round_done = trio.Event()
         # Local wake-ups for wait_for_work / wait_for_change.
         self._work = trio.Event()
         self._work_flag = False
@@ -405,7 +406,7 @@ class SQLiteStorage:
                 (now, worker_id, now + self._lease, now, *types, limit),
             ).fetchall()
 
-        rows = await self._transaction(claim)
+        rows = await self._write(claim)
         # RETURNING yields rows in no particular order.
         rows.sort(key=lambda row: (-row[4], row[10], row[20]))
         jobs = [_job_from_row(row) for row in rows]
@@ -805,59 +806,77 @@ class SQLiteStorage:
             conn = self._require()
             return await self._in_thread(lambda: conn.execute(sql, params).fetchall())
 
-    async def _transaction(self, op: _Op[T]) -> T:
-        """Run ``op`` alone in a write transaction.
-
-        Its result reaches the caller even if the caller is cancelled while it runs.
-        """
-        async with self._lock:
-            conn = self._require()
-            return await self._in_thread(lambda: _run_transaction(conn, [_Entry(op)])[0])
-
     async def _write(self, op: _Op[T]) -> T:
-        """Run ``op`` in a write transaction shared with the writes queued meanwhile."""
-        entry = _Entry(op)
+        """Run ``op`` in a write transaction shared with the writes queued meanwhile.
+
+        The caller whose write finds no flush in progress becomes the flusher: it
+        takes the whole queue to a worker thread, runs it in one transaction, and
+        wakes the other callers with their own results. Callers queued meanwhile
+        park; when the flusher is done, the first of them is woken to flush next.
+        Like :func:`trio.to_thread.run_sync`, a write is cancellable until a
+        flusher takes it, and after that its caller waits for its result.
+        """
+        entry: _Entry[T] = _Entry(op)
         self._queue.append(entry)
+        if self._flushing:
+            entry.task = trio.lowlevel.current_task()
+
+            def abort(_: Any) -> trio.lowlevel.Abort:
+                if entry.taken:
+                    return trio.lowlevel.Abort.FAILED
+                self._queue.remove(entry)
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+            if not entry.flush_turn:
+                return self._result(entry)
+        self._flushing = True
         try:
             while not entry.done:
-                if self._flushing:
-                    await self._round_done.wait()
-                else:
-                    await self._flush()
+                await self._flush()
         except BaseException:
-            if not entry.done:
-                if entry in self._queue:
-                    self._queue.remove(entry)
-                else:
-                    entry.abandoned = True
+            if not entry.taken:
+                self._queue.remove(entry)
             raise
+        finally:
+            self._flushing = False
+            if self._queue:
+                # Hand the flusher's role to the first parked writer.
+                self._flushing = True
+                successor = self._queue[0]
+                successor.flush_turn = True
+                assert successor.task is not None
+                trio.lowlevel.reschedule(successor.task)
+        return self._result(entry)
+
+    async def _flush(self) -> None:
+        """Run everything queued in one transaction and deliver the results."""
+        async with self._lock:
+            conn = self._require()
+            batch, self._queue = self._queue, []
+            for entry in batch:
+                entry.taken = True
+            try:
+                await trio.to_thread.run_sync(_run_batch, conn, batch, limiter=self._thread_limiter)
+            except BaseException:
+                # The thread never started (cancelled at its checkpoint): the
+                # writes were not made and are cancellable again.
+                for entry in batch:
+                    entry.taken = False
+                self._queue[:0] = batch
+                raise
+        me = trio.lowlevel.current_task()
+        for entry in batch:
+            entry.done = True
+            if entry.task is not None and entry.task is not me:
+                trio.lowlevel.reschedule(entry.task)
+
+    def _result(self, entry: _Entry[T]) -> T:
         if entry.error is not None:
             if isinstance(entry.error, sqlite3.Error):
                 raise self._translate(entry.error) from entry.error
             raise entry.error
         return cast(T, entry.value)
-
-    async def _flush(self) -> None:
-        self._flushing = True
-        try:
-            async with self._lock:
-                conn = self._require()
-                batch = [entry for entry in self._queue if not entry.abandoned]
-                self._queue.clear()
-                try:
-                    await trio.to_thread.run_sync(
-                        _run_batch, conn, batch, limiter=self._thread_limiter
-                    )
-                except BaseException:
-                    # The thread never started (cancelled at its checkpoint).
-                    self._queue[:0] = batch
-                    raise
-                for entry in batch:
-                    entry.done = True
-        finally:
-            self._flushing = False
-            self._round_done.set()
-            self._round_done = trio.Event()
 
     def _translate(self, exc: sqlite3.Error) -> Exception:
         """Turn a driver error into one that says what is wrong with which file."""
@@ -930,15 +949,6 @@ class SQLiteStorage:
 
 
 # -- helpers run in worker threads ------------------------------------------------------
-
-
-def _run_transaction(conn: sqlite3.Connection, batch: list[_Entry[Any]]) -> list[Any]:
-    """Run ``batch`` in one ``BEGIN IMMEDIATE`` transaction; raise if it failed."""
-    _run_batch(conn, batch)
-    for entry in batch:
-        if entry.error is not None:
-            raise entry.error
-    return [entry.value for entry in batch]
 
 
 def _run_batch(conn: sqlite3.Connection, batch: list[_Entry[Any]]) -> None:
@@ -1058,9 +1068,9 @@ def _job_from_row(row: Sequence[Any]) -> Job[Any]:
     return Job(
         id=row[0],
         type=row[1],
-        payload=decode_json(row[2]),
-        status=row[3],
-        priority=row[4],
+        payload=_decode_json(row[2]),
+        status=_STATUSES[row[3]],
+        priority=_PRIORITIES.get(row[4]) or JobPriority(row[4]),
         attempts=row[5],
         max_attempts=row[6],
         created_at=datetime.fromtimestamp(row[7], UTC),
@@ -1069,14 +1079,27 @@ def _job_from_row(row: Sequence[Any]) -> Job[Any]:
         run_at=_dt(row[10]),
         timeout=row[11],
         last_error=decode_error(row[12]),
-        result=decode_json(row[13]),
+        result=_decode_json(row[13]),
         execution_time=row[14],
         progress=row[15],
         progress_message=row[16],
-        metadata=decode_json(row[17]),
+        metadata=_decode_json(row[17]),
         tenant_id=row[18],
         retry=decode_retry(row[19]),
     )
+
+
+_STATUSES: Final = {status.value: status for status in JobStatus}
+_PRIORITIES: Final = {int(priority): priority for priority in JobPriority}
+
+
+def _decode_json(text: str | None) -> Any:
+    # Most payloads, results and metadata are empty: skip the parser for those.
+    if text is None or text == "null":
+        return None
+    if text == "{}":
+        return {}
+    return decode_json(text)
 
 
 def _ts(value: datetime | None) -> float | None:
