@@ -9,7 +9,7 @@ import socket
 import traceback
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any, Self, TypeVar, final
 
@@ -502,7 +502,9 @@ class JobRunner:
         """Stop calling ``callback`` on ``event``."""
         self._events.off(event, callback)
 
-    def subscribe(self, *, max_buffer_size: float = math.inf) -> Any:
+    def subscribe(
+        self, *, max_buffer_size: float = math.inf
+    ) -> AbstractAsyncContextManager[trio.MemoryReceiveChannel[RunnerEvent]]:
         """Return an async context manager yielding a channel of :class:`RunnerEvent`.
 
         Events are buffered from the moment of subscribing. When a bounded buffer is
