@@ -12,11 +12,12 @@ The statements themselves live in :mod:`._postgres_sql`.
 from __future__ import annotations
 
 import heapq
+import json
 import logging
 import math
 import re
 import threading
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
@@ -48,6 +49,8 @@ _LISTEN_POLL: Final = 0.1
 _RECONNECT_MIN: Final = 0.1
 _RECONNECT_MAX: Final = 5.0
 _POOL_TIMEOUT: Final = 15.0
+_MAX_PAYLOAD: Final = 7000  # bytes; PostgreSQL refuses NOTIFY payloads of 8000
+_MAX_ID_IN_PAYLOAD: Final = 500
 _CONNECT_KWARGS: Final[dict[str, Any]] = {
     "connect_timeout": 10,
     # A LISTEN connection only reads; keepalives notice a silently dead peer.
@@ -58,6 +61,7 @@ _CONNECT_KWARGS: Final[dict[str, Any]] = {
 }
 _FINAL_STATUSES: Final = frozenset(s for s in JobStatus if s.is_final)
 _SETTLE_STATUSES: Final = frozenset(JobStatus) - {JobStatus.RUNNING}
+_WAITING: Final = frozenset({JobStatus.PENDING.value, JobStatus.RETRYING.value})
 
 
 def _import_driver() -> type[ConnectionPool]:
@@ -340,7 +344,7 @@ class PostgresStorage:
         """
         delay = _check_seconds(delay, "delay")
         params = _job_params(job)
-        params.update(delay=delay, work_channel=self._work_channel)
+        params["delay"] = delay
         tries = 0
 
         def insert(conn: Connection) -> None:
@@ -352,9 +356,10 @@ class PostgresStorage:
                 conn.execute(self._sql.insert, params)
             except UniqueViolation:
                 # A retry after a lost connection may find the row its first try wrote.
-                if tries > 1 and self._is_same_job(conn, params):
-                    return
-                raise ValueError(f"a job with id {job.id!r} exists already") from None
+                if not (tries > 1 and self._is_same_job(conn, params)):
+                    raise ValueError(f"a job with id {job.id!r} exists already") from None
+            # The payload is the delay, so a listener can wake itself when it ends.
+            self._notify_quietly(conn, [(self._work_channel, repr(delay))])
 
         await self._run(insert)
         self._schedule_work(delay)
@@ -383,7 +388,7 @@ class PostgresStorage:
             with conn.transaction():
                 if conn.execute(self._sql.update, params).fetchone() is None:
                     conn.execute(self._sql.insert_as_is, params)
-                conn.execute(self._sql.notify, (self._changed_channel, job.id))
+                conn.execute(self._sql.notify, (self._changed_channel, _id_payloads([job.id])[0]))
                 if job.status in (JobStatus.PENDING, JobStatus.RETRYING):
                     conn.execute(self._sql.notify, (self._work_channel, "0"))
 
@@ -439,7 +444,7 @@ class PostgresStorage:
             with conn.transaction():
                 if conn.execute(self._sql.delete, (job_id,)).fetchone() is None:
                     return False
-                conn.execute(self._sql.notify, (self._changed_channel, job_id))
+                conn.execute(self._sql.notify, (self._changed_channel, _id_payloads([job_id])[0]))
                 return True
 
         deleted = await self._run(delete)
@@ -538,7 +543,7 @@ class PostgresStorage:
             result=None if result is None else encode_json(result, "result"),
             error=encode_error(error),
             delay=delay,
-            execution_time=None if execution_time is None else float(execution_time),
+            execution_time=_finite_or_none(execution_time),
         )
         self._settle_queue.append(request)
         try:
@@ -580,20 +585,45 @@ class PostgresStorage:
             flushed, self._settle_flushed = self._settle_flushed, trio.Event()
             flushed.set()
 
+    def _notify_quietly(self, conn: Connection, notes: list[tuple[str, str]]) -> None:
+        """Send notifications in a transaction of their own (it writes no WAL).
+
+        A lost notification costs only latency (pollers find the work), so a
+        failure here is logged, never raised: the change it announces is committed.
+        """
+        import psycopg
+
+        if not notes:
+            return
+        try:
+            conn.execute(self._sql.notify_many, ([c for c, _ in notes], [p for _, p in notes]))
+        except psycopg.OperationalError as exc:
+            logger.warning("could not send notifications (%s); polling covers them", exc)
+
     def _settle_sync(self, batch: list[_SettleRequest], conn: Connection) -> set[int]:
-        params = {
-            "ids": [r.job_id for r in batch],
-            "workers": [r.worker_id for r in batch],
-            "attempts": [r.attempt for r in batch],
-            "statuses": [r.status for r in batch],
-            "results": [r.result for r in batch],
-            "errors": [r.error for r in batch],
-            "delays": [r.delay for r in batch],
-            "execution_times": [r.execution_time for r in batch],
-            "changed_channel": self._changed_channel,
-            "work_channel": self._work_channel,
-        }
-        return {int(idx) - 1 for (idx,) in conn.execute(self._sql.settle, params).fetchall()}
+        batch_json = json.dumps(
+            [
+                {
+                    "id": r.job_id,
+                    "worker_id": r.worker_id,
+                    "attempt": r.attempt,
+                    "status": r.status,
+                    "result": r.result,
+                    "error": r.error,
+                    "delay": r.delay,
+                    "execution_time": r.execution_time,
+                }
+                for r in batch
+            ]
+        )
+        rows = conn.execute(self._sql.settle, (batch_json,)).fetchall()
+        applied = {int(idx) - 1 for idx, _ in rows}
+        notes = [(self._changed_channel, p) for p in _id_payloads(batch[i].job_id for i in applied)]
+        delays = [batch[int(i) - 1].delay for i, status in rows if status in _WAITING]
+        if delays:
+            notes.append((self._work_channel, repr(min(delays))))
+        self._notify_quietly(conn, notes)
+        return applied
 
     async def record_progress(
         self,
@@ -710,6 +740,7 @@ class PostgresStorage:
             "id": job_id,
             "cancel_channel": self._cancel_channel,
             "changed_channel": self._changed_channel,
+            "payload": _id_payloads([job_id])[0],
         }
 
         def cancel(conn: Connection) -> str | None:
@@ -879,7 +910,7 @@ class PostgresStorage:
             with conn.transaction():
                 if conn.execute(self._sql.requeue, (job_id,)).fetchone() is None:
                     return False
-                conn.execute(self._sql.notify, (self._changed_channel, job_id))
+                conn.execute(self._sql.notify, (self._changed_channel, _id_payloads([job_id])[0]))
                 conn.execute(self._sql.notify, (self._work_channel, "0"))
                 return True
 
@@ -1037,6 +1068,29 @@ def _with_connection(pool: ConnectionPool[Connection], fn: Callable[[Connection]
         return fn(conn)
 
 
+def _id_payloads(job_ids: Iterable[str]) -> list[str]:
+    """Pack job ids into NOTIFY payloads, one per line, far below the 8000-byte limit.
+
+    An id that contains a newline or is very long is announced as ``*``: the
+    listener then wakes every waiter.
+    """
+    payloads: list[str] = []
+    chunk: list[str] = []
+    size = 0
+    for job_id in job_ids:
+        length = len(job_id.encode())
+        if "\n" in job_id or length > _MAX_ID_IN_PAYLOAD or job_id == "*":
+            job_id, length = "*", 1
+        if size + length > _MAX_PAYLOAD and chunk:
+            payloads.append("\n".join(chunk))
+            chunk, size = [], 0
+        chunk.append(job_id)
+        size += length + 1
+    if chunk:
+        payloads.append("\n".join(chunk))
+    return payloads
+
+
 def _nothing() -> None:
     pass
 
@@ -1117,6 +1171,10 @@ def _types(job_types: Collection[str] | None) -> list[str] | None:
     if isinstance(job_types, str):
         raise TypeError("job_types must be a collection of type names, not a str")
     return list(job_types)
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
 
 
 def _check_limit(limit: int) -> int:

@@ -71,8 +71,8 @@ def _migration_1(s: str) -> tuple[str, ...]:
         """,
         # The claim walks this index in order and stops after LIMIT rows.
         f"CREATE INDEX jobs_ready_idx ON {s}.jobs ({_CLAIM_ORDER}) WHERE {_READY}",
-        f"CREATE INDEX jobs_lease_idx ON {s}.jobs (lease_expires_at) WHERE status = 'running'",
-        # get_by_status, purge and the stats.
+        # get_by_status, purge, the stats, and the rescue (running jobs are few). No
+        # index on lease_expires_at: heartbeats then update rows in place (HOT).
         f"CREATE INDEX jobs_status_idx ON {s}.jobs (status, seq)",
     )
 
@@ -134,6 +134,7 @@ class Statements:
     requeue: str
     purge: str
     notify: str
+    notify_many: str
     listen: tuple[str, ...]
 
 
@@ -197,12 +198,7 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
         """,
         current_version=f"SELECT coalesce(max(version), 0) FROM {s}.schema_version",
         record_version=f"INSERT INTO {s}.schema_version (version) VALUES (%s)",
-        # One statement: the row and the wake-up of every listening worker. The
-        # payload is the delay, so a listener can wake itself when it ends.
-        insert=f"""
-            WITH ins AS ({insert_values} RETURNING 1)
-            SELECT pg_notify(%(work_channel)s, %(delay)s::text) FROM ins
-        """,
+        insert=insert_values,
         insert_as_is=insert_as_is,
         update=f"""
             UPDATE {jobs} SET
@@ -241,47 +237,41 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
         stats_types=stats.format(where="WHERE type = ANY(%s)"),
         claim=claim.format(types=""),
         claim_types=claim.format(types="AND type = ANY(%(types)s)"),
-        # Many workers' settles in one statement. Each row is fenced on its own
-        # (id, running, attempt, worker); ``idx`` tells the caller which applied.
+        # Many workers' settles in one statement, passed as one JSON array (much
+        # cheaper for the client to encode than an array per column). Each row is
+        # fenced on its own (id, running, attempt, worker); ``idx`` tells the
+        # caller which applied.
+        # No NOTIFY here: PostgreSQL holds a database-wide lock from a notifying
+        # transaction's commit until its WAL is flushed, which would serialise
+        # every worker's settles; the store notifies in a separate, WAL-free one.
         settle=f"""
             WITH v AS (
-                SELECT * FROM unnest(
-                    %(ids)s::text[], %(workers)s::text[], %(attempts)s::integer[],
-                    %(statuses)s::text[], %(results)s::text[], %(errors)s::text[],
-                    %(delays)s::double precision[], %(execution_times)s::double precision[]
-                ) WITH ORDINALITY AS v(id, worker_id, attempt, status, result, error, delay,
-                                       execution_time, idx)
-            ),
-            upd AS (
-                UPDATE {jobs} AS j SET
-                    status = CASE WHEN v.status IN ('retrying', 'pending') AND j.cancel_requested
-                                  THEN 'cancelled' ELSE v.status END,
-                    attempts = CASE WHEN v.status = 'pending' AND NOT j.cancel_requested
-                                    THEN j.attempts - 1 ELSE j.attempts END,
-                    result = CASE WHEN v.status = 'completed' THEN v.result ELSE j.result END,
-                    last_error = coalesce(v.error, j.last_error),
-                    execution_time = coalesce(v.execution_time, j.execution_time),
-                    completed_at = CASE WHEN v.status IN {_FINAL} OR j.cancel_requested
-                                        THEN now() ELSE j.completed_at END,
-                    run_at = CASE WHEN v.status = 'retrying' AND NOT j.cancel_requested
-                                  THEN now() + v.delay * interval '1 second' ELSE j.run_at END,
-                    ready_at = CASE WHEN v.status = 'retrying' AND NOT j.cancel_requested
-                                    THEN now() + v.delay * interval '1 second'
-                                    ELSE j.ready_at END,
-                    worker_id = NULL,
-                    lease_expires_at = NULL
-                FROM v
-                WHERE j.id = v.id AND j.status = 'running' AND j.attempts = v.attempt
-                    AND j.worker_id = v.worker_id
-                RETURNING v.idx, j.id, j.status, v.delay
-            ),
-            notes AS (
-                {_notify_changed("upd")}
-                UNION ALL
-                SELECT pg_notify(%(work_channel)s, min(delay)::text) FROM upd
-                WHERE status IN ('pending', 'retrying') HAVING count(*) > 0
+                SELECT * FROM ROWS FROM (json_to_recordset(%s::json) AS (
+                    id text, worker_id text, attempt integer, status text, result text,
+                    error text, delay double precision, execution_time double precision
+                )) WITH ORDINALITY AS v(id, worker_id, attempt, status, result, error, delay,
+                                        execution_time, idx)
             )
-            SELECT idx FROM upd WHERE (SELECT count(*) FROM notes) >= 0
+            UPDATE {jobs} AS j SET
+                status = CASE WHEN v.status IN ('retrying', 'pending') AND j.cancel_requested
+                              THEN 'cancelled' ELSE v.status END,
+                attempts = CASE WHEN v.status = 'pending' AND NOT j.cancel_requested
+                                THEN j.attempts - 1 ELSE j.attempts END,
+                result = CASE WHEN v.status = 'completed' THEN v.result ELSE j.result END,
+                last_error = coalesce(v.error, j.last_error),
+                execution_time = coalesce(v.execution_time, j.execution_time),
+                completed_at = CASE WHEN v.status IN {_FINAL} OR j.cancel_requested
+                                    THEN now() ELSE j.completed_at END,
+                run_at = CASE WHEN v.status = 'retrying' AND NOT j.cancel_requested
+                              THEN now() + v.delay * interval '1 second' ELSE j.run_at END,
+                ready_at = CASE WHEN v.status = 'retrying' AND NOT j.cancel_requested
+                                THEN now() + v.delay * interval '1 second' ELSE j.ready_at END,
+                worker_id = NULL,
+                lease_expires_at = NULL
+            FROM v
+            WHERE j.id = v.id AND j.status = 'running' AND j.attempts = v.attempt
+                AND j.worker_id = v.worker_id
+            RETURNING v.idx, j.status
         """,
         metadata_for_update=f"""
             SELECT metadata FROM {jobs}
@@ -362,7 +352,7 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
             ),
             notes AS (
                 SELECT pg_notify(CASE WHEN old_status = 'running' THEN %(cancel_channel)s
-                                      ELSE %(changed_channel)s END, %(id)s)
+                                      ELSE %(changed_channel)s END, %(payload)s)
                 FROM upd
             )
             SELECT old_status FROM upd WHERE (SELECT count(*) FROM notes) >= 0
@@ -391,5 +381,6 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
                 AND completed_at < now() - %s * interval '1 second'
         """,
         notify="SELECT pg_notify(%s, %s)",
+        notify_many="SELECT pg_notify(c, p) FROM unnest(%s::text[], %s::text[]) AS n(c, p)",
         listen=tuple(f'LISTEN "{channel}"' for channel in channels),
     )
