@@ -140,9 +140,11 @@ async def test_cancelled_is_true_on_a_forced_stop(autojump_clock: Any) -> None:
 
 async def test_deadline_is_the_attempt_start_plus_the_timeout(autojump_clock: Any) -> None:
     deadlines: list[tuple[float, float, float]] = []
+    scopes: list[trio.CancelScope] = []
 
     async def work(job: Job[Any], ctx: JobContext[Any]) -> None:
         deadlines.append((trio.current_time(), ctx.deadline, ctx.cancel_scope.deadline))
+        scopes.append(ctx.cancel_scope)
         if ctx.attempt == 1:
             raise ConnectionError("again")
 
@@ -151,6 +153,8 @@ async def test_deadline_is_the_attempt_start_plus_the_timeout(autojump_clock: An
         await trio.sleep(3.0)
         await runner.submit("w", timeout=7.0)
     assert deadlines == [(3.0, 10.0, 10.0), (5.0, 12.0, 12.0)]
+    # Each attempt runs in its own scope.
+    assert scopes[0] is not scopes[1]
 
 
 @pytest.mark.parametrize(

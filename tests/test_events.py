@@ -368,7 +368,10 @@ async def test_a_failed_event_record_carries_the_error() -> None:
 async def test_a_full_bounded_buffer_drops_events_and_never_blocks(autojump_clock: Any) -> None:
     async with JobRunner() as runner:
         runner.register_handler("w", Work())
-        async with runner.subscribe(max_buffer_size=2) as events:
+        async with (
+            runner.subscribe(max_buffer_size=2) as events,
+            runner.subscribe() as everything,
+        ):
             handle = await runner.submit("w", (3.0, 0))
             assert await handle.wait() == "slept 3.0"
             assert trio.current_time() == 3.0
@@ -376,9 +379,17 @@ async def test_a_full_bounded_buffer_drops_events_and_never_blocks(autojump_cloc
             await runner.submit("w", (0.0, 0))
             await runner.join()
             second = drain_nowait(events)
+            unbounded = drain_nowait(everything)
     assert [e.name for e in first] == ["job:submitted", "job:started"]
     # Room again: later events arrive (up to the bound).
     assert [e.name for e in second] == ["job:submitted", "job:started"]
+    # Dropped for the slow subscriber only.
+    assert [e.name for e in unbounded] == [
+        "job:submitted",
+        "job:started",
+        "job:progress",
+        "job:completed",
+    ] * 2
 
 
 async def test_the_channel_ends_when_the_runner_stops(autojump_clock: Any) -> None:

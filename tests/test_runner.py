@@ -18,6 +18,7 @@ import trio.testing
 from trio_jobs import (
     Job,
     JobContext,
+    JobError,
     JobFailedError,
     JobPriority,
     JobRunner,
@@ -148,10 +149,12 @@ async def test_submit_after_stop_raises_runner_closed() -> None:
     runner.register_handler("echo", echo)
     async with runner:
         await runner.stop()
-        with pytest.raises(RunnerClosedError):
+        with pytest.raises(RunnerClosedError) as info:
             await runner.submit("echo")
+        assert isinstance(info.value, JobError)
     with pytest.raises(RunnerClosedError):
         await runner.submit("echo")
+    assert await runner.stats() == JobStats()
 
 
 async def test_submit_of_an_unknown_type_raises_and_stores_nothing() -> None:
