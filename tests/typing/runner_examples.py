@@ -120,13 +120,13 @@ async def main() -> None:
         runner.off("job:retrying", on_retrying)
 
         subscription = runner.subscribe(max_buffer_size=100)
-        assert_type(  # type: ignore[assert-type]  # BUG: subscribe() is typed as Any
+        assert_type(
             subscription,
             AbstractAsyncContextManager[trio.MemoryReceiveChannel[RunnerEvent]],
         )
         async with subscription as events:
             async for event in events:
-                assert_type(event, RunnerEvent)  # type: ignore[assert-type]  # BUG: as above
+                assert_type(event, RunnerEvent)
                 break
 
         await runner.stop(graceful=False)
