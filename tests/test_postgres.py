@@ -182,6 +182,28 @@ async def test_stores_opening_together_on_a_fresh_schema_all_succeed(
     assert [job.id for job in claimed] == ["shared"]
 
 
+async def test_a_worker_role_without_create_rights_opens_a_migrated_schema(
+    pg_schema: str,
+) -> None:
+    role = f"tj_worker_{pg_schema[-12:]}"
+    await PostgresStorage(PG_DSN, schema=pg_schema).migrate()
+    await admin_async(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        await admin_async(f'GRANT USAGE ON SCHEMA "{pg_schema}" TO "{role}"')
+        await admin_async(
+            f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "{pg_schema}"'
+            f' TO "{role}"'
+        )
+        await admin_async(f'GRANT USAGE ON ALL SEQUENCES IN SCHEMA "{pg_schema}" TO "{role}"')
+        dsn = psycopg.conninfo.make_conninfo(PG_DSN, user=role)
+        async with PostgresStorage(dsn, schema=pg_schema) as store:
+            await store.save(Job(id="j", type="t"))
+            assert [job.id for job in await store.claim("w", 1)] == ["j"]
+    finally:
+        await admin_async(f'DROP OWNED BY "{role}"')
+        await admin_async(f'DROP ROLE "{role}"')
+
+
 # -- claims -----------------------------------------------------------------------
 
 

@@ -272,14 +272,14 @@ class PostgresStorage:
             **self._connect_kwargs(":migrate"),
         ) as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (sql.advisory_key(self._schema),))
-            if (
-                conn.execute(
-                    "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self._schema,)
-                ).fetchone()
-                is None
-            ):
+            # Look before creating: a worker whose role may not create anything
+            # must still start on a schema someone migrated for it.
+            row = conn.execute(self._sql.existing, {"schema": self._schema}).fetchone()
+            schema_exists, table_exists = row if row else (False, False)
+            if not schema_exists:
                 conn.execute(f'CREATE SCHEMA "{self._schema}"')
-            conn.execute(self._sql.schema_version_table)
+            if not table_exists:
+                conn.execute(self._sql.schema_version_table)
             row = conn.execute(self._sql.current_version).fetchone()
             version = int(row[0]) if row else 0
             if version > sql.LATEST_VERSION:
@@ -334,7 +334,8 @@ class PostgresStorage:
     async def save(self, job: Job[Any], *, delay: float = 0.0) -> None:
         """Insert a new job; it becomes claimable ``delay`` seconds from now (server clock).
 
-        Notifies listening workers in the same statement.
+        Then notifies listening workers (in a transaction of its own: see
+        :meth:`_notify_quietly`).
 
         Raises:
             TypeError: the payload, metadata or result is not JSON-encodable (the

@@ -107,6 +107,7 @@ def _notify_changed(source: str) -> str:
 class Statements:
     """Every statement the store runs, built for one schema."""
 
+    existing: str
     schema_version_table: str
     current_version: str
     record_version: str
@@ -195,6 +196,10 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
                 version    integer PRIMARY KEY,
                 applied_at timestamptz NOT NULL DEFAULT now()
             )
+        """,
+        existing="""
+            SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %(schema)s),
+                   to_regclass(format('%%I.schema_version', %(schema)s)) IS NOT NULL
         """,
         current_version=f"SELECT coalesce(max(version), 0) FROM {s}.schema_version",
         record_version=f"INSERT INTO {s}.schema_version (version) VALUES (%s)",
