@@ -232,6 +232,11 @@ def test_every_documented_event_name_is_accepted(event: str) -> None:
     runner.off(event, print)
 
 
+def test_a_callback_must_be_callable() -> None:
+    with pytest.raises(TypeError):
+        JobRunner().on("job:completed", "print")
+
+
 @pytest.mark.parametrize("event", ["job:done", "job_completed", "completed", ""])
 def test_an_unknown_event_name_raises_value_error(event: str) -> None:
     runner = JobRunner()

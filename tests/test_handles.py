@@ -219,6 +219,26 @@ async def test_a_timeout_follows_the_retry_predicate(autojump_clock: Any) -> Non
     assert (job.status, job.attempts, trio.current_time()) == (JobStatus.TIMEOUT, 1, 2.0)
 
 
+async def test_execution_time_is_the_last_attempts_on_the_trio_clock(autojump_clock: Any) -> None:
+    async def slow_then_fast(job: Job[Any], ctx: JobContext[Any]) -> str:
+        await trio.sleep(3.0 if ctx.attempt == 1 else 1.25)
+        if ctx.attempt == 1:
+            raise ConnectionError("reset")
+        return "ok"
+
+    async with JobRunner(default_retry=fixed(1.0)) as runner:
+        runner.register_handler("w", slow_then_fast)
+        handle = await runner.submit("w")
+        await trio.sleep(3.5)
+        assert (await handle.get_status()).execution_time == 3.0
+        assert await handle.wait() == "ok"
+        job = await handle.get_status()
+    assert (job.execution_time, job.attempts) == (1.25, 2)
+    assert job.started_at is not None
+    assert job.completed_at is not None
+    assert job.started_at <= job.completed_at
+
+
 # -- wait() -----------------------------------------------------------------------
 
 
