@@ -378,6 +378,19 @@ async def test_two_stores_in_two_threads_never_claim_the_same_job(sqlite_path: P
     assert stats.running == stats.pending == 0
 
 
+async def test_wait_for_work_notices_a_commit_from_another_connection(
+    store: SQLiteStorage, sqlite_path: Path
+) -> None:
+    await store.wait_for_work(0)  # forget earlier wake-ups
+    async with SQLiteStorage(sqlite_path) as producer:
+        with trio.fail_after(DEADLINE):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(store.wait_for_work, 3600)
+                await trio.testing.wait_all_tasks_blocked()
+                await producer.save(new_job())
+    assert len(await store.claim("w1", 10)) == 1
+
+
 # -- group commit ------------------------------------------------------------------------
 
 

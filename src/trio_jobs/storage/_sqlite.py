@@ -9,12 +9,13 @@ writers of several processes queue for the write lock instead of failing.
 
 Every write is a ``BEGIN IMMEDIATE`` transaction, so a claim selects and marks its
 jobs under the write lock and two claimers (threads or processes) can never take the
-same job. Writes from many tasks are *group-committed*: concurrent ``settle``,
-``save`` and other writes queue up, and whichever caller finds no flush in progress
-runs the whole queue in one thread call and one transaction, each caller getting
-its own result. Claims run in a transaction of their own, so that a claim's result
-always reaches its caller even when the caller is cancelled mid-flight (a claimed
-job nobody knows about would only come back after its lease expired).
+same job. Writes from many tasks are *group-committed*: concurrent ``claim``,
+``settle``, ``save`` and other writes queue up, and whichever caller finds no flush
+in progress runs the whole queue in one thread call and one transaction, each
+caller getting its own result. As with :func:`trio.to_thread.run_sync`, a write can
+be cancelled until its transaction starts, and from then on its caller waits for
+the result: a claim's jobs always reach the claimer (a claimed job nobody knows
+about would only come back after its lease expired).
 
 Times in the database are wall-clock unix seconds (``REAL``); ``run_at`` is always
 set (a job saved without delay is eligible from its save time), so the claim order
@@ -51,6 +52,11 @@ T = TypeVar("T")
 
 #: How long a writer waits for another connection's write lock before giving up.
 BUSY_TIMEOUT: Final = 5.0
+
+#: How often :meth:`SQLiteStorage.wait_for_work` checks whether another connection
+#: (another process) committed: the delay before a worker notices a job submitted
+#: elsewhere. Each check is one ``PRAGMA data_version`` in a worker thread.
+CHANGE_POLL: Final = 0.05
 
 # Each migration is a list of statements; migration N brings the schema from
 # version N-1 to N. Append new ones, never edit or remove applied ones.
@@ -668,9 +674,11 @@ class SQLiteStorage:
     async def wait_for_work(self, timeout: float) -> None:
         """Return when a job may have become claimable, or after ``timeout`` seconds.
 
-        Wakes on what this store object saw: a save, a retry or release, a requeue
-        or rescue, or the end of a delay it wrote. Work written by other processes
-        is found by the caller's next claim after the timeout (the poll).
+        Wakes at once on what this store object did: a save, a retry or release, a
+        requeue or rescue, or the end of a delay it wrote. Commits of other
+        connections (producers in other processes) are noticed within
+        :data:`CHANGE_POLL` seconds through SQLite's change counter, a read of
+        shared memory, so the caller claims again only when the file changed.
         """
         fired = self._pop_due()
         if fired or self._work_flag:
@@ -678,10 +686,21 @@ class SQLiteStorage:
             await trio.lowlevel.checkpoint()
             return
         wait = timeout if not self._due else min(timeout, max(0.0, self._due[0] - time.time()))
-        with trio.move_on_after(wait):
-            await self._work.wait()
+        deadline = trio.current_time() + wait
+        work = self._work
+        version = await self._data_version()
+        while not work.is_set():
+            with trio.move_on_at(min(deadline, trio.current_time() + CHANGE_POLL)):
+                await work.wait()
+            if trio.current_time() >= deadline or await self._data_version() != version:
+                break
         self._work_flag = False
         self._pop_due()
+
+    async def _data_version(self) -> int:
+        """Return the file's change counter: it moves when another connection commits."""
+        rows = await self._read("PRAGMA data_version")
+        return int(rows[0][0])
 
     async def wait_for_cancel_request(self, timeout: float) -> None:
         """Return when this store object flags a running job for cancellation, or on timeout.
@@ -897,7 +916,7 @@ class SQLiteStorage:
 
     def _connect(self) -> sqlite3.Connection:
         """Open the connection and bring the schema up to date (in a worker thread)."""
-        if self._path != ":memory:" and not self._path.startswith("file:"):
+        if self._path not in (":memory:", ""):
             directory = os.path.dirname(os.path.abspath(self._path))
             if not os.path.isdir(directory):
                 raise FileNotFoundError(
