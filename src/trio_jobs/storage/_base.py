@@ -186,7 +186,11 @@ class JobStorage(Protocol):
         ...
 
     async def heartbeat(self, worker_id: str, job_ids: Collection[str]) -> Heartbeat:
-        """Renew every lease ``worker_id`` holds, in one write; report cancels and losses."""
+        """Renew the leases of ``job_ids`` that ``worker_id`` still holds, in one write.
+
+        Also reports which of them someone asked to cancel, and which are no
+        longer held (lost).
+        """
         ...
 
     async def rescue_expired(self) -> list[Job[Any]]:

@@ -455,13 +455,14 @@ class MemoryStorage:
         return True
 
     async def heartbeat(self, worker_id: str, job_ids: Collection[str]) -> Heartbeat:
-        """Renew ``worker_id``'s leases; report cancellation requests and lost jobs."""
+        """Renew the leases of ``job_ids`` still held by ``worker_id``; report the rest."""
         await trio.lowlevel.checkpoint()
         expires = trio.current_time() + self._lease_duration
         held: set[str] = set()
-        for job_id, (owner, _) in list(self._leases.items()):
-            if owner == worker_id:
-                self._leases[job_id] = (owner, expires)
+        for job_id in job_ids:
+            lease = self._leases.get(job_id)
+            if lease is not None and lease[0] == worker_id:
+                self._leases[job_id] = (worker_id, expires)
                 held.add(job_id)
         return Heartbeat(
             cancel_requested=frozenset(held & self._cancel_requested),
