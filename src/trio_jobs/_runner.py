@@ -323,6 +323,7 @@ class JobRunner:
         self._state = "stopped"
         self._services_scope.cancel()
         self._stopped.set()
+        self._settled.unpark_all()  # join() notices at once
         for scope in self._waiter_scopes:
             scope.cancel()
         self._events.emit("runner:stopped")
@@ -473,7 +474,8 @@ class JobRunner:
         while True:
             # Ask the store only when nothing here runs and the scheduler found it dry:
             # otherwise the answer is "not yet" and the query would slow the work down.
-            idle = not self._running and not self._writes and self._store_dry
+            idle = not self._running and not self._writes
+            idle = idle and (self._in_process is not None or self._store_dry)
             if idle and not await self._storage.count_unfinished(self._types):
                 return True
             if self._state == "stopped":
