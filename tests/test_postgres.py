@@ -372,6 +372,41 @@ async def test_cancelled_settles_leave_the_others_to_be_written(make_store: Make
         assert stored.status is (JobStatus.COMPLETED if job.id in answers else JobStatus.RUNNING)
 
 
+async def test_heartbeats_and_settles_of_the_same_jobs_never_deadlock(
+    make_store: MakeStore,
+) -> None:
+    # Both lock many rows and wait for them; in different orders they deadlock.
+    settler, beater = await make_store(), await make_store()
+    errors: list[Exception] = []
+    for round_ in range(3):
+        ids = await save_jobs(settler, 150, job_type=f"r{round_}")
+        jobs = await settler.claim("w", 150)
+        jobs.sort(key=lambda job: hash(job.id))
+
+        async def beat(ids: list[str] = ids) -> None:
+            for _ in range(10):
+                try:
+                    await beater.heartbeat("w", list(reversed(ids)))
+                except Exception as exc:
+                    errors.append(exc)
+
+        async def settle(job: Job[Any]) -> None:
+            try:
+                await settler.settle(
+                    job.id, worker_id="w", attempt=job.attempts, status=JobStatus.COMPLETED
+                )
+            except Exception as exc:
+                errors.append(exc)
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(beat)
+                for job in jobs:
+                    nursery.start_soon(settle, job)
+    assert errors == []
+    assert (await settler.get_stats()).completed == 450
+
+
 async def test_rescue_from_many_stores_at_once_rescues_each_job_once(
     make_store: MakeStore,
 ) -> None:

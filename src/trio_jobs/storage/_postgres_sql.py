@@ -245,7 +245,9 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
         # Many workers' settles in one statement, passed as one JSON array (much
         # cheaper for the client to encode than an array per column). Each row is
         # fenced on its own (id, running, attempt, worker); ``idx`` tells the
-        # caller which applied.
+        # caller which applied. The two statements that lock several rows and may
+        # wait for them, this one and the heartbeat, lock in id order: in any
+        # other order a heartbeat and a settle of the same jobs can deadlock.
         # No NOTIFY here: PostgreSQL holds a database-wide lock from a notifying
         # transaction's commit until its WAL is flushed, which would serialise
         # every worker's settles; the store notifies in a separate, WAL-free one.
@@ -256,6 +258,13 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
                     error text, delay double precision, execution_time double precision
                 )) WITH ORDINALITY AS v(id, worker_id, attempt, status, result, error, delay,
                                         execution_time, idx)
+            ),
+            held AS MATERIALIZED (
+                SELECT j.id FROM {jobs} AS j JOIN v ON j.id = v.id
+                WHERE j.status = 'running' AND j.attempts = v.attempt
+                    AND j.worker_id = v.worker_id
+                ORDER BY j.id
+                FOR UPDATE OF j
             )
             UPDATE {jobs} AS j SET
                 status = CASE WHEN v.status IN ('retrying', 'pending') AND j.cancel_requested
@@ -273,9 +282,9 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
                                 THEN now() + v.delay * interval '1 second' ELSE j.ready_at END,
                 worker_id = NULL,
                 lease_expires_at = NULL
-            FROM v
-            WHERE j.id = v.id AND j.status = 'running' AND j.attempts = v.attempt
-                AND j.worker_id = v.worker_id
+            FROM v, held
+            WHERE j.id = held.id AND j.id = v.id AND j.status = 'running'
+                AND j.attempts = v.attempt AND j.worker_id = v.worker_id
             RETURNING v.idx, j.status
         """,
         metadata_for_update=f"""
@@ -296,9 +305,15 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
             RETURNING id
         """,
         heartbeat=f"""
-            UPDATE {jobs} SET lease_expires_at = now() + %(lease)s * interval '1 second'
-            WHERE id = ANY(%(ids)s) AND status = 'running' AND worker_id = %(worker_id)s
-            RETURNING id, cancel_requested
+            WITH mine AS MATERIALIZED (
+                SELECT id FROM {jobs}
+                WHERE id = ANY(%(ids)s) AND status = 'running' AND worker_id = %(worker_id)s
+                ORDER BY id
+                FOR UPDATE
+            )
+            UPDATE {jobs} AS j SET lease_expires_at = now() + %(lease)s * interval '1 second'
+            FROM mine WHERE j.id = mine.id
+            RETURNING j.id, j.cancel_requested
         """,
         # SKIP LOCKED: several workers may rescue at once; each expired row is
         # rescued by exactly one of them, and a row a heartbeat is renewing right
