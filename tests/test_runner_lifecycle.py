@@ -354,15 +354,19 @@ async def test_stopping_twice_is_harmless(autojump_clock: Any) -> None:
 async def test_an_exception_in_the_body_propagates_unchanged(autojump_clock: Any) -> None:
     work = Work()
     error = ValueError("mine")
+    stopped_at: list[float] = []
     runner = JobRunner()
     runner.register_handler("w", work)
-    with pytest.raises(ValueError) as info:  # noqa: PT012 - the block is what raises
-        async with runner:
-            handle = await runner.submit("w", {"name": "a", "sleep": 100.0})
-            await runner.submit("w", {"name": "later"}, delay=10.0)
-            await trio.sleep(1.0)
-            raise error
+    async with trio.open_nursery() as waiters:
+        with pytest.raises(ValueError) as info:  # noqa: PT012 - the block is what raises
+            async with runner:
+                handle = await runner.submit("w", {"name": "a", "sleep": 100.0})
+                waiters.start_soon(expect_stopped, handle, stopped_at)
+                await runner.submit("w", {"name": "later"}, delay=10.0)
+                await trio.sleep(1.0)
+                raise error
     assert info.value is error
+    assert stopped_at == [1.0]
     # Running jobs were cancelled, pending ones not drained: we left at once.
     assert trio.current_time() == 1.0
     assert work.cancelled == [("a", 1.0)]
@@ -383,6 +387,19 @@ async def test_cancelling_the_block_from_outside_exits_promptly(autojump_clock: 
     assert trio.current_time() == 2.0
     assert work.cancelled == [("a", 2.0)]
     assert not runner.running
+
+
+async def test_cancelling_the_block_while_it_drains_exits_promptly(autojump_clock: Any) -> None:
+    work = Work()
+    with trio.move_on_after(2.0) as scope:
+        async with JobRunner() as runner:
+            runner.register_handler("w", work)
+            handle = await runner.submit("w", {"name": "a", "sleep": 100.0})
+    assert scope.cancelled_caught
+    assert trio.current_time() == 2.0
+    assert work.cancelled == [("a", 2.0)]
+    job = await handle.get_status()
+    assert (job.status, job.attempts) == (JobStatus.PENDING, 0)
 
 
 @pytest.mark.parametrize("error_type", [KeyboardInterrupt, SystemExit])
