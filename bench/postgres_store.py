@@ -124,7 +124,7 @@ async def drain_like_a_runner(store: PostgresStorage, concurrency: int, batch: i
 def raw_claim_loop(dsn: str, statement: str, batch: int) -> int:
     claimed = 0
     with psycopg.connect(dsn, autocommit=True) as conn:
-        params = {"limit": batch, "worker_id": "raw", "lease": 30.0, "types": None}
+        params = {"limit": batch, "worker_id": "raw", "lease": 30.0, "types": None, "token": None}
         while rows := conn.execute(statement, params).fetchall():
             claimed += len(rows)
     return claimed

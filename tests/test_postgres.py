@@ -249,7 +249,8 @@ async def test_concurrent_claimers_in_plain_threads_never_share_a_job(
     def claimer(worker: str) -> None:
         with psycopg.connect(PG_DSN, autocommit=True) as conn:
             while rows := conn.execute(
-                statement, {"limit": 3, "worker_id": worker, "lease": 30.0, "types": None}
+                statement,
+                {"limit": 3, "worker_id": worker, "lease": 30.0, "types": None, "token": None},
             ).fetchall():
                 assert len(rows) <= 3
                 with lock:
@@ -448,6 +449,14 @@ async def test_json_columns_round_trip_exactly(make_store: MakeStore) -> None:
     assert type(job.payload["z"]) is float
     assert list(job.payload["nested"]) == ["b", "a"]
     assert job.metadata == {"k": 1e300}
+    await store.claim("w", 1)
+    assert await store.settle(
+        "j", worker_id="w", attempt=1, status=JobStatus.COMPLETED, result=payload
+    )
+    done = await store.get("j")
+    assert done is not None
+    assert done.result == payload
+    assert type(done.result["z"]) is float
 
 
 # -- LISTEN / NOTIFY --------------------------------------------------------------
@@ -583,6 +592,55 @@ async def test_queries_succeed_after_the_pool_connections_are_terminated(
         await read_concurrently()
     assert (await backend_pids(f"trio_jobs:{pg_schema}")).isdisjoint(pool_pids)
     assert any("connection lost" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("operation", ["claim", "settle"])
+async def test_a_write_whose_connection_dies_under_it_is_retried_and_applied_once(
+    make_store: MakeStore, pg_schema: str, operation: str
+) -> None:
+    store = await make_store(min_connections=1, max_connections=2)
+    await store.save(Job(id="j", type="t"))
+    claimed: list[Job[Any]] = [] if operation == "claim" else await store.claim("w", 1)
+    answers: list[Any] = []
+
+    async def write() -> None:
+        if operation == "claim":
+            answers.append(await store.claim("w", 5))
+        else:
+            answers.append(
+                await store.settle("j", worker_id="w", attempt=1, status=JobStatus.COMPLETED)
+            )
+
+    def blocked_writer() -> set[int]:
+        rows = admin(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
+            " AND wait_event_type = 'Lock'",
+            (f"trio_jobs:{pg_schema}",),
+        )
+        return {row[0] for row in rows}
+
+    with psycopg.connect(PG_DSN) as locker, trio.fail_after(30):
+        # Hold the table so the store's statement waits; then kill its session.
+        locker.execute(f'LOCK TABLE "{pg_schema}".jobs IN SHARE ROW EXCLUSIVE MODE')
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write)
+            while not (pids := await trio.to_thread.run_sync(blocked_writer)):  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            await terminate(pids)
+            # The retry waits for the lock too; release it.
+            while not await trio.to_thread.run_sync(blocked_writer):  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            await trio.to_thread.run_sync(locker.commit)
+
+    job = await store.get("j")
+    assert job is not None
+    if operation == "claim":
+        assert [j.id for j in answers[0]] == ["j"]
+        assert (job.status, job.attempts) == (JobStatus.RUNNING, 1)
+    else:
+        assert claimed
+        assert answers == [True]
+        assert (job.status, job.attempts) == (JobStatus.COMPLETED, 1)
 
 
 async def test_close_leaves_no_listener_thread_behind(make_store: MakeStore) -> None:

@@ -17,6 +17,7 @@ import logging
 import math
 import re
 import threading
+import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import UTC, datetime
 from functools import partial
@@ -494,11 +495,25 @@ class PostgresStorage:
         if limit == 0 or types == []:
             await trio.lowlevel.checkpoint()
             return []
-        params = {"limit": limit, "worker_id": worker_id, "lease": self._lease, "types": types}
+        params = {
+            "limit": limit,
+            "worker_id": worker_id,
+            "lease": self._lease,
+            "types": types,
+            "token": uuid.uuid4().hex,
+        }
         statement = self._sql.claim if types is None else self._sql.claim_types
+        tries = 0
 
         def claim(conn: Connection) -> list[Job[Any]]:
-            rows = conn.execute(statement, params).fetchall()
+            nonlocal tries
+            tries += 1
+            rows: list[tuple[Any, ...]] = []
+            if tries > 1:
+                # The connection died under the first try: it may have claimed.
+                rows = conn.execute(self._sql.claimed_by_token, params).fetchall()
+            if not rows:
+                rows = conn.execute(statement, params).fetchall()
             rows.sort(key=lambda row: (-row[4], row[-2], row[-1]))
             return [_row_to_job(row) for row in rows]
 
@@ -570,7 +585,7 @@ class PostgresStorage:
         self._settle_flushing = True
         batch, self._settle_queue = self._settle_queue, []
         try:
-            applied = await self._run(partial(self._settle_sync, batch))
+            applied = await self._run(self._settle_writer(batch))
         except Exception as exc:
             for request in batch:
                 request.done, request.failure = True, exc
@@ -601,30 +616,52 @@ class PostgresStorage:
         except psycopg.OperationalError as exc:
             logger.warning("could not send notifications (%s); polling covers them", exc)
 
-    def _settle_sync(self, batch: list[_SettleRequest], conn: Connection) -> set[int]:
-        batch_json = json.dumps(
-            [
-                {
-                    "id": r.job_id,
-                    "worker_id": r.worker_id,
-                    "attempt": r.attempt,
-                    "status": r.status,
-                    "result": r.result,
-                    "error": r.error,
-                    "delay": r.delay,
-                    "execution_time": r.execution_time,
-                }
-                for r in batch
+    def _settle_writer(self, batch: list[_SettleRequest]) -> Callable[[Connection], set[int]]:
+        """Return the function that writes ``batch`` and says which of its indexes applied.
+
+        Every row it writes carries the batch's token, so when the connection dies
+        under the statement, the retry (on a fresh connection) first asks which
+        rows the first try wrote, and writes only the others: a settle that
+        committed is reported as applied, never refused as a lost claim.
+        """
+        token = uuid.uuid4().hex
+        tries = 0
+
+        def write(conn: Connection) -> set[int]:
+            nonlocal tries
+            tries += 1
+            applied: set[int] = set()
+            if tries > 1:
+                rows = conn.execute(
+                    self._sql.settled_by_token, ([r.job_id for r in batch], token)
+                ).fetchall()
+                written = {row[0] for row in rows}
+                for index, request in enumerate(batch):
+                    if request.job_id in written:
+                        written.discard(request.job_id)  # a duplicate applied once
+                        applied.add(index)
+            todo = [index for index in range(len(batch)) if index not in applied]
+            delays: list[float] = []
+            if todo:
+                batch_json = json.dumps([_settle_record(batch[index]) for index in todo])
+                rows = conn.execute(
+                    self._sql.settle, {"batch": batch_json, "token": token}
+                ).fetchall()
+                for idx, status in rows:
+                    index = todo[int(idx) - 1]
+                    applied.add(index)
+                    if status in _WAITING:
+                        delays.append(batch[index].delay)
+            notes = [
+                (self._changed_channel, payload)
+                for payload in _id_payloads(batch[index].job_id for index in applied)
             ]
-        )
-        rows = conn.execute(self._sql.settle, (batch_json,)).fetchall()
-        applied = {int(idx) - 1 for idx, _ in rows}
-        notes = [(self._changed_channel, p) for p in _id_payloads(batch[i].job_id for i in applied)]
-        delays = [batch[int(i) - 1].delay for i, status in rows if status in _WAITING]
-        if delays:
-            notes.append((self._work_channel, repr(min(delays))))
-        self._notify_quietly(conn, notes)
-        return applied
+            if delays:
+                notes.append((self._work_channel, repr(min(delays))))
+            self._notify_quietly(conn, notes)
+            return applied
+
+        return write
 
     async def record_progress(
         self,
@@ -1067,6 +1104,19 @@ def _with_connection(pool: ConnectionPool[Connection], fn: Callable[[Connection]
     pool.check()
     with pool.connection() as conn:
         return fn(conn)
+
+
+def _settle_record(request: _SettleRequest) -> dict[str, Any]:
+    return {
+        "id": request.job_id,
+        "worker_id": request.worker_id,
+        "attempt": request.attempt,
+        "status": request.status,
+        "result": request.result,
+        "error": request.error,
+        "delay": request.delay,
+        "execution_time": request.execution_time,
+    }
 
 
 def _id_payloads(job_ids: Iterable[str]) -> list[str]:

@@ -66,7 +66,10 @@ def _migration_1(s: str) -> tuple[str, ...]:
             retry            text,
             worker_id        text,
             lease_expires_at timestamptz,
-            cancel_requested boolean NOT NULL DEFAULT false
+            cancel_requested boolean NOT NULL DEFAULT false,
+            -- The claim or settle that last wrote the row: after a lost connection,
+            -- a retry finds what its first try did instead of doing it twice.
+            op_token         text
         )
         """,
         # The claim walks this index in order and stops after LIMIT rows.
@@ -124,6 +127,8 @@ class Statements:
     claim: str
     claim_types: str
     settle: str
+    claimed_by_token: str
+    settled_by_token: str
     metadata_for_update: str
     progress: str
     heartbeat: str
@@ -159,7 +164,8 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
             started_at = now(),
             worker_id = %(worker_id)s,
             lease_expires_at = now() + %(lease)s * interval '1 second',
-            cancel_requested = false
+            cancel_requested = false,
+            op_token = %(token)s
         FROM picked WHERE j.id = picked.id
         RETURNING {returning}
     """
@@ -253,7 +259,7 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
         # every worker's settles; the store notifies in a separate, WAL-free one.
         settle=f"""
             WITH v AS (
-                SELECT * FROM ROWS FROM (json_to_recordset(%s::json) AS (
+                SELECT * FROM ROWS FROM (json_to_recordset(%(batch)s::json) AS (
                     id text, worker_id text, attempt integer, status text, result text,
                     error text, delay double precision, execution_time double precision
                 )) WITH ORDINALITY AS v(id, worker_id, attempt, status, result, error, delay,
@@ -281,12 +287,18 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
                 ready_at = CASE WHEN v.status = 'retrying' AND NOT j.cancel_requested
                                 THEN now() + v.delay * interval '1 second' ELSE j.ready_at END,
                 worker_id = NULL,
-                lease_expires_at = NULL
+                lease_expires_at = NULL,
+                op_token = %(token)s
             FROM v, held
             WHERE j.id = held.id AND j.id = v.id AND j.status = 'running'
                 AND j.attempts = v.attempt AND j.worker_id = v.worker_id
             RETURNING v.idx, j.status
         """,
+        claimed_by_token=f"""
+            SELECT {JOB_COLUMNS} FROM {jobs}
+            WHERE status = 'running' AND worker_id = %(worker_id)s AND op_token = %(token)s
+        """,
+        settled_by_token=f"SELECT id FROM {jobs} WHERE id = ANY(%s) AND op_token = %s",
         metadata_for_update=f"""
             SELECT metadata FROM {jobs}
             WHERE id = %(id)s AND status = 'running' AND attempts = %(attempt)s
