@@ -168,7 +168,7 @@ class PostgresStorage:
         self._change_events: dict[str, trio.Event] = {}
         # Settles waiting to be written together (see _settle_flush).
         self._settle_queue: list[_SettleRequest] = []
-        self._settle_flushing = False
+        self._settle_flushing: object | None = None  # the flush in progress
         self._settle_flushed = trio.Event()
 
     def __repr__(self) -> str:
@@ -564,7 +564,7 @@ class PostgresStorage:
         self._settle_queue.append(request)
         try:
             while not request.done:
-                if self._settle_flushing:
+                if self._settle_flushing is not None:
                     await self._settle_flushed.wait()
                 else:
                     await self._settle_flush()
@@ -581,23 +581,41 @@ class PostgresStorage:
         return request.applied
 
     async def _settle_flush(self) -> None:
-        """Write every queued settle in one statement; the caller's own is among them."""
-        self._settle_flushing = True
+        """Write every queued settle in one statement; the caller's own is among them.
+
+        The writing thread hands the answers back as soon as the statement has
+        committed, and only then sends the notifications: the other settles of
+        the batch return, and the next batch starts, without waiting for them.
+        """
+        flush = self._settle_flushing = object()
         batch, self._settle_queue = self._settle_queue, []
+        token = trio.lowlevel.current_trio_token()
+
+        def answer(applied: set[int]) -> None:  # in the writing thread
+            token.run_sync_soon(self._settle_answered, flush, batch, applied)
+
         try:
-            applied = await self._run(self._settle_writer(batch))
+            await self._run(self._settle_writer(batch, answer))
         except Exception as exc:
             for request in batch:
-                request.done, request.failure = True, exc
+                if not request.done:
+                    request.done, request.failure = True, exc
         except BaseException:
             # Cancelled before the statement was sent: the others go back in line.
-            self._settle_queue[:0] = batch
+            self._settle_queue[:0] = [request for request in batch if not request.done]
             raise
-        else:
+        finally:
+            self._settle_answered(flush, batch, None)
+
+    def _settle_answered(
+        self, flush: object, batch: list[_SettleRequest], applied: set[int] | None
+    ) -> None:
+        """Record a batch's answers (when given) and end its flush, if still current."""
+        if applied is not None:
             for index, request in enumerate(batch):
                 request.done, request.applied = True, index in applied
-        finally:
-            self._settle_flushing = False
+        if self._settle_flushing is flush:
+            self._settle_flushing = None
             flushed, self._settle_flushed = self._settle_flushed, trio.Event()
             flushed.set()
 
@@ -616,8 +634,10 @@ class PostgresStorage:
         except psycopg.OperationalError as exc:
             logger.warning("could not send notifications (%s); polling covers them", exc)
 
-    def _settle_writer(self, batch: list[_SettleRequest]) -> Callable[[Connection], set[int]]:
-        """Return the function that writes ``batch`` and says which of its indexes applied.
+    def _settle_writer(
+        self, batch: list[_SettleRequest], answer: Callable[[set[int]], None]
+    ) -> Callable[[Connection], None]:
+        """Return the function that writes ``batch``, then tells ``answer`` which indexes applied.
 
         Every row it writes carries the batch's token, so when the connection dies
         under the statement, the retry (on a fresh connection) first asks which
@@ -627,7 +647,7 @@ class PostgresStorage:
         token = uuid.uuid4().hex
         tries = 0
 
-        def write(conn: Connection) -> set[int]:
+        def write(conn: Connection) -> None:
             nonlocal tries
             tries += 1
             applied: set[int] = set()
@@ -652,6 +672,7 @@ class PostgresStorage:
                     applied.add(index)
                     if status in _WAITING:
                         delays.append(batch[index].delay)
+            answer(applied)
             notes = [
                 (self._changed_channel, payload)
                 for payload in _id_payloads(batch[index].job_id for index in applied)
@@ -659,7 +680,6 @@ class PostgresStorage:
             if delays:
                 notes.append((self._work_channel, repr(min(delays))))
             self._notify_quietly(conn, notes)
-            return applied
 
         return write
 
