@@ -8,8 +8,10 @@ same real SQLite file (or PostgreSQL schema); every command under test runs as
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -126,6 +128,45 @@ async def test_help_names_every_command_and_the_worker_documents_both_app_forms(
     assert "HANDLERS" in worker.stdout
     assert "setup(runner)" in worker.stdout
     assert "--lease-duration" in worker.stdout
+
+
+async def test_console_script_imports_the_app_from_the_current_directory(tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("trio-jobs")
+    if not await trio.Path(script).exists():
+        pytest.skip("the trio-jobs console script is not installed next to this Python")
+    await trio.Path(tmp_path / "shop.py").write_text("ORDERS = {}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRIO_JOBS_", "PYTHONPATH"))}
+    with trio.fail_after(60):
+        done = await trio.run_process(
+            [str(script), "worker", "shop:MISSING", "--db", "jobs.db"],
+            cwd=tmp_path,
+            env=env,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    # The module was found in the current directory; only the attribute is missing.
+    result = Result(done.returncode, done.stdout.decode(), done.stderr.decode())
+    assert_one_line_error(result, 1, "module 'shop' has no attribute 'MISSING'")
+
+
+async def test_output_cut_short_by_a_closed_pipe_is_not_an_error(tmp_path: Path, db: str) -> None:
+    await run_jobs(db, [("echo", i, {}) for i in range(50)])
+    for command in ("list", "stats"):  # a long output, and one that fits in a buffer
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        with trio.fail_after(60):
+            done = await trio.run_process(
+                cli_command(command, "--db", db),
+                cwd=tmp_path,
+                env=cli_env(),
+                stdout=write_end,
+                capture_stderr=True,
+                check=False,
+            )
+        os.close(write_end)
+        assert done.stderr == b""
+        assert done.returncode == 141
 
 
 # -- submit, list, show, stats ------------------------------------------------------------------

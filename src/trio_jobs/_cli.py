@@ -28,12 +28,15 @@ import attrs
 import trio
 
 from ._cli_format import (
+    argument_type,
     job_details,
     jobs_table,
     one_line,
     parse_duration,
+    parse_positive_int,
     parse_priority,
     parse_status,
+    parse_timeout,
     stats_table,
     to_json,
 )
@@ -44,30 +47,6 @@ from .storage._base import CancelOutcome, JobStorage
 PROG = "trio-jobs"
 DEFAULT_DB = "trio_jobs.db"
 DEFAULT_SCHEMA = "trio_jobs"
-
-_WORKER_HELP = """\
-APP names what holds the handlers, as module:attribute (the module is imported
-from the current directory or sys.path), and is either
-
-  a mapping {job_type: handler}:
-
-      async def send_email(job, ctx): ...
-      HANDLERS = {"send-email": send_email}        # trio-jobs worker myapp:HANDLERS
-
-  or a function setup(runner) that registers them (it may be async):
-
-      def setup(runner):                           # trio-jobs worker myapp:setup
-          runner.register_handler("send-email", send_email)
-
-The same module serves in-process use:
-
-      async with JobRunner(storage=SQLiteStorage("trio_jobs.db")) as runner:
-          setup(runner)   # or: for t, h in HANDLERS.items(): runner.register_handler(t, h)
-
-The first SIGINT (Ctrl-C) or SIGTERM stops the worker gracefully: it starts
-nothing new and lets running jobs finish; a second one cancels them (they go
-back to pending and run again later). One line per job event is logged to stderr.
-"""
 
 
 class CliError(Exception):
@@ -91,47 +70,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         command = self.prog.removeprefix(PROG).strip()
         raise UsageError(f"{command}: {message}" if command else message)
-
-
-def _argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    """Wrap a parser so argparse reports its ``ValueError`` message as it is."""
-
-    def convert(text: str) -> Any:
-        try:
-            return parse(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    convert.__name__ = parse.__name__
-    return convert
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"invalid number {text!r}") from None
-    if value < 1:
-        raise ValueError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_duration(text: str) -> float:
-    value = parse_duration(text)
-    if value <= 0:
-        raise ValueError(f"must be more than 0 seconds, got {text!r}")
-    return value
-
-
-def _timeout(text: str) -> float:
-    if text.strip().lower() in ("none", "inf"):
-        return float("inf")
-    return _positive_duration(text)
-
-
-duration = _argument_type(parse_duration)
-positive_duration = _argument_type(_positive_duration)
-positive_int = _argument_type(_positive_int)
 
 
 # -- choosing the store -------------------------------------------------------------------
@@ -339,10 +277,11 @@ async def cmd_migrate(args: argparse.Namespace) -> int:
     """``migrate``: create or update the store's tables; print the schema version."""
     spec: StoreSpec = args.store
     storage = spec.create(max_connections=2)
-    if spec.kind == "postgres":
-        migrate: Callable[[], Awaitable[int]] = storage.migrate  # type: ignore[attr-defined]
+    from .storage._postgres import PostgresStorage
+
+    if isinstance(storage, PostgresStorage):
         try:
-            version = await migrate()
+            version = await storage.migrate()
         except Exception as exc:
             raise CliError(f"cannot migrate {spec.describe()}: {one_line(str(exc))}") from None
     else:
@@ -442,39 +381,16 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(run=run)
         return sub
 
+    from ._cli_worker import WORKER_HELP, add_worker_arguments
+
     worker = command(
         "worker",
         cmd_worker,
         "run jobs with the handlers of APP until stopped",
-        epilog=_WORKER_HELP,
+        epilog=WORKER_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    worker.add_argument("app", metavar="APP", help="module:attribute holding the handlers")
-    worker.add_argument(
-        "--concurrency", type=positive_int, default=10, help="jobs run at once (default 10)"
-    )
-    worker.add_argument(
-        "--poll-interval",
-        type=positive_duration,
-        default=1.0,
-        metavar="S",
-        help="seconds between polls of the store (default 1)",
-    )
-    worker.add_argument(
-        "--lease-duration",
-        type=positive_duration,
-        default=30.0,
-        metavar="S",
-        help="seconds a claim lasts without a heartbeat: a crashed worker's jobs"
-        " run again this long after the crash (default 30)",
-    )
-    worker.add_argument(
-        "--log-level",
-        default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        type=str.upper,
-        help="default INFO: one line per job event",
-    )
+    add_worker_arguments(worker)
 
     submit = command("submit", cmd_submit, "enqueue a job and print its id")
     _add_json_option(submit, top=False)
@@ -484,29 +400,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.add_argument(
         "--priority",
-        type=_argument_type(parse_priority),
+        type=argument_type(parse_priority),
         default="normal",
         help="low, normal, high, critical, or 0-3 (default normal)",
     )
     submit.add_argument(
-        "--delay", type=duration, default=0.0, metavar="S", help="run no sooner than this"
+        "--delay",
+        type=argument_type(parse_duration),
+        default=0.0,
+        metavar="S",
+        help="run no sooner than this",
     )
     submit.add_argument(
         "--timeout",
-        type=_argument_type(_timeout),
+        type=argument_type(parse_timeout),
         default=None,
         metavar="S",
         help="seconds each attempt may run, or 'none' (default 300)",
     )
     submit.add_argument(
-        "--max-attempts", type=positive_int, default=None, metavar="N", help="default 3"
+        "--max-attempts",
+        type=argument_type(parse_positive_int),
+        default=None,
+        metavar="N",
+        help="default 3",
     )
 
     listing = command("list", cmd_list, "list jobs, newest first")
     _add_json_option(listing, top=False)
-    listing.add_argument("--status", type=_argument_type(parse_status), default=None)
+    listing.add_argument("--status", type=argument_type(parse_status), default=None)
     listing.add_argument("--type", default=None, help="only jobs of this type")
-    listing.add_argument("--limit", type=positive_int, default=100, metavar="N", help="default 100")
+    listing.add_argument(
+        "--limit",
+        type=argument_type(parse_positive_int),
+        default=100,
+        metavar="N",
+        help="default 100",
+    )
 
     show = command("show", cmd_show, "show every field of one job")
     _add_json_option(show, top=False)
@@ -527,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json_option(purge, top=False)
     purge.add_argument(
         "--older-than",
-        type=duration,
+        type=argument_type(parse_duration),
         required=True,
         metavar="DURATION",
         help="e.g. 30s, 15m, 12h, 7d",
@@ -561,7 +491,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command != "demo":
             args.store = store_spec(args, os.environ)
-        return trio.run(_run, args)
+        code = trio.run(_run, args)
+        sys.stdout.flush()  # here, where a closed pipe is still ours to handle
     except CliError as exc:
         return _fail(exc)
     except BaseExceptionGroup as group:
@@ -572,6 +503,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`trio-jobs list | head`): stop quietly, and keep
+        # Python from complaining again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as exc:
         if os.environ.get("TRIO_JOBS_DEBUG"):
             raise
@@ -581,6 +517,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    return code
 
 
 def _fail(error: CliError) -> int:

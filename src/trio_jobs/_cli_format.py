@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
 from ._records import ErrorInfo, Job, JobPriority, JobStats, JobStatus
 from ._retry import RetryConfig
+
+T = TypeVar("T")
 
 _DURATION_RE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d|w)?\s*", re.IGNORECASE)
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -31,6 +34,50 @@ def parse_duration(text: str) -> float:
         raise ValueError(f"invalid duration {text!r} (use e.g. 30s, 15m, 12h, 7d)")
     number, unit = match.groups()
     return float(number) * _UNIT_SECONDS[(unit or "s").lower()]
+
+
+def parse_positive_duration(text: str) -> float:
+    """Parse a duration (see :func:`parse_duration`) that must be more than zero."""
+    value = parse_duration(text)
+    if value <= 0:
+        raise ValueError(f"must be more than 0 seconds, got {text!r}")
+    return value
+
+
+def parse_timeout(text: str) -> float:
+    """Parse a positive duration, or ``none``/``inf`` for no timeout (``math.inf``)."""
+    if text.strip().lower() in ("none", "inf"):
+        return math.inf
+    return parse_positive_duration(text)
+
+
+def parse_positive_int(text: str) -> int:
+    """Parse a whole number of at least 1.
+
+    Raises:
+        ValueError: ``text`` is not such a number.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"invalid number {text!r}") from None
+    if value < 1:
+        raise ValueError(f"must be at least 1, got {value}")
+    return value
+
+
+def argument_type(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """Wrap a ``parse_*`` function for argparse, which then reports its message as it is."""
+
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    # argparse names the type in some messages.
+    convert.__name__ = parse.__name__.removeprefix("parse_")
+    return convert
 
 
 def parse_priority(text: str) -> JobPriority:

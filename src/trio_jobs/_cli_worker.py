@@ -15,11 +15,75 @@ from typing import Any
 import trio
 
 from ._cli import CliError, StoreSpec, UsageError, open_storage
-from ._cli_format import attempts_text, format_seconds, one_line
+from ._cli_format import (
+    argument_type,
+    attempts_text,
+    format_seconds,
+    one_line,
+    parse_positive_duration,
+    parse_positive_int,
+)
 from ._records import Job
 from ._runner import JobRunner
 
 Installer = Callable[[JobRunner], Awaitable[None]]
+
+WORKER_HELP = """\
+APP names what holds the handlers, as module:attribute (the module is imported
+from the current directory or sys.path), and is either
+
+  a mapping {job_type: handler}:
+
+      async def send_email(job, ctx): ...
+      HANDLERS = {"send-email": send_email}        # trio-jobs worker myapp:HANDLERS
+
+  or a function setup(runner) that registers them (it may be async):
+
+      def setup(runner):                           # trio-jobs worker myapp:setup
+          runner.register_handler("send-email", send_email)
+
+The same module serves in-process use:
+
+      async with JobRunner(storage=SQLiteStorage("trio_jobs.db")) as runner:
+          setup(runner)   # or: for t, h in HANDLERS.items(): runner.register_handler(t, h)
+
+The first SIGINT (Ctrl-C) or SIGTERM stops the worker gracefully: it starts
+nothing new and lets running jobs finish; a second one cancels them (they go
+back to pending and run again later). One line per job event is logged to stderr.
+"""
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``worker`` command's arguments to its parser."""
+    parser.add_argument("app", metavar="APP", help="module:attribute holding the handlers")
+    parser.add_argument(
+        "--concurrency",
+        type=argument_type(parse_positive_int),
+        default=10,
+        help="jobs run at once (default 10)",
+    )
+    parser.add_argument(
+        "--poll-interval",
+        type=argument_type(parse_positive_duration),
+        default=1.0,
+        metavar="S",
+        help="seconds between polls of the store (default 1)",
+    )
+    parser.add_argument(
+        "--lease-duration",
+        type=argument_type(parse_positive_duration),
+        default=30.0,
+        metavar="S",
+        help="seconds a claim lasts without a heartbeat: a crashed worker's jobs"
+        " run again this long after the crash (default 30)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+        help="default INFO: one line per job event",
+    )
 
 
 def load_app(spec: str) -> Installer:
