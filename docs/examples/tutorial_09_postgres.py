@@ -26,7 +26,7 @@ async def main(dsn: str | None = None, schema: str | None = None) -> None:
     async with JobClient(PostgresStorage(dsn, schema=schema)) as client:
         handles = [
             await client.submit("resize", {"image": f"photo-{n}.jpg", "width": 640})
-            for n in range(40)
+            for n in range(20)
         ]
         print(f"submitted {len(handles)} jobs")
         results = [await handle.wait() for handle in handles]
