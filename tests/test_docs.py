@@ -25,7 +25,6 @@ import shutil
 import signal
 import sys
 import tomllib
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from types import ModuleType
@@ -60,20 +59,6 @@ def load(name: str) -> ModuleType:
 
 def documented_output(name: str) -> str:
     return (EXAMPLES / f"{name}.out").read_text()
-
-
-@pytest.fixture
-def examples_on_path(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Put docs/examples on sys.path (examples import each other), as running them does."""
-    monkeypatch.syspath_prepend(str(EXAMPLES))
-    before = set(sys.modules)
-    yield
-    for name in set(sys.modules) - before:
-        if (
-            getattr(sys.modules[name], "__file__", None)
-            and Path(sys.modules[name].__file__ or "").parent == EXAMPLES
-        ):
-            del sys.modules[name]
 
 
 # -- examples on the virtual clock ----------------------------------------------------
@@ -173,15 +158,6 @@ def test_every_howto_testing_test_runs_here() -> None:
 # -- examples on a real database -------------------------------------------------------
 
 
-async def test_sqlite_example_outlives_its_runner(
-    tmp_path: Path, examples_on_path: None, capsys: pytest.CaptureFixture[str]
-) -> None:
-    example = importlib.import_module("tutorial_08_sqlite")
-    with trio.fail_after(DEADLINE):
-        await example.main(str(tmp_path / "jobs.db"))
-    assert capsys.readouterr().out == documented_output("tutorial_08_sqlite")
-
-
 # -- the tutorial's shell sessions, run as written ---------------------------------------
 
 
@@ -223,12 +199,17 @@ def trio_jobs_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "trio_jobs"]
 
 
-SETUP_COMMANDS = {"python3 -m venv .venv", ". .venv/bin/activate", "pip install trio-jobs"}
+SETUP_COMMANDS = {
+    "python3 -m venv .venv",
+    ". .venv/bin/activate",
+    "pip install .",
+    "cd docs/examples",
+}
 
 
 def is_setup(command: str) -> bool:
     """Commands that make the environment; the test suite runs in one already."""
-    if command == "pip install 'trio-jobs[postgres]'":
+    if command == "pip install '../..[postgres]'":  # the checkout, from docs/examples
         extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
         assert "postgres" in extras["optional-dependencies"]
         return True
@@ -302,6 +283,12 @@ class ShellSession:
         actual = [line for line in out if not line.startswith("  pid ")]
         assert matches(shown, actual), (documented, out)
 
+    def forget_modules(self) -> None:
+        """Unload the programs imported from this session's folder."""
+        for name, module in list(sys.modules.items()):
+            if Path(getattr(module, "__file__", None) or "/").parent == self.folder:
+                del sys.modules[name]
+
     async def stop_workers(self) -> None:
         """Press Ctrl-C in each worker's terminal; each must stop cleanly."""
         for process in self.workers:
@@ -333,6 +320,7 @@ async def run_page(
             finally:
                 with trio.CancelScope(shield=True):
                     await session.stop_workers()
+                session.forget_modules()
 
 
 async def test_tutorial_sqlite_worker_session_runs_as_written(
@@ -462,9 +450,9 @@ def test_every_example_file_is_shown_and_run() -> None:
         "howto_observing",
         "howto_testing",
         "tutorial_07_signals",
-        "tutorial_08_sqlite",
         "tutorial_08_handlers",  # loaded by the workers and by tutorial_08_sqlite
-        "tutorial_08_producer",  # run by the tutorial's shell session
+        "tutorial_08_sqlite",  # run by the tutorial's shell session
+        "tutorial_08_producer",  # likewise
         "tutorial_09_postgres",  # likewise
     }
     assert {p.stem for p in EXAMPLES.glob("*.py")} == run_here
