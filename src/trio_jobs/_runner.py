@@ -6,69 +6,30 @@ import logging
 import math
 import os
 import socket
-import traceback
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any, Self, TypeVar, final
 
-import attrs
 import trio
 
-from ._context import JobContext
 from ._events import Callback, EventHub
 from ._exceptions import (
     JobNotFoundError,
-    JobTimeoutError,
     RunnerClosedError,
     RunnerStoppedError,
     UnknownJobTypeError,
 )
 from ._handle import JobHandle
-from ._records import ErrorInfo, Job, JobPriority, JobStats, JobStatus, RunnerEvent, replace, utcnow
-from ._retry import RetryConfig, compute_delay, is_retryable_error
+from ._records import Job, JobPriority, JobStats, RunnerEvent
+from ._retry import RetryConfig
+from ._scheduler import Handler, Scheduler
 from ._submit import build_job, check_seconds
 from .storage._base import CancelOutcome, InProcessStorage, JobStorage
 from .storage._memory import MemoryStorage
 
-R = TypeVar("R")
-Handler = Callable[[Job[Any], JobContext[Any]], Awaitable[Any]]
 H = TypeVar("H", bound=Handler)
-
-#: How many original exceptions of failed jobs are kept for ``JobFailedError.__cause__``.
-_LOCAL_ERRORS_KEPT = 10_000
-
-
-def error_info(error: BaseException, attempt: int, *, retryable: bool) -> ErrorInfo:
-    """Record ``error`` as an :class:`ErrorInfo`."""
-    cls = type(error)
-    name = (
-        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    )
-    return ErrorInfo(
-        message=str(error),
-        type=name,
-        traceback="".join(traceback.format_exception(error)),
-        attempt=attempt,
-        timestamp=utcnow(),
-        retryable=retryable,
-    )
-
-
-@attrs.define(eq=False)
-class _Attempt:
-    """One running attempt, as the runner tracks it."""
-
-    job: Job[Any]
-    scope: trio.CancelScope
-    #: Why the runner cancelled the scope: "cancel" (user), "stop" (forced stop), "lost".
-    reason: str | None = None
-    #: Set once the handler is done and the outcome is being written.
-    settling: bool = False
-    #: The newest context snapshot whose progress/metadata is not stored yet.
-    unsaved: JobContext[Any] | None = None
-    writing: bool = False
 
 
 @final
@@ -127,34 +88,29 @@ class JobRunner:
         self._poll_interval = float(poll_interval)
         self._default_retry = default_retry or RetryConfig()
         self._storage: JobStorage = storage if storage is not None else MemoryStorage()
-        # An in-process store sees every change and never blocks: the runner waits on
-        # it without polling and skips a trip through Trio's scheduler per job.
+        # An in-process store sees every change and never blocks: submit claims the
+        # job itself when a slot is free (see Scheduler.dispatch).
         self._in_process: InProcessStorage | None = (
             self._storage if isinstance(self._storage, InProcessStorage) else None
         )
         self._logger = logger or logging.getLogger("trio_jobs")
         self._events = EventHub(self._logger)
         self._handlers: dict[str, Handler] = {}
-        self._types: frozenset[str] = frozenset()
         self._worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._scheduler = Scheduler(
+            storage=self._storage,
+            handlers=self._handlers,
+            concurrency=concurrency,
+            poll_interval=self._poll_interval,
+            default_retry=self._default_retry,
+            events=self._events,
+            logger=self._logger,
+            worker_id=self._worker_id,
+        )
 
         self._state = "new"  # new -> running -> stopping -> stopped
-        self._nursery: trio.Nursery | None = None
         self._nursery_manager: Any = None
-        self._scheduler_scope = trio.CancelScope()
-        self._services_scope = trio.CancelScope()
-        self._running: dict[str, _Attempt] = {}
-        #: Outcomes being written to the store (their slots are already free).
-        self._writes = 0
-        #: Whether the last claim found fewer ready jobs than it asked for.
-        self._store_dry = False
-        self._slot_freed = trio.lowlevel.ParkingLot()
-        self._settled = trio.lowlevel.ParkingLot()
-        self._stopped = trio.Event()
-        self._force = False
         self._waiter_scopes: set[trio.CancelScope] = set()
-        self._local_errors: dict[str, BaseException] = {}
-        self._retry_policies: dict[str, RetryConfig] = {}
 
     # -- properties ------------------------------------------------------------------
 
@@ -192,7 +148,7 @@ class JobRunner:
         if job_type in self._handlers:
             raise ValueError(f"job type {job_type!r} already has a handler")
         self._handlers[job_type] = handler
-        self._types = frozenset(self._handlers)
+        self._scheduler.types = frozenset(self._handlers)
         if self._in_process is not None:
             self._in_process.wake()  # jobs of this type may be waiting already
         return handler
@@ -214,12 +170,13 @@ class JobRunner:
         await self._storage.open()
         self._nursery_manager = trio.open_nursery()
         try:
-            self._nursery = await self._nursery_manager.__aenter__()
-            await self._nursery.start(self._run_services)
-            await self._nursery.start(self._schedule)
+            nursery = await self._nursery_manager.__aenter__()
+            self._scheduler.nursery = nursery
+            await nursery.start(self._scheduler.run_services)
+            await nursery.start(self._scheduler.run)
         except BaseException as exc:
-            self._scheduler_scope.cancel()
-            self._services_scope.cancel()
+            self._scheduler.stop_claiming()
+            self._scheduler.stop_services()
             try:
                 await self._exit_nursery(exc)
             finally:
@@ -256,7 +213,7 @@ class JobRunner:
         if self._state != "stopped":
             self._begin_stop(graceful=False)
             with trio.CancelScope(shield=True):
-                await self._wait_until_idle()
+                await self._scheduler.wait_until_idle()
                 self._end_stop()
         try:
             return await self._exit_nursery(exc)
@@ -299,31 +256,21 @@ class JobRunner:
         if self._state in ("new", "stopped"):
             return
         self._begin_stop(graceful)
-        await self._wait_until_idle()
+        await self._scheduler.wait_until_idle()
         self._end_stop()
 
     def _begin_stop(self, graceful: bool) -> None:
         if self._state in ("running", "starting"):
             self._state = "stopping"
-            self._scheduler_scope.cancel()
-        if not graceful and not self._force:
-            self._force = True
-            for attempt in self._running.values():
-                if attempt.reason is None:
-                    attempt.reason = "stop"
-                attempt.scope.cancel()
-
-    async def _wait_until_idle(self) -> None:
-        while self._running or self._writes:
-            await self._slot_freed.park()
+            self._scheduler.stop_claiming()
+        if not graceful:
+            self._scheduler.force_stop()
 
     def _end_stop(self) -> None:
         if self._state == "stopped":
             return
         self._state = "stopped"
-        self._services_scope.cancel()
-        self._stopped.set()
-        self._settled.unpark_all()  # join() notices at once
+        self._scheduler.stop_services()  # also wakes join(), which notices at once
         for scope in self._waiter_scopes:
             scope.cancel()
         self._events.emit("runner:stopped")
@@ -387,12 +334,11 @@ class JobRunner:
             # Claim it here if a slot is free, as the scheduler would: that spares
             # waking the scheduler task for every job.
             self._in_process.save_nowait(job, delay=delay, wake=False)
-        if job.retry is not None and job.retry.is_retryable is not None:
-            self._retry_policies[job.id] = job.retry
+        self._scheduler.remember_policy(job)
         if self._events.active:
             self._events.emit("job:submitted", job)
         if self._in_process is not None and not delay:
-            self._dispatch(self._in_process)
+            self._scheduler.dispatch(self._in_process)
         return JobHandle(job.id, job_type, self)
 
     @asynccontextmanager
@@ -449,15 +395,13 @@ class JobRunner:
         if outcome is CancelOutcome.NOTHING:
             return False
         if outcome is CancelOutcome.CANCELLED:
-            self._settled.unpark_all()
+            self._scheduler.settled.unpark_all()
             if self._events.active:
                 job = await self.get_job(job_id)
                 if job is not None:
                     self._events.emit("job:cancelled", job)
             return True
-        attempt = self._running.get(job_id)
-        if attempt is not None:
-            self._cancel_attempt(attempt, "cancel")
+        self._scheduler.cancel_job(job_id)
         return True
 
     async def join(self) -> None:
@@ -471,17 +415,18 @@ class JobRunner:
 
     async def _drain(self) -> bool:
         """Wait until this runner's types have no unfinished job; False if it stopped first."""
+        scheduler = self._scheduler
         while True:
             # Ask the store only when nothing here runs and the scheduler found it dry:
             # otherwise the answer is "not yet" and the query would slow the work down.
-            idle = not self._running and not self._writes
-            idle = idle and (self._in_process is not None or self._store_dry)
-            if idle and not await self._storage.count_unfinished(self._types):
+            idle = not scheduler.running and not scheduler.writes
+            idle = idle and (self._in_process is not None or scheduler.store_dry)
+            if idle and not await self._storage.count_unfinished(scheduler.types):
                 return True
             if self._state == "stopped":
                 return False
             with trio.move_on_after(self._poll_interval):
-                await self._settled.park()
+                await scheduler.settled.park()
 
     # -- events ----------------------------------------------------------------------
 
@@ -538,322 +483,7 @@ class JobRunner:
                     self._waiter_scopes.discard(scope)
 
     def _local_error(self, job_id: str) -> BaseException | None:
-        return self._local_errors.get(job_id)
-
-    # -- the scheduler ---------------------------------------------------------------
-
-    async def _schedule(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        storage = self._storage
-        running = self._running
-        claim_nowait = self._in_process.claim_nowait if self._in_process is not None else None
-        idle_wait = math.inf if claim_nowait is not None else self._poll_interval
-        with self._scheduler_scope:
-            task_status.started()
-            while True:
-                free = self._concurrency - len(running)
-                if free <= 0:
-                    await self._slot_freed.park()
-                    continue
-                try:
-                    if claim_nowait is not None:
-                        # Never blocks; the loop checkpoints when it parks or waits,
-                        # which it does at the latest on the next turn.
-                        jobs = claim_nowait(self._worker_id, free, self._types)
-                    else:
-                        jobs = await storage.claim(self._worker_id, free, self._types)
-                except Exception as exc:
-                    self._report_error("claiming jobs failed", exc)
-                    await trio.sleep(self._poll_interval)
-                    continue
-                self._store_dry = len(jobs) < free
-                if jobs:
-                    for job in jobs:
-                        self._start(job)
-                else:
-                    await storage.wait_for_work(idle_wait)
-
-    def _dispatch(self, store: InProcessStorage) -> None:
-        """Start the best ready jobs in the free slots, or leave the scheduler a wake-up."""
-        free = self._concurrency - len(self._running)
-        if free > 0 and self._state == "running":
-            for job in store.claim_nowait(self._worker_id, free, self._types):
-                self._start(job)
-        else:
-            store.wake()
-
-    def _start(self, job: Job[Any]) -> None:
-        assert self._nursery is not None
-        timeout = job.timeout
-        scope = trio.CancelScope(
-            deadline=math.inf if timeout is None else trio.current_time() + timeout
-        )
-        attempt = _Attempt(job, scope)
-        self._running[job.id] = attempt
-        if self._force:
-            attempt.reason = "stop"
-            scope.cancel()
-        self._nursery.start_soon(self._run_attempt, attempt)
-
-    async def _run_attempt(self, attempt: _Attempt) -> None:
-        job = attempt.job
-        scope = attempt.scope
-        handler = self._handlers[job.type]
-        if self._events.active:
-            self._events.emit("job:started", job)
-        ctx: JobContext[Any] = JobContext(
-            job, logger=self._logger, cancel_scope=scope, on_update=self._context_updated
-        )
-        error: BaseException | None = None
-        result: Any = None
-        started = trio.current_time()
-        try:
-            with scope:
-                result = await handler(job, ctx)
-        except Exception as exc:
-            error = exc
-        except BaseException:
-            # KeyboardInterrupt, SystemExit, or a Cancelled from outside the attempt:
-            # give the job back before letting it through.
-            with trio.CancelScope(shield=True):
-                await self._settle(attempt, JobStatus.PENDING)
-            raise
-        elapsed = trio.current_time() - started
-        if attempt.unsaved is not None:
-            await self._flush_progress(attempt)
-        await self._conclude(attempt, ctx, result, error, elapsed)
-
-    async def _conclude(
-        self,
-        attempt: _Attempt,
-        ctx: JobContext[Any],
-        result: Any,
-        error: BaseException | None,
-        elapsed: float,
-    ) -> None:
-        job = attempt.job
-        reason = attempt.reason
-        interrupted = error is not None or attempt.scope.cancelled_caught
-        if reason == "stop" and interrupted:
-            # An orderly shutdown is not the job's fault: back to PENDING, uncounted.
-            await self._settle(attempt, JobStatus.PENDING)
-            return
-        if reason == "lost":
-            # Our lease was taken away and the job rescued: its state is no longer
-            # ours to write.
-            self._release(attempt)
-            return
-        if reason == "cancel":
-            if await self._settle(attempt, JobStatus.CANCELLED, execution_time=elapsed):
-                self._emit_final("job:cancelled", job, ctx, status=JobStatus.CANCELLED)
-            return
-        timed_out = interrupted and attempt.scope.cancel_called
-        if timed_out:
-            error = JobTimeoutError(
-                f"job {job.id} attempt {job.attempts} timed out after {job.timeout} s"
-            )
-            if self._events.active:
-                self._events.emit("job:timeout", self._snapshot(job, ctx))
-        if error is None:
-            if (
-                await self._settle(
-                    attempt, JobStatus.COMPLETED, result=result, execution_time=elapsed
-                )
-                and self._events.active
-            ):
-                done = self._snapshot(
-                    job,
-                    ctx,
-                    status=JobStatus.COMPLETED,
-                    result=result,
-                    completed_at=utcnow(),
-                    execution_time=elapsed,
-                )
-                self._events.emit("job:completed", done, result=result)
-            return
-        policy = self._retry_policies.get(job.id) or job.retry or self._default_retry
-        retryable = is_retryable_error(error, policy)
-        info = error_info(error, job.attempts, retryable=retryable)
-        if retryable and job.attempts < job.max_attempts:
-            delay = compute_delay(job.attempts, policy)
-            if (
-                await self._settle(
-                    attempt, JobStatus.RETRYING, error=info, delay=delay, execution_time=elapsed
-                )
-                and self._events.active
-            ):
-                waiting = self._snapshot(job, ctx, status=JobStatus.RETRYING, last_error=info)
-                self._events.emit("job:retrying", waiting, attempt=job.attempts, delay=delay)
-            return
-        status = JobStatus.TIMEOUT if timed_out else JobStatus.FAILED
-        if await self._settle(attempt, status, error=info, execution_time=elapsed):
-            self._remember_error(job.id, error)
-            self._retry_policies.pop(job.id, None)
-            if status is JobStatus.FAILED and self._events.active:
-                failed = self._snapshot(job, ctx, status=status, last_error=info)
-                self._events.emit("job:failed", failed, error=error)
-
-    async def _settle(
-        self,
-        attempt: _Attempt,
-        status: JobStatus,
-        *,
-        result: Any = None,
-        error: ErrorInfo | None = None,
-        delay: float = 0.0,
-        execution_time: float | None = None,
-    ) -> bool:
-        job = attempt.job
-        attempt.settling = True
-        # The handler is done: free its slot now, so the next claim can go out while
-        # this write is in flight (a durable store batches both into few
-        # transactions). The job stays RUNNING in the store until the write lands.
-        self._release(attempt)
-        self._writes += 1
-        try:
-            try:
-                if self._in_process is not None:
-                    return bool(
-                        self._in_process.settle_nowait(
-                            job.id,
-                            worker_id=self._worker_id,
-                            attempt=job.attempts,
-                            status=status,
-                            result=result,
-                            error=error,
-                            delay=delay,
-                            execution_time=execution_time,
-                        )
-                    )
-                return await self._storage.settle(
-                    job.id,
-                    worker_id=self._worker_id,
-                    attempt=job.attempts,
-                    status=status,
-                    result=result,
-                    error=error,
-                    delay=delay,
-                    execution_time=execution_time,
-                )
-            except TypeError as exc:
-                if status is not JobStatus.COMPLETED:
-                    raise
-                # The result cannot be stored (a durable store needs JSON): the job
-                # fails with that error rather than vanish.
-                info = error_info(exc, job.attempts, retryable=False)
-                return await self._storage.settle(
-                    job.id,
-                    worker_id=self._worker_id,
-                    attempt=job.attempts,
-                    status=JobStatus.FAILED,
-                    error=info,
-                    execution_time=execution_time,
-                )
-        except Exception as exc:
-            self._report_error(f"recording job {job.id} as {status} failed", exc)
-            return False
-        finally:
-            self._writes -= 1
-            self._settled.unpark_all()
-            if not self._writes:
-                self._slot_freed.unpark_all()  # for _wait_until_idle
-
-    def _release(self, attempt: _Attempt) -> None:
-        """Free the attempt's slot and wake whoever waits for one or for a settle."""
-        if self._running.pop(attempt.job.id, None) is not None:
-            self._slot_freed.unpark_all()
-        self._settled.unpark_all()
-
-    def _cancel_attempt(self, attempt: _Attempt, reason: str) -> None:
-        if attempt.reason is None:
-            attempt.reason = reason
-        attempt.scope.cancel()
-
-    def _snapshot(self, job: Job[Any], ctx: JobContext[Any], **changes: Any) -> Job[Any]:
-        base = ctx.job if ctx.job is not job else job
-        return replace(base, **changes) if changes else base
-
-    def _emit_final(
-        self, event: str, job: Job[Any], ctx: JobContext[Any], *, status: JobStatus
-    ) -> None:
-        if self._events.active:
-            self._events.emit(event, self._snapshot(job, ctx, status=status))
-
-    def _remember_error(self, job_id: str, error: BaseException) -> None:
-        errors = self._local_errors
-        errors[job_id] = error
-        if len(errors) > _LOCAL_ERRORS_KEPT:
-            del errors[next(iter(errors))]
-
-    # -- progress --------------------------------------------------------------------
-
-    def _context_updated(self, ctx: JobContext[Any]) -> None:
-        attempt = self._running.get(ctx.job.id)
-        if attempt is None:
-            return
-        attempt.unsaved = ctx
-        if self._events.active:
-            self._events.emit("job:progress", ctx.job)
-        if not attempt.writing and self._nursery is not None:
-            attempt.writing = True
-            self._nursery.start_soon(self._flush_progress, attempt)
-
-    async def _flush_progress(self, attempt: _Attempt) -> None:
-        attempt.writing = True
-        try:
-            while attempt.unsaved is not None:
-                ctx, attempt.unsaved = attempt.unsaved, None
-                try:
-                    await self._storage.record_progress(
-                        ctx.job.id,
-                        worker_id=self._worker_id,
-                        attempt=ctx.attempt,
-                        progress=ctx.job.progress,
-                        message=ctx.job.progress_message,
-                        metadata=ctx.job.metadata,
-                    )
-                except Exception as exc:
-                    self._report_error(f"recording progress of job {ctx.job.id} failed", exc)
-        finally:
-            attempt.writing = False
-
-    # -- leases, cancellation requests, rescue ---------------------------------------
-
-    async def _run_services(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        interval = min(self._storage.lease_duration / 3, self._poll_interval)
-        with self._services_scope:
-            task_status.started()
-            while True:
-                await self._wait_for_cancel_requests(interval)
-                try:
-                    beat = await self._storage.heartbeat(self._worker_id, list(self._running))
-                    for job_id in beat.cancel_requested:
-                        if (attempt := self._running.get(job_id)) is not None:
-                            self._cancel_attempt(attempt, "cancel")
-                    for job_id in beat.lost:
-                        attempt = self._running.get(job_id)
-                        # A job settling right now is no longer held by anyone: not lost.
-                        if attempt is not None and not attempt.settling:
-                            self._logger.warning("lost the claim on job %s; abandoning it", job_id)
-                            self._cancel_attempt(attempt, "lost")
-                    if await self._storage.rescue_expired():
-                        self._settled.unpark_all()
-                except Exception as exc:
-                    self._report_error("renewing leases failed", exc)
-
-    async def _wait_for_cancel_requests(self, timeout: float) -> None:
-        wait = getattr(self._storage, "wait_for_cancel_request", None)
-        if wait is None:
-            await trio.sleep(timeout)
-        else:
-            await wait(timeout)
-
-    def _report_error(self, what: str, error: Exception) -> None:
-        self._logger.error("%s: %r", what, error, exc_info=error)
-        self._events.emit("runner:error", error=error)
+        return self._scheduler.local_error(job_id)
 
 
 def _single_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:

@@ -1,0 +1,466 @@
+"""The engine inside a runner: claims jobs, runs each attempt in its own scope, settles them.
+
+:class:`JobRunner` is the public face (lifecycle, submit, reads, events); this
+module is the work: a scheduler loop that claims the best ready jobs whenever a
+slot is free, one task per attempt with its own :class:`trio.CancelScope`, the
+outcome of each attempt decided and written through the store's fenced
+``settle``, and a services loop for leases, cancellation requests and rescue.
+The slot accounting lives here, in one place: ``running`` and ``concurrency``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Any, final
+
+import attrs
+import trio
+
+from ._context import JobContext
+from ._events import EventHub
+from ._exceptions import JobTimeoutError
+from ._records import ErrorInfo, Job, JobStatus, replace, utcnow
+from ._retry import RetryConfig, compute_delay, is_retryable_error
+from .storage._base import InProcessStorage, JobStorage
+
+Handler = Callable[[Job[Any], JobContext[Any]], Awaitable[Any]]
+
+#: How many original exceptions of failed jobs are kept for ``JobFailedError.__cause__``.
+_LOCAL_ERRORS_KEPT = 10_000
+
+
+def error_info(error: BaseException, attempt: int, *, retryable: bool) -> ErrorInfo:
+    """Record ``error`` as an :class:`ErrorInfo`."""
+    cls = type(error)
+    name = (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
+    return ErrorInfo(
+        message=str(error),
+        type=name,
+        traceback="".join(traceback.format_exception(error)),
+        attempt=attempt,
+        timestamp=utcnow(),
+        retryable=retryable,
+    )
+
+
+@attrs.define(eq=False)
+class _Attempt:
+    """One running attempt, as the runner tracks it."""
+
+    job: Job[Any]
+    scope: trio.CancelScope
+    #: Why the runner cancelled the scope: "cancel" (user), "stop" (forced stop), "lost".
+    reason: str | None = None
+    #: Set once the handler is done and the outcome is being written.
+    settling: bool = False
+    #: The newest context snapshot whose progress/metadata is not stored yet.
+    unsaved: JobContext[Any] | None = None
+    writing: bool = False
+
+
+@final
+class Scheduler:
+    """Claims and runs jobs for one runner; see the module docs."""
+
+    def __init__(
+        self,
+        *,
+        storage: JobStorage,
+        handlers: dict[str, Handler],
+        concurrency: int,
+        poll_interval: float,
+        default_retry: RetryConfig,
+        events: EventHub,
+        logger: logging.Logger,
+        worker_id: str,
+    ) -> None:
+        self._storage = storage
+        # An in-process store sees every change and never blocks: the scheduler waits
+        # on it without polling and skips a trip through Trio's scheduler per job.
+        self._in_process = storage if isinstance(storage, InProcessStorage) else None
+        self._handlers = handlers
+        self._concurrency = concurrency
+        self._poll_interval = poll_interval
+        self._default_retry = default_retry
+        self._events = events
+        self._logger = logger
+        self._worker_id = worker_id
+        #: The job types to claim (those with a handler).
+        self.types: frozenset[str] = frozenset()
+        self.nursery: trio.Nursery | None = None
+        #: Whether new jobs may start.
+        self.accepting = True
+        #: The attempts holding a slot, by job id.
+        self.running: dict[str, _Attempt] = {}
+        #: Outcomes being written to the store (their slots are already free).
+        self.writes = 0
+        #: Whether the last claim found fewer ready jobs than it asked for.
+        self.store_dry = False
+        self.slot_freed = trio.lowlevel.ParkingLot()
+        #: Woken whenever an attempt's outcome was written (or the runner stopped).
+        self.settled = trio.lowlevel.ParkingLot()
+        self._force = False
+        self._scheduler_scope = trio.CancelScope()
+        self._services_scope = trio.CancelScope()
+        self._local_errors: dict[str, BaseException] = {}
+        self._retry_policies: dict[str, RetryConfig] = {}
+
+    # -- what the runner asks of it --------------------------------------------------
+
+    def remember_policy(self, job: Job[Any]) -> None:
+        """Keep a job's retry policy when it has a predicate (which the store cannot keep)."""
+        if job.retry is not None and job.retry.is_retryable is not None:
+            self._retry_policies[job.id] = job.retry
+
+    def local_error(self, job_id: str) -> BaseException | None:
+        """The original exception of a job that failed in this process, if kept."""
+        return self._local_errors.get(job_id)
+
+    def cancel_job(self, job_id: str) -> None:
+        """Cancel the job's running attempt here, if it has one."""
+        attempt = self.running.get(job_id)
+        if attempt is not None:
+            self.cancel_attempt(attempt, "cancel")
+
+    def stop_claiming(self) -> None:
+        """Start nothing new."""
+        self.accepting = False
+        self._scheduler_scope.cancel()
+
+    def force_stop(self) -> None:
+        """Cancel every running attempt; their jobs go back to PENDING, uncounted."""
+        if self._force:
+            return
+        self._force = True
+        for attempt in self.running.values():
+            if attempt.reason is None:
+                attempt.reason = "stop"
+            attempt.scope.cancel()
+
+    async def wait_until_idle(self) -> None:
+        """Wait until no attempt runs and no outcome is being written."""
+        while self.running or self.writes:
+            await self.slot_freed.park()
+
+    def stop_services(self) -> None:
+        """Stop renewing leases (call once nothing runs)."""
+        self._services_scope.cancel()
+        self.settled.unpark_all()
+
+    # -- the scheduler ---------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        storage = self._storage
+        running = self.running
+        claim_nowait = self._in_process.claim_nowait if self._in_process is not None else None
+        idle_wait = math.inf if claim_nowait is not None else self._poll_interval
+        with self._scheduler_scope:
+            task_status.started()
+            while True:
+                free = self._concurrency - len(running)
+                if free <= 0:
+                    await self.slot_freed.park()
+                    continue
+                try:
+                    if claim_nowait is not None:
+                        # Never blocks; the loop checkpoints when it parks or waits,
+                        # which it does at the latest on the next turn.
+                        jobs = claim_nowait(self._worker_id, free, self.types)
+                    else:
+                        jobs = await storage.claim(self._worker_id, free, self.types)
+                except Exception as exc:
+                    self._report_error("claiming jobs failed", exc)
+                    await trio.sleep(self._poll_interval)
+                    continue
+                self.store_dry = len(jobs) < free
+                if jobs:
+                    for job in jobs:
+                        self._start(job)
+                else:
+                    await storage.wait_for_work(idle_wait)
+
+    def dispatch(self, store: InProcessStorage) -> None:
+        """Start the best ready jobs in the free slots, or leave the scheduler a wake-up."""
+        free = self._concurrency - len(self.running)
+        if free > 0 and self.accepting:
+            for job in store.claim_nowait(self._worker_id, free, self.types):
+                self._start(job)
+        else:
+            store.wake()
+
+    def _start(self, job: Job[Any]) -> None:
+        assert self.nursery is not None
+        timeout = job.timeout
+        scope = trio.CancelScope(
+            deadline=math.inf if timeout is None else trio.current_time() + timeout
+        )
+        attempt = _Attempt(job, scope)
+        self.running[job.id] = attempt
+        if self._force:
+            attempt.reason = "stop"
+            scope.cancel()
+        self.nursery.start_soon(self._run_attempt, attempt)
+
+    async def _run_attempt(self, attempt: _Attempt) -> None:
+        job = attempt.job
+        scope = attempt.scope
+        handler = self._handlers[job.type]
+        if self._events.active:
+            self._events.emit("job:started", job)
+        ctx: JobContext[Any] = JobContext(
+            job, logger=self._logger, cancel_scope=scope, on_update=self._context_updated
+        )
+        error: BaseException | None = None
+        result: Any = None
+        started = trio.current_time()
+        try:
+            with scope:
+                result = await handler(job, ctx)
+        except Exception as exc:
+            error = exc
+        except BaseException:
+            # KeyboardInterrupt, SystemExit, or a Cancelled from outside the attempt:
+            # give the job back before letting it through.
+            with trio.CancelScope(shield=True):
+                await self._settle(attempt, JobStatus.PENDING)
+            raise
+        elapsed = trio.current_time() - started
+        if attempt.unsaved is not None:
+            await self._flush_progress(attempt)
+        await self._conclude(attempt, ctx, result, error, elapsed)
+
+    async def _conclude(
+        self,
+        attempt: _Attempt,
+        ctx: JobContext[Any],
+        result: Any,
+        error: BaseException | None,
+        elapsed: float,
+    ) -> None:
+        job = attempt.job
+        reason = attempt.reason
+        interrupted = error is not None or attempt.scope.cancelled_caught
+        if reason == "stop" and interrupted:
+            # An orderly shutdown is not the job's fault: back to PENDING, uncounted.
+            await self._settle(attempt, JobStatus.PENDING)
+            return
+        if reason == "lost":
+            # Our lease was taken away and the job rescued: its state is no longer
+            # ours to write.
+            self._release(attempt)
+            return
+        if reason == "cancel":
+            if await self._settle(attempt, JobStatus.CANCELLED, execution_time=elapsed):
+                self._emit_final("job:cancelled", job, ctx, status=JobStatus.CANCELLED)
+            return
+        timed_out = interrupted and attempt.scope.cancel_called
+        if timed_out:
+            error = JobTimeoutError(
+                f"job {job.id} attempt {job.attempts} timed out after {job.timeout} s"
+            )
+            if self._events.active:
+                self._events.emit("job:timeout", self._snapshot(job, ctx))
+        if error is None:
+            if (
+                await self._settle(
+                    attempt, JobStatus.COMPLETED, result=result, execution_time=elapsed
+                )
+                and self._events.active
+            ):
+                done = self._snapshot(
+                    job,
+                    ctx,
+                    status=JobStatus.COMPLETED,
+                    result=result,
+                    completed_at=utcnow(),
+                    execution_time=elapsed,
+                )
+                self._events.emit("job:completed", done, result=result)
+            return
+        policy = self._retry_policies.get(job.id) or job.retry or self._default_retry
+        retryable = is_retryable_error(error, policy)
+        info = error_info(error, job.attempts, retryable=retryable)
+        if retryable and job.attempts < job.max_attempts:
+            delay = compute_delay(job.attempts, policy)
+            if (
+                await self._settle(
+                    attempt, JobStatus.RETRYING, error=info, delay=delay, execution_time=elapsed
+                )
+                and self._events.active
+            ):
+                waiting = self._snapshot(job, ctx, status=JobStatus.RETRYING, last_error=info)
+                self._events.emit("job:retrying", waiting, attempt=job.attempts, delay=delay)
+            return
+        status = JobStatus.TIMEOUT if timed_out else JobStatus.FAILED
+        if await self._settle(attempt, status, error=info, execution_time=elapsed):
+            self._remember_error(job.id, error)
+            self._retry_policies.pop(job.id, None)
+            if status is JobStatus.FAILED and self._events.active:
+                failed = self._snapshot(job, ctx, status=status, last_error=info)
+                self._events.emit("job:failed", failed, error=error)
+
+    async def _settle(
+        self,
+        attempt: _Attempt,
+        status: JobStatus,
+        *,
+        result: Any = None,
+        error: ErrorInfo | None = None,
+        delay: float = 0.0,
+        execution_time: float | None = None,
+    ) -> bool:
+        job = attempt.job
+        attempt.settling = True
+        # The handler is done: free its slot now, so the next claim can go out while
+        # this write is in flight (a durable store batches both into few
+        # transactions). The job stays RUNNING in the store until the write lands.
+        self._release(attempt)
+        self.writes += 1
+        try:
+            try:
+                if self._in_process is not None:
+                    return bool(
+                        self._in_process.settle_nowait(
+                            job.id,
+                            worker_id=self._worker_id,
+                            attempt=job.attempts,
+                            status=status,
+                            result=result,
+                            error=error,
+                            delay=delay,
+                            execution_time=execution_time,
+                        )
+                    )
+                return await self._storage.settle(
+                    job.id,
+                    worker_id=self._worker_id,
+                    attempt=job.attempts,
+                    status=status,
+                    result=result,
+                    error=error,
+                    delay=delay,
+                    execution_time=execution_time,
+                )
+            except TypeError as exc:
+                if status is not JobStatus.COMPLETED:
+                    raise
+                # The result cannot be stored (a durable store needs JSON): the job
+                # fails with that error rather than vanish.
+                info = error_info(exc, job.attempts, retryable=False)
+                return await self._storage.settle(
+                    job.id,
+                    worker_id=self._worker_id,
+                    attempt=job.attempts,
+                    status=JobStatus.FAILED,
+                    error=info,
+                    execution_time=execution_time,
+                )
+        except Exception as exc:
+            self._report_error(f"recording job {job.id} as {status} failed", exc)
+            return False
+        finally:
+            self.writes -= 1
+            self.settled.unpark_all()
+            if not self.writes:
+                self.slot_freed.unpark_all()  # for _wait_until_idle
+
+    def _release(self, attempt: _Attempt) -> None:
+        """Free the attempt's slot and wake whoever waits for one or for a settle."""
+        if self.running.pop(attempt.job.id, None) is not None:
+            self.slot_freed.unpark_all()
+        self.settled.unpark_all()
+
+    def cancel_attempt(self, attempt: _Attempt, reason: str) -> None:
+        if attempt.reason is None:
+            attempt.reason = reason
+        attempt.scope.cancel()
+
+    def _snapshot(self, job: Job[Any], ctx: JobContext[Any], **changes: Any) -> Job[Any]:
+        base = ctx.job if ctx.job is not job else job
+        return replace(base, **changes) if changes else base
+
+    def _emit_final(
+        self, event: str, job: Job[Any], ctx: JobContext[Any], *, status: JobStatus
+    ) -> None:
+        if self._events.active:
+            self._events.emit(event, self._snapshot(job, ctx, status=status))
+
+    def _remember_error(self, job_id: str, error: BaseException) -> None:
+        errors = self._local_errors
+        errors[job_id] = error
+        if len(errors) > _LOCAL_ERRORS_KEPT:
+            del errors[next(iter(errors))]
+
+    # -- progress --------------------------------------------------------------------
+
+    def _context_updated(self, ctx: JobContext[Any]) -> None:
+        attempt = self.running.get(ctx.job.id)
+        if attempt is None:
+            return
+        attempt.unsaved = ctx
+        if self._events.active:
+            self._events.emit("job:progress", ctx.job)
+        if not attempt.writing and self.nursery is not None:
+            attempt.writing = True
+            self.nursery.start_soon(self._flush_progress, attempt)
+
+    async def _flush_progress(self, attempt: _Attempt) -> None:
+        attempt.writing = True
+        try:
+            while attempt.unsaved is not None:
+                ctx, attempt.unsaved = attempt.unsaved, None
+                try:
+                    await self._storage.record_progress(
+                        ctx.job.id,
+                        worker_id=self._worker_id,
+                        attempt=ctx.attempt,
+                        progress=ctx.job.progress,
+                        message=ctx.job.progress_message,
+                        metadata=ctx.job.metadata,
+                    )
+                except Exception as exc:
+                    self._report_error(f"recording progress of job {ctx.job.id} failed", exc)
+        finally:
+            attempt.writing = False
+
+    # -- leases, cancellation requests, rescue ---------------------------------------
+
+    async def run_services(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        interval = min(self._storage.lease_duration / 3, self._poll_interval)
+        with self._services_scope:
+            task_status.started()
+            while True:
+                await self._wait_for_cancel_requests(interval)
+                try:
+                    beat = await self._storage.heartbeat(self._worker_id, list(self.running))
+                    for job_id in beat.cancel_requested:
+                        if (attempt := self.running.get(job_id)) is not None:
+                            self.cancel_attempt(attempt, "cancel")
+                    for job_id in beat.lost:
+                        attempt = self.running.get(job_id)
+                        # A job settling right now is no longer held by anyone: not lost.
+                        if attempt is not None and not attempt.settling:
+                            self._logger.warning("lost the claim on job %s; abandoning it", job_id)
+                            self.cancel_attempt(attempt, "lost")
+                    if await self._storage.rescue_expired():
+                        self.settled.unpark_all()
+                except Exception as exc:
+                    self._report_error("renewing leases failed", exc)
+
+    async def _wait_for_cancel_requests(self, timeout: float) -> None:
+        wait = getattr(self._storage, "wait_for_cancel_request", None)
+        if wait is None:
+            await trio.sleep(timeout)
+        else:
+            await wait(timeout)
+
+    def _report_error(self, what: str, error: Exception) -> None:
+        self._logger.error("%s: %r", what, error, exc_info=error)
+        self._events.emit("runner:error", error=error)
