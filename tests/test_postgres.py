@@ -19,6 +19,7 @@ import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -321,6 +322,40 @@ async def test_concurrent_settles_each_get_their_own_answer(make_store: MakeStor
             assert stored.status is JobStatus.RETRYING
             assert stored.last_error is not None
             assert stored.last_error.message == "again"
+
+
+async def test_concurrent_saves_each_get_their_own_answer(make_store: MakeStore) -> None:
+    # Saves made together are inserted in one statement; a duplicate id must
+    # still fail for its caller alone, and every field must survive the trip.
+    store = await make_store()
+    await store.save(Job(id="old", type="t"))
+    created = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    jobs = [
+        Job(id=f"j{n}", type="t", payload={"n": n, "f": 0.1}, timeout=math.inf, created_at=created)
+        for n in range(30)
+    ]
+    jobs += [Job(id="old", type="t"), Job(id="twice", type="t"), Job(id="twice", type="t")]
+    answers: list[tuple[str, BaseException | None]] = []
+
+    async def save(job: Job[Any]) -> None:
+        try:
+            await store.save(job)
+        except ValueError as exc:
+            answers.append((job.id, exc))
+        else:
+            answers.append((job.id, None))
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for job in jobs:
+                nursery.start_soon(save, job)
+
+    failed = sorted(job_id for job_id, exc in answers if exc is not None)
+    assert failed == ["old", "twice"]
+    assert all("exists already" in str(exc) for _, exc in answers if exc is not None)
+    for job in jobs[:30]:
+        assert await store.get(job.id) == job
+    assert (await store.get_stats()).pending == 32
 
 
 async def test_two_settles_of_one_attempt_in_one_batch_apply_once(make_store: MakeStore) -> None:

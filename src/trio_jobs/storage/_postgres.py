@@ -18,7 +18,7 @@ import math
 import re
 import threading
 import uuid
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
@@ -52,10 +52,10 @@ _RECONNECT_MAX: Final = 5.0
 _POOL_TIMEOUT: Final = 15.0
 _MAX_PAYLOAD: Final = 7000  # bytes; PostgreSQL refuses NOTIFY payloads of 8000
 _MAX_ID_IN_PAYLOAD: Final = 500
-# Settle batches written at once. One batches best: settles arriving while a
+# Batches of one kind written at once. One batches best: writes arriving while a
 # batch is written make the next one. (Two or three measured no faster, and
 # cost more client CPU per job.)
-_MAX_SETTLE_FLUSHES: Final = 1
+_MAX_FLUSHES: Final = 1
 _CONNECT_KWARGS: Final[dict[str, Any]] = {
     "connect_timeout": 10,
     # A LISTEN connection only reads; keepalives notice a silently dead peer.
@@ -170,10 +170,9 @@ class PostgresStorage:
         self._cancel_flag = False
         self._cancel_event = trio.Event()
         self._change_events: dict[str, trio.Event] = {}
-        # Settles waiting to be written together (see _settle_flush).
-        self._settle_queue: list[_SettleRequest] = []
-        self._settle_flushes: set[object] = set()  # the batches being written
-        self._settle_flushed = trio.Event()
+        # Writes that tasks make at the same time go to the database together.
+        self._saves = _Batcher(self._run, self._save_writer)
+        self._settles = _Batcher(self._run, self._settle_writer)
 
     def __repr__(self) -> str:
         return f"PostgresStorage(schema={self._schema!r}, open={self._pool is not None})"
@@ -339,8 +338,9 @@ class PostgresStorage:
     async def save(self, job: Job[Any], *, delay: float = 0.0) -> None:
         """Insert a new job; it becomes claimable ``delay`` seconds from now (server clock).
 
-        Then notifies listening workers (in a transaction of its own: see
-        :meth:`_notify_quietly`).
+        Saves made at the same time by many tasks are inserted together, in one
+        statement and one commit; then listening workers are notified (in a
+        transaction of its own: see :meth:`_notify_quietly`).
 
         Raises:
             TypeError: the payload, metadata or result is not JSON-encodable (the
@@ -349,26 +349,60 @@ class PostgresStorage:
 
         """
         delay = _check_seconds(delay, "delay")
-        params = _job_params(job)
-        params["delay"] = delay
+        record = _job_params(job)
+        record["delay"] = delay
+        failure = await self._saves.submit(record)
+        if failure is not None:
+            raise failure
+        self._schedule_work(delay)
+
+    def _save_writer(
+        self, batch: list[dict[str, Any]], answer: Callable[[list[Any]], None]
+    ) -> Callable[[Connection], None]:
+        """Return the function that inserts ``batch``, then tells ``answer`` what each save met.
+
+        The answer for each save is ``None`` (inserted) or the ``ValueError``
+        for a duplicate id. Rows carry the batch's token, so that a retry after a
+        lost connection knows which rows its first try inserted.
+        """
+        token = uuid.uuid4().hex
         tries = 0
 
-        def insert(conn: Connection) -> None:
-            from psycopg.errors import UniqueViolation
-
+        def write(conn: Connection) -> None:
             nonlocal tries
             tries += 1
-            try:
-                conn.execute(self._sql.insert, params)
-            except UniqueViolation:
-                # A retry after a lost connection may find the row its first try wrote.
-                if not (tries > 1 and self._is_same_job(conn, params)):
-                    raise ValueError(f"a job with id {job.id!r} exists already") from None
-            # The payload is the delay, so a listener can wake itself when it ends.
-            self._notify_quietly(conn, [(self._work_channel, repr(delay))])
+            ids = [record["id"] for record in batch]
+            inserted: set[str] = set()
+            if tries > 1:
+                rows = conn.execute(self._sql.saved_by_token, (ids, token)).fetchall()
+                inserted = {row[0] for row in rows}
+            todo = [record for record in batch if record["id"] not in inserted]
+            if todo:
+                records = json.dumps([_json_record(record) for record in todo])
+                rows = conn.execute(
+                    self._sql.insert_many, {"batch": records, "token": token}
+                ).fetchall()
+                inserted.update(row[0] for row in rows)
+            answers: list[Any] = []
+            taken: set[str] = set()
+            for record in batch:
+                job_id = record["id"]
+                ours = job_id in inserted or (
+                    # Inserted by the first try, and claimed since (new token)?
+                    tries > 1 and self._is_same_job(conn, record)
+                )
+                if ours and job_id not in taken:
+                    taken.add(job_id)
+                    answers.append(None)
+                else:
+                    answers.append(ValueError(f"a job with id {job_id!r} exists already"))
+            answer(answers)
+            delays = [r["delay"] for r, a in zip(batch, answers, strict=True) if a is None]
+            if delays:
+                # The payload is the delay: a listener wakes itself when it ends.
+                self._notify_quietly(conn, [(self._work_channel, repr(min(delays)))])
 
-        await self._run(insert)
-        self._schedule_work(delay)
+        return write
 
     def _is_same_job(self, conn: Connection, params: Mapping[str, Any]) -> bool:
         row = conn.execute(
@@ -565,69 +599,12 @@ class PostgresStorage:
             delay=delay,
             execution_time=_finite_or_none(execution_time),
         )
-        self._settle_queue.append(request)
-        try:
-            while not request.done:
-                if request.queued and len(self._settle_flushes) < _MAX_SETTLE_FLUSHES:
-                    await self._settle_flush()
-                else:
-                    await self._settle_flushed.wait()
-        except BaseException:
-            if request.queued:
-                self._settle_queue.remove(request)
-            raise
-        if request.failure is not None:
-            raise request.failure
-        if request.applied:
+        applied = await self._settles.submit(request)
+        if applied:
             self._wake_change(job_id)
             if status in (JobStatus.PENDING, JobStatus.RETRYING):
                 self._schedule_work(delay)
-        return request.applied
-
-    async def _settle_flush(self) -> None:
-        """Write every queued settle in one statement; the caller's own is among them.
-
-        The writing thread hands the answers back as soon as the statement has
-        committed, and only then sends the notifications: the other settles of
-        the batch return, and the next batch starts, without waiting for them.
-        """
-        flush = object()
-        self._settle_flushes.add(flush)
-        batch, self._settle_queue = self._settle_queue, []
-        for request in batch:
-            request.queued = False
-        token = trio.lowlevel.current_trio_token()
-
-        def answer(applied: set[int]) -> None:  # in the writing thread
-            token.run_sync_soon(self._settle_answered, flush, batch, applied)
-
-        try:
-            await self._run(self._settle_writer(batch, answer))
-        except Exception as exc:
-            for request in batch:
-                if not request.done:
-                    request.done, request.failure = True, exc
-        except BaseException:
-            # Cancelled before the statement was sent: the others go back in line.
-            back = [request for request in batch if not request.done]
-            for request in back:
-                request.queued = True
-            self._settle_queue[:0] = back
-            raise
-        finally:
-            self._settle_answered(flush, batch, None)
-
-    def _settle_answered(
-        self, flush: object, batch: list[_SettleRequest], applied: set[int] | None
-    ) -> None:
-        """Record a batch's answers (when given) and end its flush, if not ended yet."""
-        if applied is not None:
-            for index, request in enumerate(batch):
-                request.done, request.applied = True, index in applied
-        if flush in self._settle_flushes:
-            self._settle_flushes.discard(flush)
-            flushed, self._settle_flushed = self._settle_flushed, trio.Event()
-            flushed.set()
+        return bool(applied)
 
     def _notify_quietly(self, conn: Connection, notes: list[tuple[str, str]]) -> None:
         """Send notifications in a transaction of their own (it writes no WAL).
@@ -645,9 +622,9 @@ class PostgresStorage:
             logger.warning("could not send notifications (%s); polling covers them", exc)
 
     def _settle_writer(
-        self, batch: list[_SettleRequest], answer: Callable[[set[int]], None]
+        self, batch: list[_SettleRequest], answer: Callable[[list[Any]], None]
     ) -> Callable[[Connection], None]:
-        """Return the function that writes ``batch``, then tells ``answer`` which indexes applied.
+        """Return the function that writes ``batch``, then tells ``answer`` which settles applied.
 
         Every row it writes carries the batch's token, so when the connection dies
         under the statement, the retry (on a fresh connection) first asks which
@@ -682,7 +659,7 @@ class PostgresStorage:
                     applied.add(index)
                     if status in _WAITING:
                         delays.append(batch[index].delay)
-            answer(applied)
+            answer([index in applied for index in range(len(batch))])
             notes = [
                 (self._changed_channel, payload)
                 for payload in _id_payloads(batch[index].job_id for index in applied)
@@ -1013,10 +990,102 @@ class _SettleRequest:
     error: str | None
     delay: float
     execution_time: float | None
+
+
+@attrs.define(eq=False)
+class _Entry:
+    """One write waiting in a :class:`_Batcher`, and, once written, its answer."""
+
+    item: Any
     queued: bool = True
     done: bool = False
-    applied: bool = False
+    answer: Any = None
     failure: Exception | None = None
+
+
+class _Batcher:
+    """Writes what tasks ask for at the same time in one statement (group commit).
+
+    A task queues its write; when no batch is being written, it writes the whole
+    queue itself, its own write among them; otherwise it waits for that batch to
+    end and looks again. Writes arriving while a batch is in flight thus make the
+    next batch: one round trip and one commit per batch instead of per write,
+    with no added latency when the store is idle. The writing thread hands the
+    answers back as soon as the statement has committed (before it sends its
+    notifications), so the next batch starts without waiting for them.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[Callable[[Connection], None]], Awaitable[None]],
+        make_writer: Callable[
+            [list[Any], Callable[[list[Any]], None]], Callable[[Connection], None]
+        ],
+    ) -> None:
+        self._run = run
+        self._make_writer = make_writer
+        self._queue: list[_Entry] = []
+        self._flushes: set[object] = set()  # the batches being written
+        self._flushed = trio.Event()
+
+    async def submit(self, item: Any) -> Any:
+        """Write ``item`` with whatever else is queued; return its answer.
+
+        Raises:
+            Exception: the batch's statement failed (every write in it gets the error).
+        """
+        entry = _Entry(item)
+        self._queue.append(entry)
+        try:
+            while not entry.done:
+                if entry.queued and len(self._flushes) < _MAX_FLUSHES:
+                    await self._flush()
+                else:
+                    await self._flushed.wait()
+        except BaseException:
+            if entry.queued:
+                self._queue.remove(entry)
+            raise
+        if entry.failure is not None:
+            raise entry.failure
+        return entry.answer
+
+    async def _flush(self) -> None:
+        flush = object()
+        self._flushes.add(flush)
+        batch, self._queue = self._queue, []
+        for entry in batch:
+            entry.queued = False
+        token = trio.lowlevel.current_trio_token()
+
+        def answer(answers: list[Any]) -> None:  # in the writing thread
+            token.run_sync_soon(self._answered, flush, batch, answers)
+
+        try:
+            await self._run(self._make_writer([entry.item for entry in batch], answer))
+        except Exception as exc:
+            for entry in batch:
+                if not entry.done:
+                    entry.done, entry.failure = True, exc
+        except BaseException:
+            # Cancelled before the statement was sent: the others go back in line.
+            back = [entry for entry in batch if not entry.done]
+            for entry in back:
+                entry.queued = True
+            self._queue[:0] = back
+            raise
+        finally:
+            self._answered(flush, batch, None)
+
+    def _answered(self, flush: object, batch: list[_Entry], answers: list[Any] | None) -> None:
+        """Record a batch's answers (when given) and end its flush, if not ended yet."""
+        if answers is not None:
+            for entry, answer in zip(batch, answers, strict=True):
+                entry.done, entry.answer = True, answer
+        if flush in self._flushes:
+            self._flushes.discard(flush)
+            flushed, self._flushed = self._flushed, trio.Event()
+            flushed.set()
 
 
 class _Listener:
@@ -1148,6 +1217,19 @@ def _settle_record(request: _SettleRequest) -> dict[str, Any]:
         "delay": request.delay,
         "execution_time": request.execution_time,
     }
+
+
+def _json_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Make a row's values JSON: datetimes as ISO 8601, non-finite floats as text."""
+    return {key: _json_value(value) for key, value in record.items()}
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value).replace("inf", "Infinity").replace("nan", "NaN")
+    return value
 
 
 def _id_payloads(job_ids: Iterable[str]) -> list[str]:

@@ -127,7 +127,8 @@ class Statements:
     schema_version_table: str
     current_version: str
     record_version: str
-    insert: str
+    insert_many: str
+    saved_by_token: str
     insert_as_is: str
     update: str
     get: str
@@ -200,12 +201,30 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
             %(timeout)s, %(last_error)s, %(result)s, %(execution_time)s, %(progress)s,
             %(progress_message)s, %(metadata)s, %(tenant_id)s, %(retry)s)
     """
-    # save(): claimable after ``delay``; the record's run_at says when, if delayed.
-    insert_values = insert_template.format(
-        run_at="""CASE WHEN %(delay)s > 0 THEN now() + %(delay)s * interval '1 second'
-                 ELSE %(run_at)s::timestamptz END""",
-        ready_at="now() + %(delay)s * interval '1 second'",
-    )
+    # save(): many jobs in one statement, passed as one JSON array. Each is
+    # claimable after its ``delay``; its run_at says when, if delayed.
+    insert_many = f"""
+        INSERT INTO {jobs} (id, type, payload, status, priority, attempts, max_attempts,
+            created_at, started_at, completed_at, run_at, ready_at, timeout, last_error, result,
+            execution_time, progress, progress_message, metadata, tenant_id, retry, op_token)
+        SELECT id, type, payload, status, priority, attempts, max_attempts,
+            created_at, started_at, completed_at,
+            CASE WHEN delay > 0 THEN now() + delay * interval '1 second' ELSE run_at END,
+            now() + delay * interval '1 second',
+            timeout, last_error, result, execution_time, progress, progress_message, metadata,
+            tenant_id, retry, %(token)s
+        FROM ROWS FROM (json_to_recordset(%(batch)s::json) AS (
+            id text, type text, payload text, status text, priority smallint, attempts integer,
+            max_attempts integer, created_at timestamptz, started_at timestamptz,
+            completed_at timestamptz, run_at timestamptz, timeout double precision,
+            last_error text, result text, execution_time double precision,
+            progress double precision, progress_message text, metadata text, tenant_id text,
+            retry text, delay double precision
+        )) WITH ORDINALITY AS v
+        ORDER BY v.ordinality
+        ON CONFLICT (id) DO NOTHING
+        RETURNING id
+    """
     # update() of an unknown id: the record as given, claimable from its run_at.
     insert_as_is = insert_template.format(
         run_at="%(run_at)s", ready_at="coalesce(%(run_at)s::timestamptz, now())"
@@ -223,7 +242,8 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
         """,
         current_version=f"SELECT coalesce(max(version), 0) FROM {s}.schema_version",
         record_version=f"INSERT INTO {s}.schema_version (version) VALUES (%s)",
-        insert=insert_values,
+        insert_many=insert_many,
+        saved_by_token=f"SELECT id FROM {jobs} WHERE id = ANY(%s) AND op_token = %s",
         insert_as_is=insert_as_is,
         update=f"""
             UPDATE {jobs} SET
