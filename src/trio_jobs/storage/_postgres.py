@@ -93,6 +93,15 @@ class PostgresStorage:
     runner's poll remains the backstop. Payloads, results and metadata are stored
     as JSON text, so they come back exactly as they went in.
 
+    Saves and settles that tasks make at the same time are written together, one
+    statement and one commit per batch. Saves and settles are durable when they
+    return; claims and heartbeats commit without waiting for the disk, since
+    losing one in a crash of the *server* only runs a job again, as
+    at-least-once delivery allows. A connection that dies under a statement is
+    replaced and the statement retried; claims and settles carry a token, so a
+    retry never applies twice what committed once. Sessions are named
+    ``trio_jobs:<schema>`` in ``pg_stat_activity`` (unless the DSN names them).
+
     Use it as an async context manager, or hand it to a runner, which opens and
     closes it::
 
