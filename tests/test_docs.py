@@ -225,6 +225,7 @@ class ShellSession:
         monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str],
         nursery: trio.Nursery,
+        schema: str | None,
     ) -> None:
         self.folder = folder
         self.monkeypatch = monkeypatch
@@ -239,6 +240,9 @@ class ShellSession:
         monkeypatch.syspath_prepend(str(folder))
         for name in ("TRIO_JOBS_DB", "TRIO_JOBS_DSN", "TRIO_JOBS_SCHEMA"):
             monkeypatch.delenv(name, raising=False)
+        if schema is not None:
+            # A fresh PostgreSQL schema rather than the page's default one.
+            monkeypatch.setenv("TRIO_JOBS_SCHEMA", schema)
 
     def export(self, name: str, value: str) -> None:
         if name == "TRIO_JOBS_DSN":
@@ -308,12 +312,14 @@ async def run_page(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    *,
+    schema: str | None = None,
 ) -> None:
     commands = [(c, out) for c, out in console_commands(DOCS / page) if not is_setup(c)]
     assert commands
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
-            session = ShellSession(tmp_path, monkeypatch, capsys, nursery)
+            session = ShellSession(tmp_path, monkeypatch, capsys, nursery, schema)
             try:
                 for command, documented in commands:
                     await session.run(command, documented)
@@ -336,19 +342,10 @@ async def test_tutorial_postgres_workers_session_runs_as_written(
     capsys: pytest.CaptureFixture[str],
     pg_schema: str,
 ) -> None:
-    # A fresh schema instead of the page's default one; everything else as written.
-    monkeypatch.setenv("TRIO_JOBS_SCHEMA", pg_schema)
     page = "tutorial/09-postgresql.rst"
     commands = [c for c, _ in console_commands(DOCS / page) if not is_setup(c)]
     assert sum(c.startswith("trio-jobs worker") for c in commands) == 2
-    original = ShellSession.__init__
-
-    def keep_schema(self: ShellSession, *args: Any) -> None:
-        original(self, *args)
-        monkeypatch.setenv("TRIO_JOBS_SCHEMA", pg_schema)
-
-    monkeypatch.setattr(ShellSession, "__init__", keep_schema)
-    await run_page(page, tmp_path, monkeypatch, capsys)
+    await run_page(page, tmp_path, monkeypatch, capsys, schema=pg_schema)
 
 
 def test_every_command_shown_in_the_docs_parses() -> None:
