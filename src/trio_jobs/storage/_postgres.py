@@ -18,8 +18,7 @@ import math
 import re
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
@@ -30,7 +29,7 @@ import trio
 from .._records import ErrorInfo, Job, JobStats, JobStatus
 from . import _postgres_sql as sql
 from ._base import CancelOutcome, Heartbeat
-from ._codec import decode_error, decode_json, decode_retry, encode_error, encode_json, encode_retry
+from ._codec import decode_json, encode_error, encode_json
 
 if TYPE_CHECKING:
     import psycopg
@@ -50,8 +49,6 @@ _LISTEN_POLL: Final = 0.1
 _RECONNECT_MIN: Final = 0.1
 _RECONNECT_MAX: Final = 5.0
 _POOL_TIMEOUT: Final = 15.0
-_MAX_PAYLOAD: Final = 7000  # bytes; PostgreSQL refuses NOTIFY payloads of 8000
-_MAX_ID_IN_PAYLOAD: Final = 500
 # Batches of one kind written at once. One batches best: writes arriving while a
 # batch is written make the next one. (Two or three measured no faster, and
 # cost more client CPU per job.)
@@ -358,7 +355,7 @@ class PostgresStorage:
 
         """
         delay = _check_seconds(delay, "delay")
-        record = _job_params(job)
+        record = sql.job_record(job)
         record["delay"] = delay
         failure = await self._saves.submit(record)
         if failure is not None:
@@ -387,7 +384,7 @@ class PostgresStorage:
                 inserted = {row[0] for row in rows}
             todo = [record for record in batch if record["id"] not in inserted]
             if todo:
-                records = json.dumps([_json_record(record) for record in todo])
+                records = json.dumps([sql.json_record(record) for record in todo])
                 rows = conn.execute(
                     self._sql.insert_many, {"batch": records, "token": token}
                 ).fetchall()
@@ -431,13 +428,15 @@ class PostgresStorage:
             TypeError: a field is not JSON-encodable; nothing changed.
 
         """
-        params = _job_params(job)
+        params = sql.job_record(job)
 
         def update(conn: Connection) -> None:
             with conn.transaction():
                 if conn.execute(self._sql.update, params).fetchone() is None:
                     conn.execute(self._sql.insert_as_is, params)
-                conn.execute(self._sql.notify, (self._changed_channel, _id_payloads([job.id])[0]))
+                conn.execute(
+                    self._sql.notify, (self._changed_channel, sql.id_payloads([job.id])[0])
+                )
                 if job.status in (JobStatus.PENDING, JobStatus.RETRYING):
                     conn.execute(self._sql.notify, (self._work_channel, "0"))
 
@@ -451,7 +450,7 @@ class PostgresStorage:
 
         def get(conn: Connection) -> Job[Any] | None:
             row = conn.execute(self._sql.get, (job_id,)).fetchone()
-            return None if row is None else _row_to_job(row)
+            return None if row is None else sql.row_to_job(row)
 
         return await self._run(get)
 
@@ -469,7 +468,7 @@ class PostgresStorage:
         )
 
     def _fetch_jobs(self, statement: str, params: Any, conn: Connection) -> list[Job[Any]]:
-        return [_row_to_job(row) for row in conn.execute(statement, params).fetchall()]
+        return [sql.row_to_job(row) for row in conn.execute(statement, params).fetchall()]
 
     async def mark_running(self, job_id: str) -> bool:
         """Move one job from PENDING to RUNNING (counting an attempt); True only for the mover.
@@ -493,7 +492,9 @@ class PostgresStorage:
             with conn.transaction():
                 if conn.execute(self._sql.delete, (job_id,)).fetchone() is None:
                     return False
-                conn.execute(self._sql.notify, (self._changed_channel, _id_payloads([job_id])[0]))
+                conn.execute(
+                    self._sql.notify, (self._changed_channel, sql.id_payloads([job_id])[0])
+                )
                 return True
 
         deleted = await self._run(delete)
@@ -562,7 +563,7 @@ class PostgresStorage:
             if not rows:
                 rows = conn.execute(statement, params).fetchall()
             rows.sort(key=lambda row: (-row[4], row[-2], row[-1]))
-            return [_row_to_job(row) for row in rows]
+            return [sql.row_to_job(row) for row in rows]
 
         return await self._run(claim)
 
@@ -614,6 +615,10 @@ class PostgresStorage:
             if status in (JobStatus.PENDING, JobStatus.RETRYING):
                 self._schedule_work(delay)
         return bool(applied)
+
+    def _notify_changed(self, conn: Connection, job_id: str) -> None:
+        """Announce, inside the caller's transaction, that ``job_id`` changed."""
+        conn.execute(self._sql.notify, (self._changed_channel, sql.id_payloads([job_id])[0]))
 
     def _notify_quietly(self, conn: Connection, notes: list[tuple[str, str]]) -> None:
         """Send notifications in a transaction of their own (it writes no WAL).
@@ -671,7 +676,7 @@ class PostgresStorage:
             answer([index in applied for index in range(len(batch))])
             notes = [
                 (self._changed_channel, payload)
-                for payload in _id_payloads(batch[index].job_id for index in applied)
+                for payload in sql.id_payloads(batch[index].job_id for index in applied)
             ]
             if delays:
                 notes.append((self._work_channel, repr(min(delays))))
@@ -794,7 +799,7 @@ class PostgresStorage:
             "id": job_id,
             "cancel_channel": self._cancel_channel,
             "changed_channel": self._changed_channel,
-            "payload": _id_payloads([job_id])[0],
+            "payload": sql.id_payloads([job_id])[0],
         }
 
         def cancel(conn: Connection) -> str | None:
@@ -964,7 +969,9 @@ class PostgresStorage:
             with conn.transaction():
                 if conn.execute(self._sql.requeue, (job_id,)).fetchone() is None:
                     return False
-                conn.execute(self._sql.notify, (self._changed_channel, _id_payloads([job_id])[0]))
+                conn.execute(
+                    self._sql.notify, (self._changed_channel, sql.id_payloads([job_id])[0])
+                )
                 conn.execute(self._sql.notify, (self._work_channel, "0"))
                 return True
 
@@ -1228,42 +1235,6 @@ def _settle_record(request: _SettleRequest) -> dict[str, Any]:
     }
 
 
-def _json_record(record: Mapping[str, Any]) -> dict[str, Any]:
-    """Make a row's values JSON: datetimes as ISO 8601, non-finite floats as text."""
-    return {key: _json_value(value) for key, value in record.items()}
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value).replace("inf", "Infinity").replace("nan", "NaN")
-    return value
-
-
-def _id_payloads(job_ids: Iterable[str]) -> list[str]:
-    """Pack job ids into NOTIFY payloads, one per line, far below the 8000-byte limit.
-
-    An id that contains a newline or is very long is announced as ``*``: the
-    listener then wakes every waiter.
-    """
-    payloads: list[str] = []
-    chunk: list[str] = []
-    size = 0
-    for job_id in job_ids:
-        length = len(job_id.encode())
-        if "\n" in job_id or length > _MAX_ID_IN_PAYLOAD or job_id == "*":
-            job_id, length = "*", 1
-        if size + length > _MAX_PAYLOAD and chunk:
-            payloads.append("\n".join(chunk))
-            chunk, size = [], 0
-        chunk.append(job_id)
-        size += length + 1
-    if chunk:
-        payloads.append("\n".join(chunk))
-    return payloads
-
-
 def _nothing() -> None:
     pass
 
@@ -1271,71 +1242,6 @@ def _nothing() -> None:
 def _configure_connection(conn: Connection) -> None:
     # Timestamps come back as UTC datetimes whatever the server's default zone.
     conn.execute("SET TIME ZONE 'UTC'")
-
-
-def _row_to_job(row: tuple[Any, ...]) -> Job[Any]:
-    (
-        job_id, job_type, payload, status, priority, attempts, max_attempts, created_at,
-        started_at, completed_at, run_at, timeout, last_error, result, execution_time,
-        progress, progress_message, metadata, tenant_id, retry,
-    ) = row[: sql.JOB_FIELD_COUNT]  # fmt: skip
-    return Job(
-        id=job_id,
-        type=job_type,
-        payload=decode_json(payload),
-        status=status,
-        priority=priority,
-        attempts=attempts,
-        max_attempts=max_attempts,
-        created_at=created_at if created_at.tzinfo is UTC else created_at.astimezone(UTC),
-        started_at=_utc(started_at),
-        completed_at=_utc(completed_at),
-        run_at=_utc(run_at),
-        timeout=timeout,
-        last_error=decode_error(last_error),
-        result=decode_json(result),
-        execution_time=execution_time,
-        progress=progress,
-        progress_message=progress_message,
-        metadata=decode_json(metadata),
-        tenant_id=tenant_id,
-        retry=decode_retry(retry),
-    )
-
-
-def _job_params(job: Job[Any]) -> dict[str, Any]:
-    """Encode ``job`` for a row: every field that can fail is encoded before any I/O."""
-    payload = encode_json(job.payload, "payload")
-    metadata = encode_json(dict(job.metadata), "metadata")
-    result = None if job.result is None else encode_json(job.result, "result")
-    return {
-        "id": job.id,
-        "type": job.type,
-        "payload": payload,
-        "status": JobStatus(job.status).value,
-        "priority": int(job.priority),
-        "attempts": job.attempts,
-        "max_attempts": job.max_attempts,
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "completed_at": job.completed_at,
-        "run_at": job.run_at,
-        "timeout": job.timeout,
-        "last_error": encode_error(job.last_error),
-        "result": result,
-        "execution_time": job.execution_time,
-        "progress": job.progress,
-        "progress_message": job.progress_message,
-        "metadata": metadata,
-        "tenant_id": job.tenant_id,
-        "retry": encode_retry(job.retry),
-    }
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is UTC:
-        return value
-    return value.astimezone(UTC)
 
 
 def _types(job_types: Collection[str] | None) -> list[str] | None:
