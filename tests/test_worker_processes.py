@@ -347,7 +347,12 @@ async def test_four_workers_2000_jobs_one_killed_midway_nothing_lost_nothing_twi
     # attempt it started whose result does not stand was followed by a later one.
     victim_attempts = {(j, a) for e, j, a in logs.get(victim.pid, []) if e == "start"}
     overtaken = {j for j, a in victim_attempts if attempts[j] != a}
-    assert overtaken, "the victim held no job when it was killed"
+    assert overtaken, (
+        "the victim held no job when it was killed:"
+        f" {len(victim_attempts)} attempts, {sum(n > 1 for n in attempts.values())} rescued,"
+        f" log ends with {logs.get(victim.pid, [])[-3:]}, ends per worker"
+        f" {[sum(e == 'end' for e, _, _ in lines) for lines in logs.values()]}"
+    )
     assert all(attempts[j] > a for j, a in victim_attempts if j in overtaken)
     for worker in survivors:
         survivor_ends = [(j, a) for e, j, a in logs[worker.pid] if e == "end"]
