@@ -44,11 +44,6 @@ nitpick_ignore_regex = [
     # Type variables and private helpers named in signatures and docstrings.
     (r"py:class", r"(trio_jobs\._\w+\.)?(H|P|R|T|PosArgsT|HandleOwner|_RetryOverrides)"),
     (r"py:(meth|data)", r"_notify_quietly|CHANGE_POLL"),
-    # Napoleon reads a property's or attribute's first line "a: b" as "type: text";
-    # these docstrings have such a colon (to be reworded in src/).
-    (r"py:class", r"True for the statuses a job never leaves"),
-    (r"py:class", r"This runner's identity in the store"),
-    (r"py:class", r"Unknown id|the job is already final"),
 ]
 
 napoleon_google_docstring = True

@@ -321,3 +321,20 @@ async def test_runners_sharing_a_store_run_and_drain_only_their_own_types(
     assert await store.get_stats() == JobStats(
         completed=2, total_processed=2, average_execution_time=1.0
     )
+
+
+async def test_a_job_back_from_backoff_queues_from_its_due_time(autojump_clock: Any) -> None:
+    # As the durable stores order by run_at: a job that failed and waited out a
+    # backoff goes behind jobs submitted while it waited, within its priority.
+    store = MemoryStorage()
+    retried = new_job("a")
+    await store.save(retried)
+    [claimed] = await store.claim("w", 1)
+    assert await store.settle(
+        retried.id, worker_id="w", attempt=claimed.attempts, status=JobStatus.RETRYING, delay=5.0
+    )
+    await trio.sleep(1.0)
+    meanwhile = new_job("b")  # another type: the queues are compared by arrival
+    await store.save(meanwhile)
+    await trio.sleep(5.0)
+    assert [job.id for job in await store.claim("w", 2)] == [meanwhile.id, retried.id]

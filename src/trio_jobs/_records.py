@@ -50,7 +50,7 @@ class JobStatus(str, enum.Enum):
 
     @property
     def is_final(self) -> bool:
-        """True for the statuses a job never leaves: completed, failed, cancelled, timeout."""
+        """Whether a job never leaves this status (completed, failed, cancelled or timeout)."""
         return self in _FINAL
 
     def __str__(self) -> str:

@@ -121,7 +121,7 @@ class JobRunner:
 
     @property
     def worker_id(self) -> str:
-        """This runner's identity in the store: ``host:pid:random``."""
+        """This runner's identity in the store, as ``host:pid:random``."""
         return self._worker_id
 
     @property

@@ -35,9 +35,13 @@ _LOCAL_ERRORS_KEPT = 10_000
 def error_info(error: BaseException, attempt: int, *, retryable: bool) -> ErrorInfo:
     """Record ``error`` as an :class:`ErrorInfo`."""
     cls = type(error)
-    name = (
-        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    )
+    module = cls.__module__
+    if module == "builtins":
+        name = cls.__qualname__
+    elif module.startswith("trio_jobs."):
+        name = f"trio_jobs.{cls.__qualname__}"  # our errors by their public name
+    else:
+        name = f"{module}.{cls.__qualname__}"
     return ErrorInfo(
         message=str(error),
         type=name,

@@ -35,7 +35,7 @@ from .._records import ErrorInfo, Job, JobStats, JobStatus
 class CancelOutcome(enum.Enum):
     """What :meth:`JobStorage.request_cancel` did."""
 
-    #: Unknown id, or the job is already final: nothing changed.
+    #: Nothing changed (an unknown id, or a job already final).
     NOTHING = "nothing"
     #: The job was pending or retrying and is now ``CANCELLED``.
     CANCELLED = "cancelled"

@@ -163,6 +163,8 @@ class MemoryStorage:
             _, seq, job_id = heapq.heappop(delayed)
             if self._scheduled.get(job_id) == seq:
                 del self._scheduled[job_id]
+                # It queues from its due time, as the durable stores order by run_at.
+                self._seq = seq = self._seq + 1
                 self._push_ready(self._jobs[job_id], seq)
 
     def _best_queue(self, job_types: Collection[str] | None) -> _Queue | None:
