@@ -54,7 +54,7 @@ _POOL_TIMEOUT: Final = 15.0
 # cost more client CPU per job.)
 _MAX_FLUSHES: Final = 1
 _CONNECT_KWARGS: Final[dict[str, Any]] = {
-    "connect_timeout": 10,
+    "connect_timeout": 5,
     # A LISTEN connection only reads; keepalives notice a silently dead peer.
     "keepalives": 1,
     "keepalives_idle": 30,
@@ -631,7 +631,7 @@ class PostgresStorage:
         if not notes:
             return
         try:
-            conn.execute(self._sql.notify_many, ([c for c, _ in notes], [p for _, p in notes]))
+            conn.execute(self._sql.notify_many, (json.dumps(notes),))
         except psycopg.OperationalError as exc:
             logger.warning("could not send notifications (%s); polling covers them", exc)
 

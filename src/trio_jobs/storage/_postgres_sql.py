@@ -459,7 +459,8 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
                 AND completed_at < now() - %s * interval '1 second'
         """,
         notify="SELECT pg_notify(%s, %s)",
-        notify_many="SELECT pg_notify(c, p) FROM unnest(%s::text[], %s::text[]) AS n(c, p)",
+        # [[channel, payload], ...] as one JSON parameter: cheaper to send than arrays.
+        notify_many="SELECT pg_notify(n->>0, n->>1) FROM json_array_elements(%s::json) AS n",
         listen=tuple(f'LISTEN "{channel}"' for channel in channels),
     )
 
