@@ -137,6 +137,10 @@ async def test_methods_of_an_unopened_store_say_it_is_not_open(pg_schema: str) -
     store = PostgresStorage(PG_DSN, schema=pg_schema)
     with pytest.raises(RuntimeError, match="not open"):
         await store.get("x")
+    with pytest.raises(RuntimeError, match="not open"):
+        await store.save(Job(id="x", type="t"))
+    with pytest.raises(RuntimeError, match="not open"):
+        await store.settle("x", worker_id="w", attempt=1, status=JobStatus.COMPLETED)
 
 
 # -- migrations -------------------------------------------------------------------
