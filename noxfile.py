@@ -12,7 +12,7 @@ nox.options.reuse_existing_virtualenvs = True
 
 ROOT = Path(__file__).parent
 # Libraries the benchmarks compare against; never dependencies of the package.
-BENCH_PEERS = ["tenacity", "stamina", "backoff", "huey"]
+BENCH_PEERS = ["tenacity", "stamina", "backoff", "huey", "procrastinate", "saq[postgres]"]
 
 
 @nox.session
@@ -45,9 +45,11 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Run the benchmark scripts given as arguments, or every bench/*.py."""
-    session.install("-e", ".", *BENCH_PEERS)
-    scripts = session.posargs or sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("bench/*.py"))
+    """Run the benchmark scripts given as arguments, or every bench/*.py (not bench/_*.py)."""
+    session.install("-e", ".[postgres]", *BENCH_PEERS)
+    scripts = session.posargs or sorted(
+        str(p.relative_to(ROOT)) for p in ROOT.glob("bench/*.py") if not p.name.startswith("_")
+    )
     for script in scripts:
         session.log(f"--- {script}")
         session.run("python", script)
