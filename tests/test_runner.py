@@ -545,3 +545,15 @@ async def test_stop_checkpoints() -> None:
             await runner.stop()
         with trio.testing.assert_checkpoints():
             await runner.stop()
+
+
+async def test_job_types_are_the_types_with_a_handler() -> None:
+    runner = JobRunner()
+    assert runner.job_types == frozenset()
+    runner.register_handler("a", echo)
+
+    @runner.handler("b")
+    async def b(job: Job[Any], ctx: JobContext[Any]) -> None:
+        pass
+
+    assert runner.job_types == {"a", "b"}

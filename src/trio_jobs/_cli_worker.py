@@ -156,7 +156,7 @@ def _describe(exc: BaseException) -> str:
 
 def registered_types(runner: JobRunner) -> list[str]:
     """Return the job types ``runner`` has handlers for."""
-    return sorted(runner._handlers)
+    return sorted(runner.job_types)
 
 
 class _EventLog:
@@ -217,11 +217,26 @@ def _configure_logging(level: str) -> tuple[logging.Logger, logging.Handler]:
 
 async def run_worker(args: argparse.Namespace) -> int:
     """Run the ``worker`` command: return 0 after a signal stopped the worker."""
+    # Trio re-delivers, when the receiver closes, a signal that arrived after the
+    # stop had finished; by then the worker is done and exits 0, so the handlers
+    # it restores ignore the two signals rather than kill the process.
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in _STOP_SIGNALS}
+    try:
+        return await _run_worker(args)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+async def _run_worker(args: argparse.Namespace) -> int:
     install = load_app(args.app)
     spec: StoreSpec = args.store
     # Signals are caught from here on: one during start-up stops the worker as
     # soon as it runs, instead of killing it halfway through opening the store.
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(*_STOP_SIGNALS) as signals:
         logger, handler = _configure_logging(args.log_level)
         try:
             storage = spec.create(

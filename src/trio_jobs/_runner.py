@@ -125,6 +125,11 @@ class JobRunner:
         return self._worker_id
 
     @property
+    def job_types(self) -> frozenset[str]:
+        """The job types this runner has handlers for (the ones it claims)."""
+        return self._scheduler.types
+
+    @property
     def storage(self) -> JobStorage:
         """The store this runner works on."""
         return self._storage
