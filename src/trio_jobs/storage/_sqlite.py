@@ -56,7 +56,10 @@ BUSY_TIMEOUT: Final = 5.0
 #: How often :meth:`SQLiteStorage.wait_for_work` checks whether another connection
 #: (another process) committed: the delay before a worker notices a job submitted
 #: elsewhere. Each check is one ``PRAGMA data_version`` in a worker thread.
-CHANGE_POLL: Final = 0.05
+CHANGE_POLL: Final = 0.02
+#: The first such check of each wait comes sooner; the interval then doubles up to
+#: :data:`CHANGE_POLL`.
+CHANGE_POLL_FIRST: Final = 0.002
 
 # Each migration is a list of statements; migration N brings the schema from
 # version N-1 to N. Append new ones, never edit or remove applied ones.
@@ -689,11 +692,15 @@ class SQLiteStorage:
         deadline = trio.current_time() + wait
         work = self._work
         version = await self._data_version()
+        # Check soon after the last piece of work (a producer that just submitted is
+        # likely to submit again), then back off to CHANGE_POLL while idle.
+        poll = CHANGE_POLL_FIRST
         while not work.is_set():
-            with trio.move_on_at(min(deadline, trio.current_time() + CHANGE_POLL)):
+            with trio.move_on_at(min(deadline, trio.current_time() + poll)):
                 await work.wait()
             if trio.current_time() >= deadline or await self._data_version() != version:
                 break
+            poll = min(poll * 2, CHANGE_POLL)
         self._work_flag = False
         self._pop_due()
 
