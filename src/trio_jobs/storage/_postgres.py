@@ -994,9 +994,9 @@ class PostgresStorage:
         return await self._run(purge)
 
 
-@attrs.define(eq=False)
+@attrs.frozen
 class _SettleRequest:
-    """One settle waiting in the batch, and, once written, its outcome."""
+    """One settle, encoded, as a batch writes it."""
 
     job_id: str
     worker_id: str
