@@ -452,8 +452,15 @@ class MemoryStorage:
         job = self._held(job_id, worker_id, attempt)
         if job is None:
             return False
-        merged = {**job.metadata, **metadata} if metadata else job.metadata
-        self._put(replace(job, progress=progress, progress_message=message, metadata=merged))
+        # Like the durable stores: None leaves the stored progress and message as they are.
+        self._put(
+            replace(
+                job,
+                progress=job.progress if progress is None else progress,
+                progress_message=job.progress_message if message is None else message,
+                metadata={**job.metadata, **metadata} if metadata else job.metadata,
+            )
+        )
         return True
 
     async def heartbeat(self, worker_id: str, job_ids: Collection[str]) -> Heartbeat:
