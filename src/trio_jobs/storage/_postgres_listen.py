@@ -1,0 +1,247 @@
+r"""How a :class:`PostgresStorage` hears of work: the LISTEN thread and the wake-ups.
+
+A dedicated connection outside the pool ``LISTEN``\ s on the store's channels in a
+thread of its own (:class:`Listener`), reconnecting with exponential backoff when
+the connection drops. Each notification is handed to the Trio thread, where
+:class:`Wakeups` sets the events that ``wait_for_work``, ``wait_for_cancel_request``
+and ``wait_for_change`` wait on; the store's own writes set them directly, without
+waiting for their notification to come back.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import threading
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING, Final
+
+import outcome
+import trio
+
+if TYPE_CHECKING:
+    from ._postgres_connect import Connection
+
+logger = logging.getLogger("trio_jobs.postgres")
+
+# How often the LISTEN thread looks up from its socket to see whether to stop.
+_LISTEN_POLL: Final = 0.1
+_RECONNECT_MIN: Final = 0.1
+_RECONNECT_MAX: Final = 5.0
+
+
+class Wakeups:
+    """The events a store's waiters wait on, and the notifications that set them.
+
+    Used from the Trio thread only. A flag remembers a wake-up that came while
+    nobody waited, so the next wait returns at once.
+
+    Args:
+        work_channel: The channel announcing claimable work (payload: its delay).
+        cancel_channel: The channel announcing a cancel request for a running job.
+        changed_channel: The channel announcing changed jobs (payload: their ids).
+    """
+
+    def __init__(self, *, work_channel: str, cancel_channel: str, changed_channel: str) -> None:
+        self._work_channel = work_channel
+        self._cancel_channel = cancel_channel
+        self._changed_channel = changed_channel
+        self._work_flag = False
+        self._work_event = trio.Event()
+        self._due: list[float] = []  # Trio times at which delayed jobs become ready
+        self._cancel_flag = False
+        self._cancel_event = trio.Event()
+        self._change_events: dict[str, trio.Event] = {}
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return on a work wake-up, when a scheduled delay ends, or after ``timeout``."""
+        await trio.lowlevel.checkpoint()
+        deadline = trio.current_time() + max(timeout, 0.0)
+        while True:
+            if self._work_flag or self._pop_due():
+                self._work_flag = False
+                return
+            if trio.current_time() >= deadline:
+                return
+            with trio.move_on_at(min(deadline, self._due[0] if self._due else math.inf)):
+                await self._work_event.wait()
+
+    async def wait_for_cancel_request(self, timeout: float) -> None:
+        """Return on a cancel wake-up (now or since the last wait), or after ``timeout``."""
+        await trio.lowlevel.checkpoint()
+        if not self._cancel_flag:
+            with trio.move_on_after(max(timeout, 0.0)):
+                await self._cancel_event.wait()
+        self._cancel_flag = False
+
+    async def wait_for_change(self, job_id: str, timeout: float) -> None:
+        """Return when ``job_id`` is woken as changed, or after ``timeout``."""
+        event = self._change_events.get(job_id)
+        if event is None:
+            event = self._change_events[job_id] = trio.Event()
+        try:
+            with trio.move_on_after(max(timeout, 0.0)):
+                await event.wait()
+        finally:
+            if (
+                not event.is_set()
+                and event.statistics().tasks_waiting == 0
+                and self._change_events.get(job_id) is event
+            ):
+                del self._change_events[job_id]
+
+    def wake_work(self) -> None:
+        self._work_flag = True
+        self._work_event.set()
+        self._work_event = trio.Event()
+
+    def schedule_work(self, delay: float) -> None:
+        if delay <= 0:
+            self.wake_work()
+            return
+        heapq.heappush(self._due, trio.current_time() + delay)
+        # Waiters recompute their deadline; this is not a wake-up (no flag).
+        self._work_event.set()
+        self._work_event = trio.Event()
+
+    def _pop_due(self) -> bool:
+        now = trio.current_time()
+        popped = False
+        while self._due and self._due[0] <= now:
+            heapq.heappop(self._due)
+            popped = True
+        return popped
+
+    def wake_cancel(self) -> None:
+        self._cancel_flag = True
+        self._cancel_event.set()
+        self._cancel_event = trio.Event()
+
+    def wake_change(self, job_id: str) -> None:
+        event = self._change_events.pop(job_id, None)
+        if event is not None:
+            event.set()
+
+    def wake_all_changes(self) -> None:
+        events, self._change_events = self._change_events, {}
+        for event in events.values():
+            event.set()
+
+    def on_notify(self, channel: str, payload: str) -> None:
+        """Handle one notification (in the Trio thread, from the listener)."""
+        if channel == self._work_channel:
+            try:
+                delay = float(payload or 0)
+            except ValueError:
+                delay = 0.0
+            self.schedule_work(delay if math.isfinite(delay) else 0.0)
+        elif channel == self._cancel_channel:
+            self.wake_cancel()
+        elif channel == self._changed_channel:
+            for job_id in payload.split("\n"):
+                if job_id == "*":
+                    self.wake_all_changes()
+                    break
+                self.wake_change(job_id)
+
+    def on_reconnect(self) -> None:
+        # Notifications sent while the connection was down are lost: wake everyone.
+        self.wake_work()
+        self.wake_cancel()
+        self.wake_all_changes()
+
+
+class Listener:
+    """The LISTEN connection and the thread that waits on it.
+
+    The thread wakes every :data:`_LISTEN_POLL` seconds to see whether it should
+    stop, so :meth:`stop` returns promptly and leaves no thread behind. When the
+    connection drops it reconnects with exponential backoff, logging both.
+    Notifications reach Trio through ``TrioToken.run_sync_soon``: the thread never
+    waits for the Trio loop.
+    """
+
+    def __init__(
+        self,
+        *,
+        connect: Callable[[], Connection],
+        token: trio.lowlevel.TrioToken,
+        on_notify: Callable[[str, str], None],
+        on_reconnect: Callable[[], None],
+    ) -> None:
+        self._connect = connect
+        self._token = token
+        self._on_notify = on_notify
+        self._on_reconnect = on_reconnect
+        self._stopping = threading.Event()
+        self._stopped = trio.Event()
+
+    def start(self, conn: Connection) -> None:
+        # A thread of its own, not trio.to_thread: it lives as long as the store and
+        # must not hold one of the limiter's tokens, nor need a task to await it.
+        trio.lowlevel.start_thread_soon(
+            partial(self._run, conn), self._finished, name="trio_jobs postgres LISTEN"
+        )
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        await self._stopped.wait()
+
+    def _post(self, fn: Callable[..., object], *args: object) -> bool:
+        try:
+            self._token.run_sync_soon(fn, *args)
+        except trio.RunFinishedError:
+            return False
+        return True
+
+    def _finished(self, result: outcome.Outcome[None]) -> None:
+        if isinstance(result, outcome.Error):
+            logger.error("the LISTEN thread crashed", exc_info=result.error)
+        self._post(self._stopped.set)
+
+    def _run(self, conn: Connection | None) -> None:
+        import psycopg
+
+        backoff = _RECONNECT_MIN
+        try:
+            while not self._stopping.is_set():
+                if conn is None:
+                    try:
+                        conn = self._connect()
+                    except psycopg.Error as exc:
+                        logger.warning(
+                            "LISTEN connection to PostgreSQL failed (%s); retrying in %.1f s",
+                            str(exc).strip(),
+                            backoff,
+                        )
+                        self._stopping.wait(backoff)
+                        backoff = min(backoff * 2, _RECONNECT_MAX)
+                        continue
+                    logger.warning("LISTEN connection to PostgreSQL re-established")
+                    backoff = _RECONNECT_MIN
+                    if not self._post(self._on_reconnect):
+                        return
+                try:
+                    for note in conn.notifies(timeout=_LISTEN_POLL):
+                        if not self._post(self._on_notify, note.channel, note.payload):
+                            return
+                    # Also ends the thread when the Trio run ended without close().
+                    if not self._post(_nothing):
+                        return
+                except psycopg.Error as exc:
+                    logger.warning(
+                        "LISTEN connection to PostgreSQL lost (%s); reconnecting; "
+                        "polling covers the gap",
+                        str(exc).strip(),
+                    )
+                    conn.close()
+                    conn = None
+        finally:
+            if conn is not None:
+                conn.close()
+
+
+def _nothing() -> None:
+    pass
