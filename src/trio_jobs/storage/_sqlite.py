@@ -20,11 +20,13 @@ about would only come back after its lease expired).
 Times in the database are wall-clock unix seconds (``REAL``); ``run_at`` is always
 set (a job saved without delay is eligible from its save time), so the claim order
 "priority, then ``run_at``, then insertion order" is one index scan.
+
+This module holds the store's methods; :mod:`._sqlite_schema` holds the migrations,
+column lists and rows <-> jobs, and :mod:`._sqlite_commit` the group commit.
 """
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import math
 import os
@@ -33,20 +35,26 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Final, Generic, Self, TypeVar, cast
+from typing import Any, Final, Self, TypeVar
 
 import trio
 
-from .._records import ErrorInfo, Job, JobPriority, JobStats, JobStatus
+from .._records import ErrorInfo, Job, JobStats, JobStatus
 from ._base import CancelOutcome, Heartbeat
-from ._codec import (
-    decode_error,
-    decode_json,
-    decode_retry,
-    encode_error,
-    encode_json,
-    encode_retry,
+from ._codec import decode_json, encode_error, encode_json
+from ._sqlite_commit import GroupCommit, Op
+from ._sqlite_schema import (
+    CLAIM_ORDER,
+    COLUMN_NAMES,
+    COLUMNS,
+    INSERT,
+    READY,
+    SELECT,
+    encode_record,
+    job_from_row,
+    migrate,
 )
+from ._sqlite_schema import SCHEMA_VERSION as SCHEMA_VERSION
 
 T = TypeVar("T")
 
@@ -61,64 +69,6 @@ CHANGE_POLL: Final = 0.02
 #: :data:`CHANGE_POLL`.
 CHANGE_POLL_FIRST: Final = 0.002
 
-# Each migration is a list of statements; migration N brings the schema from
-# version N-1 to N. Append new ones, never edit or remove applied ones.
-_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
-    (
-        """
-        CREATE TABLE jobs (
-            seq              INTEGER PRIMARY KEY,  -- insertion order (rowid)
-            id               TEXT    NOT NULL UNIQUE,
-            type             TEXT    NOT NULL,
-            payload          TEXT,                 -- JSON
-            status           TEXT    NOT NULL,
-            priority         INTEGER NOT NULL,
-            attempts         INTEGER NOT NULL,
-            max_attempts     INTEGER NOT NULL,
-            created_at       REAL    NOT NULL,     -- unix seconds, UTC
-            started_at       REAL,
-            completed_at     REAL,
-            run_at           REAL    NOT NULL,     -- eligible from
-            timeout          REAL,
-            last_error       TEXT,                 -- JSON ErrorInfo
-            result           TEXT,                 -- JSON
-            execution_time   REAL,
-            progress         REAL,
-            progress_message TEXT,
-            metadata         TEXT    NOT NULL,     -- JSON object
-            tenant_id        TEXT,
-            retry            TEXT,                 -- JSON RetryConfig
-            worker_id        TEXT,
-            lease_expires_at REAL,
-            cancel_requested INTEGER NOT NULL DEFAULT 0
-        )
-        """,
-        # The claim order; partial, so finished jobs cost nothing, and a claim
-        # walks it in order and stops after `limit` rows (no sort). Queries name
-        # it with INDEXED BY: the planner, misled by the status index, would
-        # otherwise sort every ready job on each claim.
-        """
-        CREATE INDEX jobs_ready ON jobs (priority DESC, run_at, seq, type)
-            WHERE status IN ('pending', 'retrying')
-        """,
-        "CREATE INDEX jobs_leases ON jobs (lease_expires_at) WHERE status = 'running'",
-        "CREATE INDEX jobs_status ON jobs (status, type)",
-    ),
-)
-
-#: The schema version this code writes.
-SCHEMA_VERSION: Final = len(_MIGRATIONS)
-
-_COLUMN_NAMES: Final = (
-    "id", "type", "payload", "status", "priority", "attempts", "max_attempts", "created_at",
-    "started_at", "completed_at", "run_at", "timeout", "last_error", "result", "execution_time",
-    "progress", "progress_message", "metadata", "tenant_id", "retry",
-)  # fmt: skip
-_COLUMNS: Final = ", ".join(_COLUMN_NAMES)
-_INSERT: Final = f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join('?' * len(_COLUMN_NAMES))})"
-_SELECT: Final = f"SELECT {_COLUMNS} FROM jobs"
-_READY: Final = "status IN ('pending', 'retrying')"
-_CLAIM_ORDER: Final = "ORDER BY priority DESC, run_at, seq"
 _FINAL_STATUSES: Final = "('completed', 'failed', 'cancelled', 'timeout')"
 _FENCE: Final = "id = ? AND status = 'running' AND attempts = ? AND worker_id = ?"
 
@@ -126,24 +76,6 @@ _FENCE: Final = "id = ? AND status = 'running' AND attempts = ? AND worker_id = 
 _SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 3, 5, 6, 8
 _SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN = 10, 11, 13, 14
 _SQLITE_NOTADB = 26
-
-_Op = Callable[[sqlite3.Connection, float], T]
-
-
-class _Entry(Generic[T]):
-    """One queued write of the group commit, and what became of it."""
-
-    __slots__ = ("done", "error", "flush_turn", "op", "taken", "task", "value")
-
-    def __init__(self, op: _Op[T]) -> None:
-        self.op = op
-        self.value: T | None = None
-        self.error: BaseException | None = None
-        # The task parked waiting for this write (None: the flusher's own write).
-        self.task: trio.lowlevel.Task | None = None
-        self.taken = False  # a flusher has it: it can no longer be cancelled
-        self.done = False
-        self.flush_turn = False  # its task was woken to flush next
 
 
 class SQLiteStorage:
@@ -185,9 +117,13 @@ class SQLiteStorage:
         # The connection is used by one thread at a time: whoever holds the lock.
         self._lock = trio.Lock()
         self._thread_limiter = trio.CapacityLimiter(1)
-        # Group commit: writes wait in the queue; one flusher at a time runs it all.
-        self._queue: list[_Entry[Any]] = []
-        self._flushing = False
+        # Group commit: writes wait in its queue; one flusher at a time runs it all.
+        self._commit = GroupCommit(
+            lock=self._lock,
+            limiter=self._thread_limiter,
+            connection=self._require,
+            translate=self._translate,
+        )
         # Local wake-ups for wait_for_work / wait_for_change.
         self._work = trio.Event()
         self._work_flag = False
@@ -263,12 +199,12 @@ class SQLiteStorage:
             ValueError: A job with this id exists already, or ``delay`` is negative.
         """
         _check_delay(delay)
-        values = _encode_record(job)
+        values = encode_record(job)
 
         def op(conn: sqlite3.Connection, now: float) -> float:
             run_at = now + delay
             try:
-                conn.execute(_INSERT, (*values[:10], run_at, *values[11:]))
+                conn.execute(INSERT, (*values[:10], run_at, *values[11:]))
             except sqlite3.IntegrityError:
                 raise ValueError(f"a job with id {job.id!r} exists already") from None
             return run_at
@@ -287,11 +223,11 @@ class SQLiteStorage:
         Raises:
             TypeError: The payload, metadata or result is not JSON-encodable.
         """
-        values = _encode_record(job)
+        values = encode_record(job)
         keep_claim = job.status is JobStatus.RUNNING
         assignments = ", ".join(
             "run_at = COALESCE(?, run_at)" if name == "run_at" else f"{name} = ?"
-            for name in _COLUMN_NAMES[1:]
+            for name in COLUMN_NAMES[1:]
         )
 
         def op(conn: sqlite3.Connection, now: float) -> None:
@@ -305,7 +241,7 @@ class SQLiteStorage:
             )
             if cur.rowcount == 0:
                 run_at = now if values[10] is None else values[10]
-                conn.execute(_INSERT, (*values[:10], run_at, *values[11:]))
+                conn.execute(INSERT, (*values[:10], run_at, *values[11:]))
 
         await self._write(op)
         self._changed(job.id)
@@ -313,8 +249,8 @@ class SQLiteStorage:
 
     async def get(self, job_id: str) -> Job[Any] | None:
         """Return the job's current snapshot, or ``None`` for an unknown id."""
-        rows = await self._read(f"{_SELECT} WHERE id = ?", (job_id,))
-        return _job_from_row(rows[0]) if rows else None
+        rows = await self._read(f"{SELECT} WHERE id = ?", (job_id,))
+        return job_from_row(rows[0]) if rows else None
 
     async def get_next_pending(self, limit: int) -> list[Job[Any]]:
         """Return (without claiming) up to ``limit`` ready jobs in claim order."""
@@ -322,19 +258,18 @@ class SQLiteStorage:
             await trio.lowlevel.checkpoint()
             return []
         rows = await self._read(
-            f"{_SELECT} INDEXED BY jobs_ready"
-            f" WHERE {_READY} AND run_at <= ? {_CLAIM_ORDER} LIMIT ?",
+            f"{SELECT} INDEXED BY jobs_ready WHERE {READY} AND run_at <= ? {CLAIM_ORDER} LIMIT ?",
             (time.time(), limit),
         )
-        return [_job_from_row(row) for row in rows]
+        return [job_from_row(row) for row in rows]
 
     async def get_by_status(self, status: JobStatus, limit: int | None = None) -> list[Job[Any]]:
         """Return jobs with ``status``, oldest first."""
         rows = await self._read(
-            f"{_SELECT} WHERE status = ? ORDER BY seq LIMIT ?",
+            f"{SELECT} WHERE status = ? ORDER BY seq LIMIT ?",
             (JobStatus(status).value, _sql_limit(limit)),
         )
-        return [_job_from_row(row) for row in rows]
+        return [job_from_row(row) for row in rows]
 
     async def mark_running(self, job_id: str) -> bool:
         """Move one job from PENDING to RUNNING; True only for the caller that did it.
@@ -410,15 +345,15 @@ class SQLiteStorage:
                 "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?,"
                 " completed_at = NULL, worker_id = ?, lease_expires_at = ?"
                 f" WHERE seq IN (SELECT seq FROM jobs INDEXED BY jobs_ready"
-                f" WHERE {_READY} AND run_at <= ?{where}"
-                f" {_CLAIM_ORDER} LIMIT ?) RETURNING {_COLUMNS}, seq",
+                f" WHERE {READY} AND run_at <= ?{where}"
+                f" {CLAIM_ORDER} LIMIT ?) RETURNING {COLUMNS}, seq",
                 (now, worker_id, now + self._lease, now, *types, limit),
             ).fetchall()
 
         rows = await self._write(claim)
         # RETURNING yields rows in no particular order.
         rows.sort(key=lambda row: (-row[4], row[10], row[20]))
-        jobs = [_job_from_row(row) for row in rows]
+        jobs = [job_from_row(row) for row in rows]
         for job in jobs:
             self._changed(job.id)
         return jobs
@@ -628,13 +563,13 @@ class SQLiteStorage:
                     conn.execute(
                         "UPDATE jobs SET status = ?, last_error = ?, run_at = ?,"
                         " completed_at = ?, worker_id = NULL, lease_expires_at = NULL"
-                        f" WHERE seq = ? RETURNING {_COLUMNS}",
+                        f" WHERE seq = ? RETURNING {COLUMNS}",
                         (status, encode_error(error), now, None if retry else now, seq),
                     ).fetchone()
                 )
             return rows
 
-        jobs = [_job_from_row(row) for row in await self._write(op)]
+        jobs = [job_from_row(row) for row in await self._write(op)]
         for job in jobs:
             self._changed(job.id)
         if any(job.status is JobStatus.PENDING for job in jobs):
@@ -653,7 +588,7 @@ class SQLiteStorage:
         def op(conn: sqlite3.Connection, now: float) -> CancelOutcome:
             if conn.execute(
                 "UPDATE jobs SET status = 'cancelled', completed_at = ?,"
-                f" worker_id = NULL, lease_expires_at = NULL WHERE id = ? AND {_READY}",
+                f" worker_id = NULL, lease_expires_at = NULL WHERE id = ? AND {READY}",
                 (now, job_id),
             ).rowcount:
                 return CancelOutcome.CANCELLED
@@ -749,9 +684,9 @@ class SQLiteStorage:
             where += " AND type = ?"
             params.append(job_type)
         rows = await self._read(
-            f"{_SELECT} WHERE 1{where} ORDER BY seq DESC LIMIT ?", (*params, _sql_limit(limit))
+            f"{SELECT} WHERE 1{where} ORDER BY seq DESC LIMIT ?", (*params, _sql_limit(limit))
         )
-        return [_job_from_row(row) for row in rows]
+        return [job_from_row(row) for row in rows]
 
     async def count_unfinished(self, job_types: Collection[str] | None = None) -> int:
         """Count jobs that are PENDING, RETRYING or RUNNING."""
@@ -832,77 +767,9 @@ class SQLiteStorage:
             conn = self._require()
             return await self._in_thread(lambda: conn.execute(sql, params).fetchall())
 
-    async def _write(self, op: _Op[T]) -> T:
-        """Run ``op`` in a write transaction shared with the writes queued meanwhile.
-
-        The caller whose write finds no flush in progress becomes the flusher: it
-        takes the whole queue to a worker thread, runs it in one transaction, and
-        wakes the other callers with their own results. Callers queued meanwhile
-        park; when the flusher is done, the first of them is woken to flush next.
-        Like :func:`trio.to_thread.run_sync`, a write is cancellable until a
-        flusher takes it, and after that its caller waits for its result.
-        """
-        entry: _Entry[T] = _Entry(op)
-        self._queue.append(entry)
-        if self._flushing:
-            entry.task = trio.lowlevel.current_task()
-
-            def abort(_: Any) -> trio.lowlevel.Abort:
-                if entry.taken:
-                    return trio.lowlevel.Abort.FAILED
-                self._queue.remove(entry)
-                return trio.lowlevel.Abort.SUCCEEDED
-
-            await trio.lowlevel.wait_task_rescheduled(abort)
-            if not entry.flush_turn:
-                return self._result(entry)
-        self._flushing = True
-        try:
-            while not entry.done:
-                await self._flush()
-        except BaseException:
-            if not entry.taken:
-                self._queue.remove(entry)
-            raise
-        finally:
-            self._flushing = False
-            if self._queue:
-                # Hand the flusher's role to the first parked writer.
-                self._flushing = True
-                successor = self._queue[0]
-                successor.flush_turn = True
-                assert successor.task is not None
-                trio.lowlevel.reschedule(successor.task)
-        return self._result(entry)
-
-    async def _flush(self) -> None:
-        """Run everything queued in one transaction and deliver the results."""
-        async with self._lock:
-            conn = self._require()
-            batch, self._queue = self._queue, []
-            for entry in batch:
-                entry.taken = True
-            try:
-                await trio.to_thread.run_sync(_run_batch, conn, batch, limiter=self._thread_limiter)
-            except BaseException:
-                # The thread never started (cancelled at its checkpoint): the
-                # writes were not made and are cancellable again.
-                for entry in batch:
-                    entry.taken = False
-                self._queue[:0] = batch
-                raise
-        me = trio.lowlevel.current_task()
-        for entry in batch:
-            entry.done = True
-            if entry.task is not None and entry.task is not me:
-                trio.lowlevel.reschedule(entry.task)
-
-    def _result(self, entry: _Entry[T]) -> T:
-        if entry.error is not None:
-            if isinstance(entry.error, sqlite3.Error):
-                raise self._translate(entry.error) from entry.error
-            raise entry.error
-        return cast(T, entry.value)
+    async def _write(self, op: Op[T]) -> T:
+        """Run ``op`` in a write transaction shared with the writes queued meanwhile."""
+        return await self._commit.write(op)
 
     def _translate(self, exc: sqlite3.Error) -> Exception:
         """Turn a driver error into one that says what is wrong with which file."""
@@ -940,7 +807,7 @@ class SQLiteStorage:
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
             conn.execute("PRAGMA journal_mode = WAL").fetchall()
             conn.execute("PRAGMA synchronous = NORMAL")
-            _migrate(conn, self._path)
+            migrate(conn, self._path)
         except BaseException:
             conn.close()
             raise
@@ -972,168 +839,6 @@ class SQLiteStorage:
             heapq.heappop(self._due)
             fired = True
         return fired
-
-
-# -- helpers run in worker threads ------------------------------------------------------
-
-
-def _run_batch(conn: sqlite3.Connection, batch: list[_Entry[Any]]) -> None:
-    """Run each entry's op in one transaction, recording each one's value or error.
-
-    An op's own error (a duplicate id, a bad value) fails that op alone: SQLite has
-    already undone its statement. Any other database error fails the whole batch.
-    """
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            now = time.time()
-            for entry in batch:
-                try:
-                    entry.value = entry.op(conn, now)
-                except sqlite3.IntegrityError as exc:
-                    entry.error = exc
-                except sqlite3.Error:
-                    raise
-                except Exception as exc:
-                    entry.error = exc
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            raise
-    except Exception as exc:
-        for entry in batch:
-            entry.value = None
-            entry.error = exc
-
-
-def _migrate(conn: sqlite3.Connection, path: str) -> None:
-    """Create the tables on first use and apply the migrations this file lacks."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        current = _schema_version(conn, path)
-        for version in range(current + 1, SCHEMA_VERSION + 1):
-            for statement in _MIGRATIONS[version - 1]:
-                conn.execute(statement)
-            conn.execute(
-                "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
-                (version, time.time()),
-            )
-        conn.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-        raise
-
-
-def _schema_version(conn: sqlite3.Connection, path: str) -> int:
-    """Return the file's schema version (creating the version table in a new file).
-
-    Raises:
-        ValueError: The file holds another program's ``jobs`` table, or a schema
-            newer than this code knows.
-    """
-    tables = {
-        name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-    }
-    if "schema_version" not in tables:
-        if "jobs" in tables:
-            raise ValueError(
-                f"{path} is not a trio_jobs SQLite database: it has a 'jobs' table"
-                " but no schema_version table"
-            )
-        conn.execute(
-            "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
-        )
-    (current,) = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
-    if current > SCHEMA_VERSION:
-        raise ValueError(
-            f"{path} has schema version {current}, newer than this trio_jobs"
-            f" understands ({SCHEMA_VERSION}): upgrade trio_jobs"
-        )
-    return int(current)
-
-
-# -- records <-> rows -------------------------------------------------------------------
-
-
-def _encode_record(job: Job[Any]) -> tuple[Any, ...]:
-    """Return a job's column values in ``_COLUMNS`` order (``run_at`` may be ``None``).
-
-    The JSON fields are encoded first, so a bad value fails before anything is written.
-    """
-    payload = encode_json(job.payload, "payload")
-    metadata = encode_json(dict(job.metadata), "metadata")
-    result = None if job.result is None else encode_json(job.result, "result")
-    return (
-        job.id,
-        job.type,
-        payload,
-        JobStatus(job.status).value,
-        int(job.priority),
-        job.attempts,
-        job.max_attempts,
-        job.created_at.timestamp(),
-        _ts(job.started_at),
-        _ts(job.completed_at),
-        _ts(job.run_at),
-        job.timeout,
-        encode_error(job.last_error),
-        result,
-        job.execution_time,
-        job.progress,
-        job.progress_message,
-        metadata,
-        job.tenant_id,
-        encode_retry(job.retry),
-    )
-
-
-def _job_from_row(row: Sequence[Any]) -> Job[Any]:
-    return Job(
-        id=row[0],
-        type=row[1],
-        payload=_decode_json(row[2]),
-        status=_STATUSES[row[3]],
-        priority=_PRIORITIES.get(row[4]) or JobPriority(row[4]),
-        attempts=row[5],
-        max_attempts=row[6],
-        created_at=datetime.fromtimestamp(row[7], UTC),
-        started_at=_dt(row[8]),
-        completed_at=_dt(row[9]),
-        run_at=_dt(row[10]),
-        timeout=row[11],
-        last_error=decode_error(row[12]),
-        result=_decode_json(row[13]),
-        execution_time=row[14],
-        progress=row[15],
-        progress_message=row[16],
-        metadata=_decode_json(row[17]),
-        tenant_id=row[18],
-        retry=decode_retry(row[19]),
-    )
-
-
-_STATUSES: Final = {status.value: status for status in JobStatus}
-_PRIORITIES: Final = {int(priority): priority for priority in JobPriority}
-
-
-def _decode_json(text: str | None) -> Any:
-    # Most payloads, results and metadata are empty: skip the parser for those.
-    if text is None or text == "null":
-        return None
-    if text == "{}":
-        return {}
-    return decode_json(text)
-
-
-def _ts(value: datetime | None) -> float | None:
-    return None if value is None else value.timestamp()
-
-
-def _dt(value: float | None) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
 def _type_filter(job_types: Collection[str] | None) -> tuple[str, tuple[str, ...]]:

@@ -1,0 +1,204 @@
+"""The table of :class:`SQLiteStorage`: migrations, column lists, and rows <-> jobs.
+
+Times are stored as wall-clock unix seconds (``REAL``) and JSON fields as text;
+:func:`encode_record` encodes every field that can fail before anything is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from .._records import Job, JobPriority, JobStatus
+from ._codec import decode_error, decode_json, decode_retry, encode_error, encode_json, encode_retry
+
+# Each migration is a list of statements; migration N brings the schema from
+# version N-1 to N. Append new ones, never edit or remove applied ones.
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    (
+        """
+        CREATE TABLE jobs (
+            seq              INTEGER PRIMARY KEY,  -- insertion order (rowid)
+            id               TEXT    NOT NULL UNIQUE,
+            type             TEXT    NOT NULL,
+            payload          TEXT,                 -- JSON
+            status           TEXT    NOT NULL,
+            priority         INTEGER NOT NULL,
+            attempts         INTEGER NOT NULL,
+            max_attempts     INTEGER NOT NULL,
+            created_at       REAL    NOT NULL,     -- unix seconds, UTC
+            started_at       REAL,
+            completed_at     REAL,
+            run_at           REAL    NOT NULL,     -- eligible from
+            timeout          REAL,
+            last_error       TEXT,                 -- JSON ErrorInfo
+            result           TEXT,                 -- JSON
+            execution_time   REAL,
+            progress         REAL,
+            progress_message TEXT,
+            metadata         TEXT    NOT NULL,     -- JSON object
+            tenant_id        TEXT,
+            retry            TEXT,                 -- JSON RetryConfig
+            worker_id        TEXT,
+            lease_expires_at REAL,
+            cancel_requested INTEGER NOT NULL DEFAULT 0
+        )
+        """,
+        # The claim order; partial, so finished jobs cost nothing, and a claim
+        # walks it in order and stops after `limit` rows (no sort). Queries name
+        # it with INDEXED BY: the planner, misled by the status index, would
+        # otherwise sort every ready job on each claim.
+        """
+        CREATE INDEX jobs_ready ON jobs (priority DESC, run_at, seq, type)
+            WHERE status IN ('pending', 'retrying')
+        """,
+        "CREATE INDEX jobs_leases ON jobs (lease_expires_at) WHERE status = 'running'",
+        "CREATE INDEX jobs_status ON jobs (status, type)",
+    ),
+)
+
+#: The schema version this code writes.
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+COLUMN_NAMES: Final = (
+    "id", "type", "payload", "status", "priority", "attempts", "max_attempts", "created_at",
+    "started_at", "completed_at", "run_at", "timeout", "last_error", "result", "execution_time",
+    "progress", "progress_message", "metadata", "tenant_id", "retry",
+)  # fmt: skip
+COLUMNS: Final = ", ".join(COLUMN_NAMES)
+INSERT: Final = f"INSERT INTO jobs ({COLUMNS}) VALUES ({', '.join('?' * len(COLUMN_NAMES))})"
+SELECT: Final = f"SELECT {COLUMNS} FROM jobs"
+READY: Final = "status IN ('pending', 'retrying')"
+CLAIM_ORDER: Final = "ORDER BY priority DESC, run_at, seq"
+
+
+def migrate(conn: sqlite3.Connection, path: str) -> None:
+    """Create the tables on first use and apply the migrations this file lacks."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        current = _schema_version(conn, path)
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[version - 1]:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                (version, time.time()),
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _schema_version(conn: sqlite3.Connection, path: str) -> int:
+    """Return the file's schema version (creating the version table in a new file).
+
+    Raises:
+        ValueError: The file holds another program's ``jobs`` table, or a schema
+            newer than this code knows.
+    """
+    tables = {
+        name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    }
+    if "schema_version" not in tables:
+        if "jobs" in tables:
+            raise ValueError(
+                f"{path} is not a trio_jobs SQLite database: it has a 'jobs' table"
+                " but no schema_version table"
+            )
+        conn.execute(
+            "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+        )
+    (current,) = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
+    if current > SCHEMA_VERSION:
+        raise ValueError(
+            f"{path} has schema version {current}, newer than this trio_jobs"
+            f" understands ({SCHEMA_VERSION}): upgrade trio_jobs"
+        )
+    return int(current)
+
+
+# -- records <-> rows -------------------------------------------------------------------
+
+
+def encode_record(job: Job[Any]) -> tuple[Any, ...]:
+    """Return a job's column values in ``COLUMNS`` order (``run_at`` may be ``None``).
+
+    The JSON fields are encoded first, so a bad value fails before anything is written.
+    """
+    payload = encode_json(job.payload, "payload")
+    metadata = encode_json(dict(job.metadata), "metadata")
+    result = None if job.result is None else encode_json(job.result, "result")
+    return (
+        job.id,
+        job.type,
+        payload,
+        JobStatus(job.status).value,
+        int(job.priority),
+        job.attempts,
+        job.max_attempts,
+        job.created_at.timestamp(),
+        _ts(job.started_at),
+        _ts(job.completed_at),
+        _ts(job.run_at),
+        job.timeout,
+        encode_error(job.last_error),
+        result,
+        job.execution_time,
+        job.progress,
+        job.progress_message,
+        metadata,
+        job.tenant_id,
+        encode_retry(job.retry),
+    )
+
+
+def job_from_row(row: Sequence[Any]) -> Job[Any]:
+    return Job(
+        id=row[0],
+        type=row[1],
+        payload=_decode_json(row[2]),
+        status=_STATUSES[row[3]],
+        priority=_PRIORITIES.get(row[4]) or JobPriority(row[4]),
+        attempts=row[5],
+        max_attempts=row[6],
+        created_at=datetime.fromtimestamp(row[7], UTC),
+        started_at=_dt(row[8]),
+        completed_at=_dt(row[9]),
+        run_at=_dt(row[10]),
+        timeout=row[11],
+        last_error=decode_error(row[12]),
+        result=_decode_json(row[13]),
+        execution_time=row[14],
+        progress=row[15],
+        progress_message=row[16],
+        metadata=_decode_json(row[17]),
+        tenant_id=row[18],
+        retry=decode_retry(row[19]),
+    )
+
+
+_STATUSES: Final = {status.value: status for status in JobStatus}
+_PRIORITIES: Final = {int(priority): priority for priority in JobPriority}
+
+
+def _decode_json(text: str | None) -> Any:
+    # Most payloads, results and metadata are empty: skip the parser for those.
+    if text is None or text == "null":
+        return None
+    if text == "{}":
+        return {}
+    return decode_json(text)
+
+
+def _ts(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def _dt(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
