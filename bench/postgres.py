@@ -14,11 +14,16 @@ that is dropped afterwards:
   - saq: ``saq.Queue.from_url("postgresql://...")`` (its PostgresQueue), a worker
     with ``concurrency`` 10.
 
-  The drain's clock runs from the worker's first job start (the handler writes
-  ``time.time()``, so interpreter start-up and imports are not counted) until a
-  poll of the store every 10 ms sees all N completed (trio_jobs: ``stats()``;
-  the peers: a count of their finished rows). ``wall/s`` counts from spawning
-  the worker process instead.
+  The tables are ANALYZEd once filled (as autovacuum would have, in steady
+  state). The drain's clock runs from the worker's first job start (the handler
+  writes ``time.time()``, so interpreter start-up and imports are not counted)
+  to the last completion the store recorded (trio_jobs: ``max(completed_at)``;
+  procrastinate: its last ``succeeded`` event; saq: the jobs' ``completed``),
+  once a poll of the store every 50 ms sees all N completed (trio_jobs:
+  ``stats()``; the peers: a count of their finished rows). ``wall/s`` counts
+  from spawning the worker process instead. CPU per job is read from /proc for
+  the worker process and for its PostgreSQL backends (the sessions named
+  ``bench-worker``), between the first start and the poll that saw the end.
 - **ceiling**: a raw psycopg loop on one connection, on its own table, claiming
   10 jobs per statement (``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP
   LOCKED LIMIT 10) RETURNING``) and completing them with a second statement.
@@ -66,7 +71,7 @@ import _noop_app  # noqa: E402 - the workers' module, beside this file
 DSN = os.environ.get("TRIO_JOBS_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 SYSTEMS = ("trio_jobs", "procrastinate", "saq", "raw")
 PRODUCERS = 20
-POLL = 0.010  # seconds between polls of the store while draining
+POLL = 0.050  # seconds between polls of the store while draining (each poll costs it CPU)
 DRAIN_LIMIT = 300.0  # seconds a drain may take before the run gives up
 SAMPLE_LIMIT = 10.0  # seconds one trickled job may take to start
 STOP_LIMIT = 15.0  # seconds a worker gets to stop after SIGTERM before SIGKILL
@@ -116,6 +121,16 @@ def _analyze(dsn: str, schema: str) -> None:
         ).fetchall()
         for (table,) in tables:
             conn.execute(f'ANALYZE "{schema}"."{table}"')
+
+
+def _query_float(dsn: str, schema: str, statement: str) -> float:
+    """Run a one-value query with ``schema`` first on the search_path."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT set_config('search_path', %s, false)", (f'"{schema}"',))
+        row = conn.execute(statement).fetchone()
+    if row is None or row[0] is None:
+        raise RuntimeError(f"no answer to {statement!r}")
+    return float(row[0])
 
 
 def _percentiles(samples: list[float]) -> tuple[float, float]:
@@ -291,6 +306,7 @@ class Run:
     argv: list[str]
     env: dict[str, str]
     drained: Callable[[], Awaitable[bool]]  # all jobs completed?
+    last_completion: str  # SQL: the epoch of the last completion the store recorded
     submit_latency: Callable[[float], Awaitable[Any]]  # enqueue one latency job, given t0
     sleep: Callable[[float], Awaitable[Any]]  # trio.sleep or asyncio.sleep
 
@@ -312,10 +328,14 @@ async def _drain_and_trickle(
                 run.drained, run.sleep, POLL, DRAIN_LIMIT, worker, "drain", meter, marks
             )
             first = _read_marks(marks)
+            last = _query_float(dsn, run.schema, run.last_completion)
+            if not first <= last <= done:
+                raise RuntimeError(f"{run.name}: first start {first}, last completion {last},"
+                                   f" seen done at {done}: clocks disagree")  # fmt: skip
             result = Result(
                 run.name,
-                rate=total / (done - first),
-                wall=total / (done - worker.spawned),
+                rate=total / (last - first),
+                wall=total / (last - worker.spawned),
                 submit=total / submitted_in,
             )
             result.worker_cpu, result.pg_cpu = meter.per_job(total)
@@ -345,9 +365,11 @@ async def bench_trio_jobs(dsn: str, total: int, samples: int, folder: Path) -> R
                     nursery.start_soon(produce)
             submitted_in = time.perf_counter() - start
 
-            # $BENCH_WORKER_PYTHON_ARGS goes before "-m trio_jobs", e.g. to profile it:
-            # "-m pyinstrument -r text -o prof.txt"
+            # For profiling: $BENCH_WORKER_PYTHON_ARGS goes before "-m trio_jobs" (e.g.
+            # "-m pyinstrument -r text -o prof.txt"); $BENCH_TRIO_JOBS_APP replaces the APP
+            # (e.g. a setup(runner) that registers HANDLERS and wraps the store to count).
             prefix = shlex.split(os.environ.get("BENCH_WORKER_PYTHON_ARGS", ""))
+            app = os.environ.get("BENCH_TRIO_JOBS_APP", "_noop_app:HANDLERS")
             worker_dsn = _noop_app.with_params(dsn, application_name=WORKER_APP_NAME)
 
             async def drained() -> bool:
@@ -359,11 +381,12 @@ async def bench_trio_jobs(dsn: str, total: int, samples: int, folder: Path) -> R
             run = Run(
                 "trio_jobs",
                 schema,
-                [sys.executable, *prefix, "-m", "trio_jobs", "worker", "_noop_app:HANDLERS",
+                [sys.executable, *prefix, "-m", "trio_jobs", "worker", app,
                  "--dsn", worker_dsn, "--schema", schema, "--concurrency", "10",
                  "--log-level", "WARNING"],
                 {},
                 drained,
+                "SELECT extract(epoch FROM max(completed_at)) FROM jobs",
                 submit_latency,
                 trio.sleep,
             )  # fmt: skip
@@ -423,6 +446,8 @@ async def bench_procrastinate(dsn: str, total: int, samples: int, folder: Path) 
                      "--log-level=warning", "worker", "--concurrency=10"],
                     {"BENCH_DSN": worker_conninfo},
                     _Counter(conn, succeeded, total).check,
+                    "SELECT extract(epoch FROM max(at)) FROM procrastinate_events"
+                    " WHERE type = 'succeeded'",
                     submit_latency,
                     asyncio.sleep,
                 )  # fmt: skip
@@ -457,6 +482,9 @@ async def bench_saq(dsn: str, total: int, samples: int, folder: Path) -> Result:
                     [sys.executable, "-m", "saq", "_noop_app.saq_settings"],
                     {"BENCH_DSN": _noop_app.with_params(url, application_name=WORKER_APP_NAME)},
                     _Counter(conn, complete, total).check,
+                    # saq keeps the job as JSON bytes, "completed" in epoch ms
+                    "SELECT max((convert_from(job, 'UTF8')::json->>'completed')::bigint) / 1000.0"
+                    " FROM saq_jobs WHERE status = 'complete'",
                     submit_latency,
                     asyncio.sleep,
                 )
@@ -597,7 +625,7 @@ def main() -> None:
             f"{_fmt(r.pg_cpu, '.3f', 1000):>8}  {r.note}"
         )
     print(
-        "\njobs/s: first job start -> all completed (the store polled every 10 ms);"
+        "\njobs/s: first job start -> last completion recorded by the store;"
         " wall/s: from spawning the worker process.\np50/p95: submit->start of single"
         " jobs trickled to the idle worker. wkr/pg CPU: CPU ms per job during the"
         " drain,\nof the worker process and of its PostgreSQL backends."
