@@ -609,3 +609,32 @@ def _fields(job: Job[Any]) -> dict[str, Any]:
     import attrs
 
     return attrs.asdict(job, recurse=False)
+
+
+async def test_opening_waits_for_a_reader_that_blocks_the_switch_to_wal(
+    sqlite_path: Path,
+) -> None:
+    # Switching a file to WAL needs an exclusive lock: opening must wait for a reader
+    # of the file (within the busy timeout) instead of failing.
+    reader = sqlite3.connect(sqlite_path, isolation_level=None)
+    try:
+        reader.execute("CREATE TABLE other (x)")
+        reader.execute("BEGIN")
+        reader.execute("SELECT * FROM other").fetchall()  # holds a shared lock
+        store = SQLiteStorage(sqlite_path)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.open)
+            await trio.sleep(0.3)
+            reader.execute("COMMIT")
+        assert raw_journal_mode(sqlite_path) == "wal"
+        await store.close()
+    finally:
+        reader.close()
+
+
+def raw_journal_mode(path: Path) -> str:
+    conn = sqlite3.connect(path)
+    try:
+        return str(conn.execute("PRAGMA journal_mode").fetchone()[0])
+    finally:
+        conn.close()

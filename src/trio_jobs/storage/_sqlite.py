@@ -805,7 +805,7 @@ class SQLiteStorage:
         )
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL").fetchall()
+            _enable_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             migrate(conn, self._path)
         except BaseException:
@@ -855,3 +855,26 @@ def _sql_limit(limit: int | None) -> int:
 def _check_delay(delay: float) -> None:
     if not 0 <= delay < math.inf:
         raise ValueError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Put the file in WAL mode (persistent: the first connection does it for all).
+
+    Switching needs an exclusive lock and SQLite answers "locked" at once, without
+    its busy handler, while another connection is opening the same new file; so
+    retry within the busy timeout (this runs in a worker thread: sleeping is fine).
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+            continue
+        if str(mode).lower() == "wal":
+            return
+        if time.monotonic() >= deadline:
+            raise sqlite3.OperationalError(f"could not switch to WAL mode (still {mode})")
+        time.sleep(0.01)
