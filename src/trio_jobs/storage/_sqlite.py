@@ -873,7 +873,7 @@ def _enable_wal(conn: sqlite3.Connection) -> None:
                 raise
             time.sleep(0.01)
             continue
-        if str(mode).lower() == "wal":
+        if str(mode).lower() in ("wal", "memory"):  # an in-memory database has no WAL
             return
         if time.monotonic() >= deadline:
             raise sqlite3.OperationalError(f"could not switch to WAL mode (still {mode})")
