@@ -373,14 +373,22 @@ async def test_worker_survives_its_connections_being_terminated(
 
     total = 600
 
-    def terminate_workers_sessions() -> int:
+    def sessions(verb: str) -> int:
         with psycopg.connect(PG_DSN, autocommit=True) as conn:
             rows = conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE application_name LIKE %s",
+                f"SELECT {verb} FROM pg_stat_activity WHERE application_name LIKE %s",
                 (f"trio_jobs:{pg_store['schema']}%",),
             ).fetchall()
         return len(rows)
+
+    async def terminate_workers_sessions() -> int:
+        # After a first round the pool reconnects lazily: wait until sessions are
+        # back, so that each round really cuts live connections.
+        async def live() -> bool:
+            return await trio.to_thread.run_sync(sessions, "pid") > 0
+
+        await poll(live, 0.02)
+        return await trio.to_thread.run_sync(sessions, "pg_terminate_backend(pid)")
 
     with trio.fail_after(120):
         worker = spawn(pg_store, "--lease-duration", "2.0", "--poll-interval", "0.2")
@@ -396,7 +404,7 @@ async def test_worker_survives_its_connections_being_terminated(
                     return (await jobs.stats()).completed >= total // fraction
 
                 await poll(reached, 0.02)
-                terminated.append(await trio.to_thread.run_sync(terminate_workers_sessions))
+                terminated.append(await terminate_workers_sessions())
 
             async def all_done() -> bool:
                 return (await jobs.stats()).completed == total
