@@ -630,6 +630,13 @@ def main() -> None:
         " jobs trickled to the idle worker. wkr/pg CPU: CPU ms per job during the"
         " drain,\nof the worker process and of its PostgreSQL backends."
     )
+    tj = next((r for r in rows if r.system == "trio_jobs"), None)
+    if tj and tj.rate and tj.p50:
+        print(
+            f"\ntrio_jobs vs the issue's targets: {tj.rate:,.0f} jobs/s (target >= 5,000"
+            f"{', met' if tj.rate >= 5000 else ', missed'}), p50 {tj.p50 * 1000:.1f} ms"
+            f" (target < 3{', met' if tj.p50 < 0.003 else ', missed'})"
+        )
 
 
 if __name__ == "__main__":
