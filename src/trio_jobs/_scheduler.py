@@ -369,15 +369,17 @@ class Scheduler:
             return False
         finally:
             self.writes -= 1
-            self.settled.unpark_all()
-            if not self.writes:
-                self.slot_freed.unpark_all()  # for _wait_until_idle
+            if self.settled:
+                self.settled.unpark_all()
+            if not self.writes and self.slot_freed:
+                self.slot_freed.unpark_all()  # for wait_until_idle
 
     def _release(self, attempt: _Attempt) -> None:
         """Free the attempt's slot and wake whoever waits for one or for a settle."""
-        if self.running.pop(attempt.job.id, None) is not None:
+        if self.running.pop(attempt.job.id, None) is not None and self.slot_freed:
             self.slot_freed.unpark_all()
-        self.settled.unpark_all()
+        if self.settled:
+            self.settled.unpark_all()
 
     def cancel_attempt(self, attempt: _Attempt, reason: str) -> None:
         if attempt.reason is None:

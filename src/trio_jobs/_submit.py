@@ -87,7 +87,7 @@ def build_job(
         id=os.urandom(16).hex(),
         type=job_type,
         payload=payload,
-        priority=JobPriority(priority),
+        priority=priority if type(priority) is JobPriority else JobPriority(priority),
         max_attempts=config.max_attempts,
         created_at=now,
         run_at=now + timedelta(seconds=delay) if delay else None,

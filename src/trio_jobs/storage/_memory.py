@@ -156,8 +156,6 @@ class MemoryStorage:
 
     def _release_due(self) -> None:
         delayed = self._delayed
-        if not delayed:
-            return
         now = trio.current_time()
         while delayed and delayed[0][0] <= now:
             _, seq, job_id = heapq.heappop(delayed)
@@ -238,7 +236,8 @@ class MemoryStorage:
     async def get_next_pending(self, limit: int) -> list[Job[Any]]:
         """Return up to ``limit`` ready jobs in claim order, without claiming them."""
         await trio.lowlevel.checkpoint()
-        self._release_due()
+        if self._delayed:
+            self._release_due()
         jobs = self._jobs
         best = heapq.nsmallest(
             limit, self._queued.items(), key=lambda item: (-jobs[item[0]].priority, item[1])
@@ -324,7 +323,8 @@ class MemoryStorage:
         ``settle_nowait``; the runner then skips a trip through Trio's scheduler per
         job (its loops checkpoint elsewhere).
         """
-        self._release_due()
+        if self._delayed:
+            self._release_due()
         queued, jobs = self._queued, self._jobs
         claimed: list[Job[Any]] = []
         now = utcnow()
@@ -523,7 +523,8 @@ class MemoryStorage:
         ``timeout=math.inf`` waits for a change only, which is all a caller needs:
         this store sees every change.
         """
-        self._release_due()
+        if self._delayed:
+            self._release_due()
         if self._best_queue(None) is not None:
             await trio.lowlevel.checkpoint()
             return
