@@ -424,7 +424,7 @@ class JobRunner:
         while True:
             # Ask the store only when nothing here runs and the scheduler found it dry:
             # otherwise the answer is "not yet" and the query would slow the work down.
-            idle = not scheduler.running and not scheduler.writes
+            idle = not scheduler.running and not scheduler.writing
             idle = idle and (self._in_process is not None or scheduler.store_dry)
             if idle and not await self._storage.count_unfinished(scheduler.types):
                 return True

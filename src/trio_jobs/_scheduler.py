@@ -60,11 +60,9 @@ class _Attempt:
     scope: trio.CancelScope
     #: Why the runner cancelled the scope: "cancel" (user), "stop" (forced stop), "lost".
     reason: str | None = None
-    #: Set once the handler is done and the outcome is being written.
-    settling: bool = False
     #: The newest context snapshot whose progress/metadata is not stored yet.
     unsaved: JobContext[Any] | None = None
-    writing: bool = False
+    saving_progress: bool = False
 
 
 @final
@@ -101,8 +99,8 @@ class Scheduler:
         self.accepting = True
         #: The attempts holding a slot, by job id.
         self.running: dict[str, _Attempt] = {}
-        #: Outcomes being written to the store (their slots are already free).
-        self.writes = 0
+        #: Attempts whose outcome is being written (their slots are already free).
+        self.writing: dict[str, _Attempt] = {}
         #: Whether the last claim found fewer ready jobs than it asked for.
         self.store_dry = False
         self.slot_freed = trio.lowlevel.ParkingLot()
@@ -148,7 +146,7 @@ class Scheduler:
 
     async def wait_until_idle(self) -> None:
         """Wait until no attempt runs and no outcome is being written."""
-        while self.running or self.writes:
+        while self.running or self.writing:
             await self.slot_freed.park()
 
     def stop_services(self) -> None:
@@ -158,15 +156,25 @@ class Scheduler:
 
     # -- the scheduler ---------------------------------------------------------------
 
+    def _free_slots(self) -> int:
+        """How many jobs to claim now: free slots, less any backlog of outcome writes.
+
+        A slot frees when its handler returns, before the outcome is written, so
+        the next claim overlaps the write; but at most one round of writes may be
+        in flight, or a slow store would let claims run far ahead of it.
+        """
+        running = len(self.running)
+        backlog = max(0, len(self.writing) - self._concurrency)
+        return self._concurrency - running - backlog
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         storage = self._storage
-        running = self.running
         claim_nowait = self._in_process.claim_nowait if self._in_process is not None else None
         idle_wait = math.inf if claim_nowait is not None else self._poll_interval
         with self._scheduler_scope:
             task_status.started()
             while True:
-                free = self._concurrency - len(running)
+                free = self._free_slots()
                 if free <= 0:
                     await self.slot_freed.park()
                     continue
@@ -190,7 +198,7 @@ class Scheduler:
 
     def dispatch(self, store: InProcessStorage) -> None:
         """Start the best ready jobs in the free slots, or leave the scheduler a wake-up."""
-        free = self._concurrency - len(self.running)
+        free = self._free_slots()
         if free > 0 and self.accepting:
             for job in store.claim_nowait(self._worker_id, free, self.types):
                 self._start(job)
@@ -319,12 +327,11 @@ class Scheduler:
         execution_time: float | None = None,
     ) -> bool:
         job = attempt.job
-        attempt.settling = True
         # The handler is done: free its slot now, so the next claim can go out while
         # this write is in flight (a durable store batches both into few
         # transactions). The job stays RUNNING in the store until the write lands.
         self._release(attempt)
-        self.writes += 1
+        self.writing[job.id] = attempt
         try:
             try:
                 if self._in_process is not None:
@@ -368,11 +375,11 @@ class Scheduler:
             self._report_error(f"recording job {job.id} as {status} failed", exc)
             return False
         finally:
-            self.writes -= 1
+            del self.writing[job.id]
             if self.settled:
                 self.settled.unpark_all()
-            if not self.writes and self.slot_freed:
-                self.slot_freed.unpark_all()  # for wait_until_idle
+            if self.slot_freed:
+                self.slot_freed.unpark_all()  # for the scheduler and wait_until_idle
 
     def _release(self, attempt: _Attempt) -> None:
         """Free the attempt's slot and wake whoever waits for one or for a settle."""
@@ -411,12 +418,12 @@ class Scheduler:
         attempt.unsaved = ctx
         if self._events.active:
             self._events.emit("job:progress", ctx.job)
-        if not attempt.writing and self.nursery is not None:
-            attempt.writing = True
+        if not attempt.saving_progress and self.nursery is not None:
+            attempt.saving_progress = True
             self.nursery.start_soon(self._flush_progress, attempt)
 
     async def _flush_progress(self, attempt: _Attempt) -> None:
-        attempt.writing = True
+        attempt.saving_progress = True
         try:
             while attempt.unsaved is not None:
                 ctx, attempt.unsaved = attempt.unsaved, None
@@ -432,7 +439,7 @@ class Scheduler:
                 except Exception as exc:
                     self._report_error(f"recording progress of job {ctx.job.id} failed", exc)
         finally:
-            attempt.writing = False
+            attempt.saving_progress = False
 
     # -- leases, cancellation requests, rescue ---------------------------------------
 
@@ -445,14 +452,16 @@ class Scheduler:
             while True:
                 await self._wait_for_cancel_requests(interval)
                 try:
-                    beat = await self._storage.heartbeat(self._worker_id, list(self.running))
+                    # Jobs whose outcome is being written are still ours until it lands.
+                    held = [*self.running, *self.writing]
+                    beat = await self._storage.heartbeat(self._worker_id, held)
                     for job_id in beat.cancel_requested:
                         if (attempt := self.running.get(job_id)) is not None:
                             self.cancel_attempt(attempt, "cancel")
                     for job_id in beat.lost:
+                        # (A job whose outcome is being written is not in running.)
                         attempt = self.running.get(job_id)
-                        # A job settling right now is no longer held by anyone: not lost.
-                        if attempt is not None and not attempt.settling:
+                        if attempt is not None:
                             self._logger.warning("lost the claim on job %s; abandoning it", job_id)
                             self.cancel_attempt(attempt, "lost")
                     if await self._storage.rescue_expired():

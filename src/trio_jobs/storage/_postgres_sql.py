@@ -335,7 +335,10 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
                 lease_expires_at = NULL,
                 op_token = %(token)s
             FROM v, held
-            WHERE j.id = held.id AND j.id = v.id AND j.status = 'running'
+            -- ``held`` locked and fenced these rows (status included); repeating
+            -- ``status = 'running'`` here led the planner into a nested loop over
+            -- the status index that grew with the number of running jobs.
+            WHERE j.id = held.id AND j.id = v.id
                 AND j.attempts = v.attempt AND j.worker_id = v.worker_id
             RETURNING v.idx, j.status
         """,

@@ -1,0 +1,56 @@
+"""The runner's path for stores that are not in-process (durable ones), on a stand-in.
+
+A wrapper around MemoryStorage that hides its in-process fast path makes the
+runner treat it as a durable store, and lets a test hold its writes back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from trio_jobs import Job, JobContext, JobRunner, JobStatus, MemoryStorage
+
+_IN_PROCESS_ONLY = {"claim_nowait", "settle_nowait", "save_nowait", "wake"}
+
+
+class SlowWrites:
+    """MemoryStorage whose settle() waits for a gate, seen by the runner as durable."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryStorage()
+        self.gate = trio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _IN_PROCESS_ONLY:
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    async def settle(self, job_id: str, **kwargs: Any) -> bool:
+        await self.gate.wait()
+        return await self.inner.settle(job_id, **kwargs)
+
+
+async def noop(job: Job[Any], ctx: JobContext[Any]) -> None:
+    pass
+
+
+async def test_claims_stop_when_outcome_writes_fall_a_round_behind(autojump_clock: Any) -> None:
+    store = SlowWrites()
+    async with JobRunner(concurrency=2, storage=store) as runner:  # type: ignore[arg-type]
+        runner.register_handler("noop", noop)
+        try:
+            for _ in range(20):
+                await runner.submit("noop")
+            await trio.sleep(60)  # leases (30 s) would have run out without heartbeats
+            stats = await runner.stats()
+            # Two slots and two outcome writes in flight beyond them: four jobs
+            # claimed, however long the store takes; the rest wait in the store.
+            assert (stats.running, stats.pending) == (4, 16)
+            assert not await store.inner.rescue_expired()  # heartbeats cover them
+        finally:
+            store.gate.set()
+    stats = await runner.stats()
+    assert stats.completed == 20
+    assert all(j.attempts == 1 for j in await store.inner.get_by_status(JobStatus.COMPLETED))
