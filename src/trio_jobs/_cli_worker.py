@@ -259,7 +259,9 @@ async def _run_worker(args: argparse.Namespace) -> int:
                 raise CliError(f"{args.app} registered no handlers")
             await open_storage(storage, spec)
             events = _EventLog(logger.getChild("worker"))
-            events.attach(runner)
+            if events.logger.isEnabledFor(logging.INFO):
+                # Below INFO nothing would be printed: spare every job its snapshots.
+                events.attach(runner)
             await _serve(runner, signals, events, spec, types, args.concurrency)
         finally:
             logging.getLogger("trio_jobs").removeHandler(handler)
