@@ -272,7 +272,7 @@ class PostgresStorage:
 
         Saves made at the same time by many tasks are inserted together, in one
         statement and one commit; then listening workers are notified (in a
-        transaction of its own: see :class:`BatchWriters`).
+        transaction of its own: see ``BatchWriters`` in ``_postgres_batch``).
 
         Raises:
             TypeError: the payload, metadata or result is not JSON-encodable (the
