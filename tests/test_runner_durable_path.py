@@ -54,3 +54,22 @@ async def test_claims_stop_when_outcome_writes_fall_a_round_behind(autojump_cloc
     stats = await runner.stats()
     assert stats.completed == 20
     assert all(j.attempts == 1 for j in await store.inner.get_by_status(JobStatus.COMPLETED))
+
+
+async def test_a_job_from_elsewhere_is_judged_by_the_workers_retry_predicate(
+    autojump_clock: Any,
+) -> None:
+    from trio_jobs import JobClient, RetryConfig
+
+    store = MemoryStorage()
+    async with JobClient(store) as client:  # a producer: its policy has no predicate
+        handle = await client.submit("flaky")
+    never = RetryConfig(is_retryable=lambda error: False)
+    async with JobRunner(storage=store, default_retry=never) as runner:
+
+        @runner.handler("flaky")
+        async def flaky(job: Job[Any], ctx: JobContext[Any]) -> None:
+            raise ConnectionError("reset")  # retryable by the heuristics
+
+    job = await handle.get_status()
+    assert (job.status, job.attempts) == (JobStatus.FAILED, 1)

@@ -295,7 +295,10 @@ class Scheduler:
                 self._events.emit("job:completed", done, result=result)
             return
         policy = self._retry_policies.get(job.id) or job.retry or self._default_retry
-        retryable = is_retryable_error(error, policy)
+        # A predicate cannot be stored: a job that arrives without one (submitted by
+        # another process) is judged by this runner's default_retry predicate, if any.
+        judge = policy if policy.is_retryable is not None else self._default_retry
+        retryable = is_retryable_error(error, judge)
         info = error_info(error, job.attempts, retryable=retryable)
         if retryable and job.attempts < job.max_attempts:
             delay = compute_delay(job.attempts, policy)
