@@ -73,3 +73,26 @@ async def test_a_job_from_elsewhere_is_judged_by_the_workers_retry_predicate(
 
     job = await handle.get_status()
     assert (job.status, job.attempts) == (JobStatus.FAILED, 1)
+
+
+async def test_a_runner_does_not_spin_on_jobs_of_types_it_does_not_handle() -> None:
+    from trio_jobs import JobClient
+
+    store = MemoryStorage()
+    async with JobClient(store) as client:
+        await client.submit("someone-elses")
+    claims = 0
+    claim_nowait = store.claim_nowait
+
+    def counting_claim(*args: Any, **kwargs: Any) -> Any:
+        nonlocal claims
+        claims += 1
+        return claim_nowait(*args, **kwargs)
+
+    store.claim_nowait = counting_claim  # type: ignore[method-assign]
+    async with JobRunner(storage=store) as runner:
+        runner.register_handler("mine", noop)
+        for _ in range(50):
+            await trio.lowlevel.checkpoint()
+        assert claims <= 3  # it claimed, found nothing of its types, and went to sleep
+        await runner.stop()

@@ -154,9 +154,11 @@ class MemoryStorage:
         self._queued.pop(job_id, None)
         self._scheduled.pop(job_id, None)
 
-    def _release_due(self) -> None:
+    def _release_due(self) -> bool:
+        """Move delayed jobs whose time has come to the ready queues; True if any."""
         delayed = self._delayed
         now = trio.current_time()
+        released = False
         while delayed and delayed[0][0] <= now:
             _, seq, job_id = heapq.heappop(delayed)
             if self._scheduled.get(job_id) == seq:
@@ -164,6 +166,8 @@ class MemoryStorage:
                 # It queues from its due time, as the durable stores order by run_at.
                 self._seq = seq = self._seq + 1
                 self._push_ready(self._jobs[job_id], seq)
+                released = True
+        return released
 
     def _best_queue(self, job_types: Collection[str] | None) -> _Queue | None:
         """Return the queue holding the best ready job among ``job_types``."""
@@ -523,9 +527,10 @@ class MemoryStorage:
         ``timeout=math.inf`` waits for a change only, which is all a caller needs:
         this store sees every change.
         """
-        if self._delayed:
-            self._release_due()
-        if self._best_queue(None) is not None:
+        # Jobs already ready are not a reason to return: the caller just claimed what
+        # it could, and the rest may be of types it does not handle (returning would
+        # make it spin). New work sets the event; due delays end the wait below.
+        if self._delayed and self._release_due():
             await trio.lowlevel.checkpoint()
             return
         deadline = trio.current_time() + timeout
