@@ -96,3 +96,35 @@ async def test_a_runner_does_not_spin_on_jobs_of_types_it_does_not_handle() -> N
             await trio.lowlevel.checkpoint()
         assert claims <= 3  # it claimed, found nothing of its types, and went to sleep
         await runner.stop()
+
+
+class SlowFirstProgress(SlowWrites):
+    """Its first progress write, and every settle, wait for the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = True
+
+    async def record_progress(self, job_id: str, **kwargs: Any) -> bool:
+        if self.first:
+            self.first = False
+            await self.gate.wait()
+        return await self.inner.record_progress(job_id, **kwargs)
+
+
+async def test_the_last_progress_reported_is_the_one_stored(autojump_clock: Any) -> None:
+    store = SlowFirstProgress()
+    async with JobRunner(storage=store) as runner:  # type: ignore[arg-type]
+
+        @runner.handler("work")
+        async def work(job: Job[Any], ctx: JobContext[Any]) -> None:
+            ctx.report_progress(10)
+            await trio.sleep(1)  # the write of 10 is now in flight, held by the store
+            ctx.report_progress(90, "almost")
+
+        handle = await runner.submit("work")
+        await trio.sleep(5)
+        store.gate.set()
+        await handle.wait()
+    job = await handle.get_status()
+    assert (job.progress, job.progress_message) == (90, "almost")

@@ -62,7 +62,8 @@ class _Attempt:
     reason: str | None = None
     #: The newest context snapshot whose progress/metadata is not stored yet.
     unsaved: JobContext[Any] | None = None
-    saving_progress: bool = False
+    #: Set when the task writing progress finishes; None while none is writing.
+    progress_writer: trio.Event | None = None
 
 
 @final
@@ -242,8 +243,14 @@ class Scheduler:
                 await self._settle(attempt, JobStatus.PENDING)
             raise
         elapsed = trio.current_time() - started
-        if attempt.unsaved is not None:
-            await self._flush_progress(attempt)
+        # The last progress lands before the outcome, through one writer at a time
+        # (two concurrent writes could land in either order).
+        while attempt.progress_writer is not None or attempt.unsaved is not None:
+            if attempt.progress_writer is not None:
+                await attempt.progress_writer.wait()
+            else:
+                attempt.progress_writer = trio.Event()
+                await self._write_progress(attempt)
         await self._conclude(attempt, ctx, result, error, elapsed)
 
     async def _conclude(
@@ -421,12 +428,12 @@ class Scheduler:
         attempt.unsaved = ctx
         if self._events.active:
             self._events.emit("job:progress", ctx.job)
-        if not attempt.saving_progress and self.nursery is not None:
-            attempt.saving_progress = True
-            self.nursery.start_soon(self._flush_progress, attempt)
+        if attempt.progress_writer is None and self.nursery is not None:
+            attempt.progress_writer = trio.Event()
+            self.nursery.start_soon(self._write_progress, attempt)
 
-    async def _flush_progress(self, attempt: _Attempt) -> None:
-        attempt.saving_progress = True
+    async def _write_progress(self, attempt: _Attempt) -> None:
+        """Store the newest unsaved progress until none is left (the only writer)."""
         try:
             while attempt.unsaved is not None:
                 ctx, attempt.unsaved = attempt.unsaved, None
@@ -442,7 +449,9 @@ class Scheduler:
                 except Exception as exc:
                     self._report_error(f"recording progress of job {ctx.job.id} failed", exc)
         finally:
-            attempt.saving_progress = False
+            done, attempt.progress_writer = attempt.progress_writer, None
+            if done is not None:
+                done.set()
 
     # -- leases, cancellation requests, rescue ---------------------------------------
 
