@@ -397,19 +397,21 @@ async def test_cancelled_settles_leave_the_others_to_be_written(make_store: Make
 
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            for job in doomed:
-                nursery.start_soon(settle_or_give_up, job)
             for job in kept:
                 nursery.start_soon(settle, job)
-            # The first settle is being written; the others wait in line.
+            # The kept settles are being written; the doomed ones wait in line.
+            await trio.testing.wait_all_tasks_blocked()
+            for job in doomed:
+                nursery.start_soon(settle_or_give_up, job)
             await trio.testing.wait_all_tasks_blocked()
             for scope in scopes:
                 scope.cancel()
-    assert all(answers[job.id] for job in kept)
+    assert sorted(answers) == sorted(job.id for job in kept)
+    assert all(answers.values())
     for job in jobs:
         stored = await store.get(job.id)
         assert stored is not None
-        assert stored.status is (JobStatus.COMPLETED if job.id in answers else JobStatus.RUNNING)
+        assert stored.status is (JobStatus.RUNNING if job in doomed else JobStatus.COMPLETED)
 
 
 async def test_heartbeats_and_settles_of_the_same_jobs_never_deadlock(
@@ -633,22 +635,31 @@ async def test_queries_succeed_after_the_pool_connections_are_terminated(
     assert any("connection lost" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.parametrize("operation", ["claim", "settle"])
+@pytest.mark.parametrize("operation", ["claim", "settle", "settle and claim"])
 async def test_a_write_whose_connection_dies_under_it_is_retried_and_applied_once(
     make_store: MakeStore, pg_schema: str, operation: str
 ) -> None:
     store = await make_store(min_connections=1, max_connections=2)
     await store.save(Job(id="j", type="t"))
     claimed: list[Job[Any]] = [] if operation == "claim" else await store.claim("w", 1)
+    if operation == "settle and claim":
+        await store.save(Job(id="k", type="t"))
     answers: list[Any] = []
 
     async def write() -> None:
-        if operation == "claim":
-            answers.append(await store.claim("w", 5))
-        else:
-            answers.append(
-                await store.settle("j", worker_id="w", attempt=1, status=JobStatus.COMPLETED)
-            )
+        async with trio.open_nursery() as nursery:
+            if operation != "settle":
+                nursery.start_soon(claim)
+            if operation != "claim":
+                nursery.start_soon(settle)
+
+    async def claim() -> None:
+        answers.append([job.id for job in await store.claim("w", 5)])
+
+    async def settle() -> None:
+        answers.append(
+            await store.settle("j", worker_id="w", attempt=1, status=JobStatus.COMPLETED)
+        )
 
     def blocked_writer() -> set[int]:
         rows = admin(
@@ -674,12 +685,19 @@ async def test_a_write_whose_connection_dies_under_it_is_retried_and_applied_onc
     job = await store.get("j")
     assert job is not None
     if operation == "claim":
-        assert [j.id for j in answers[0]] == ["j"]
+        assert answers == [["j"]]
         assert (job.status, job.attempts) == (JobStatus.RUNNING, 1)
-    else:
+    elif operation == "settle":
         assert claimed
         assert answers == [True]
         assert (job.status, job.attempts) == (JobStatus.COMPLETED, 1)
+    else:
+        # Both went in one transaction; the retry applied each exactly once.
+        assert sorted(answers, key=str) == [True, ["k"]]
+        assert (job.status, job.attempts) == (JobStatus.COMPLETED, 1)
+        other = await store.get("k")
+        assert other is not None
+        assert (other.status, other.attempts) == (JobStatus.RUNNING, 1)
 
 
 async def test_close_leaves_no_listener_thread_behind(make_store: MakeStore) -> None:

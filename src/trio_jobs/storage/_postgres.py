@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import re
-import uuid
 from collections.abc import Callable, Collection, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
@@ -28,7 +27,7 @@ from .._records import ErrorInfo, Job, JobStats, JobStatus
 from . import _postgres_sql as sql
 from ._base import CancelOutcome, Heartbeat
 from ._codec import decode_json, encode_error, encode_json
-from ._postgres_batch import Batcher, BatchWriters, SettleRequest
+from ._postgres_batch import Batcher, BatchWriters, ClaimRequest, SettleRequest
 from ._postgres_connect import (
     configure_connection,
     connect_listener,
@@ -159,7 +158,8 @@ class PostgresStorage:
             changed_channel=self._changed_channel,
         )
         self._saves = Batcher(self._run, writers.save_writer)
-        self._settles = Batcher(self._run, writers.settle_writer)
+        # A worker's settles and its claims share transactions: see cycle_writer.
+        self._cycle = Batcher(self._run, writers.cycle_writer)
 
     def __repr__(self) -> str:
         return f"PostgresStorage(schema={self._schema!r}, open={self._pool is not None})"
@@ -219,6 +219,7 @@ class PostgresStorage:
                 token=trio.lowlevel.current_trio_token(),
                 on_notify=self._wakeups.on_notify,
                 on_reconnect=self._wakeups.on_reconnect,
+                wants=self._wakeups.wants,
             )
             listener.start(conn)
             self._pool, self._listener = pool, listener
@@ -414,29 +415,9 @@ class PostgresStorage:
         if limit == 0 or types == []:
             await trio.lowlevel.checkpoint()
             return []
-        params = {
-            "limit": limit,
-            "worker_id": worker_id,
-            "lease": self._lease,
-            "types": types,
-            "token": uuid.uuid4().hex,
-        }
-        statement = self._sql.claim if types is None else self._sql.claim_types
-        tries = 0
-
-        def claim(conn: Connection) -> list[Job[Any]]:
-            nonlocal tries
-            tries += 1
-            rows: list[tuple[Any, ...]] = []
-            if tries > 1:
-                # The connection died under the first try: it may have claimed.
-                rows = conn.execute(self._sql.claimed_by_token, params).fetchall()
-            if not rows:
-                rows = conn.execute(statement, params).fetchall()
-            rows.sort(key=lambda row: (-row[4], row[-2], row[-1]))
-            return [sql.row_to_job(row) for row in rows]
-
-        return await self._run(claim)
+        request = ClaimRequest(worker_id=worker_id, limit=limit, types=types, lease=self._lease)
+        jobs: list[Job[Any]] = await self._cycle.submit(request)
+        return jobs
 
     async def settle(
         self,
@@ -480,16 +461,12 @@ class PostgresStorage:
             delay=delay,
             execution_time=_finite_or_none(execution_time),
         )
-        applied = await self._settles.submit(request)
+        applied = await self._cycle.submit(request)
         if applied:
             self._wakeups.wake_change(job_id)
             if status in (JobStatus.PENDING, JobStatus.RETRYING):
                 self._wakeups.schedule_work(delay)
         return bool(applied)
-
-    def _notify_changed(self, conn: Connection, job_id: str) -> None:
-        """Announce, inside the caller's transaction, that ``job_id`` changed."""
-        conn.execute(self._sql.notify, (self._changed_channel, sql.id_payloads([job_id])[0]))
 
     async def record_progress(
         self,

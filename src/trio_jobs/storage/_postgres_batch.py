@@ -13,16 +13,20 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import trio
 
-from .._records import JobStatus
 from . import _postgres_sql as sql
 
 if TYPE_CHECKING:
+    from psycopg import Cursor as _Cursor
+
     from ._postgres_connect import Connection
+
+    Cursor = _Cursor[tuple[Any, ...]]
 
 logger = logging.getLogger("trio_jobs.postgres")
 
@@ -30,7 +34,8 @@ logger = logging.getLogger("trio_jobs.postgres")
 # batch is written make the next one. (Two or three measured no faster, and
 # cost more client CPU per job.)
 MAX_FLUSHES: Final = 1
-_WAITING: Final = frozenset({JobStatus.PENDING.value, JobStatus.RETRYING.value})
+#: Turns of Trio's scheduler a batch waits for the rest of a burst (see Batcher._gather).
+GATHER_TURNS: Final = 2
 
 
 @attrs.define(eq=False)
@@ -67,6 +72,7 @@ class Batcher:
         self._make_writer = make_writer
         self._queue: list[_Entry] = []
         self._flushes: set[object] = set()  # the batches being written
+        self._gathering = False  # a task is waiting for the burst before it writes
         self._flushed = trio.Event()
 
     async def submit(self, item: Any) -> Any:
@@ -79,8 +85,10 @@ class Batcher:
         self._queue.append(entry)
         try:
             while not entry.done:
-                if entry.queued and len(self._flushes) < MAX_FLUSHES:
-                    await self._flush()
+                if entry.queued and not self._gathering and len(self._flushes) < MAX_FLUSHES:
+                    await self._gather()
+                    if entry.queued and len(self._flushes) < MAX_FLUSHES:
+                        await self._flush()
                 else:
                     await self._flushed.wait()
         except BaseException:
@@ -90,6 +98,22 @@ class Batcher:
         if entry.failure is not None:
             raise entry.failure
         return entry.answer
+
+    async def _gather(self) -> None:
+        """Let the tasks that are ready to run queue their writes before the batch goes.
+
+        Writes come in bursts: the attempts that a claim started end in the same
+        turn of Trio's scheduler, and the scheduler, woken by their freed slots,
+        claims in the next. A batch that waits these :data:`GATHER_TURNS` turns
+        carries all of them; one that left at once would carry only the first.
+        """
+        self._gathering = True
+        try:
+            for _ in range(GATHER_TURNS):
+                await trio.lowlevel.checkpoint()
+        finally:
+            self._gathering = False
+            self._wake()
 
     async def _flush(self) -> None:
         flush = object()
@@ -125,8 +149,33 @@ class Batcher:
                 entry.done, entry.answer = True, answer
         if flush in self._flushes:
             self._flushes.discard(flush)
-            flushed, self._flushed = self._flushed, trio.Event()
-            flushed.set()
+            self._wake()
+
+    def _wake(self) -> None:
+        """Wake the writes waiting for their turn: they look again."""
+        flushed, self._flushed = self._flushed, trio.Event()
+        flushed.set()
+
+
+@attrs.frozen
+class ClaimRequest:
+    """One claim, as a batch writes it."""
+
+    worker_id: str
+    limit: int
+    types: list[str] | None
+    lease: float
+    token: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+
+    def params(self) -> dict[str, Any]:
+        """The claim statements' parameters."""
+        return {
+            "limit": self.limit,
+            "worker_id": self.worker_id,
+            "lease": self.lease,
+            "types": self.types,
+            "token": self.token,
+        }
 
 
 @attrs.frozen
@@ -144,7 +193,14 @@ class SettleRequest:
 
 
 class BatchWriters:
-    """The statements that write a batch of saves or of settles, for one store.
+    """The functions that write a batch of saves, or of settles and claims, for one store.
+
+    A batch goes in one round trip (a pipeline): its own transaction, then, in a
+    second one that does not wait for the disk, the notifications it owes (see
+    ``settle_notes`` in ``_postgres_sql``). Every row a batch writes carries the
+    batch's token, so when the connection dies under it, the retry on a fresh
+    connection first asks what the first try wrote, and never applies a write
+    twice nor reports one that committed as failed.
 
     Args:
         statements: The store's statements.
@@ -158,8 +214,7 @@ class BatchWriters:
     ) -> None:
         self._sql = statements
         self._schema = schema
-        self._work_channel = work_channel
-        self._changed_channel = changed_channel
+        self._channels = {"work_channel": work_channel, "changed_channel": changed_channel}
 
     def save_writer(
         self, batch: list[dict[str, Any]], answer: Callable[[list[Any]], None]
@@ -167,47 +222,61 @@ class BatchWriters:
         """Return the function that inserts ``batch``, then tells ``answer`` what each save met.
 
         The answer for each save is ``None`` (inserted) or the ``ValueError``
-        for a duplicate id. Rows carry the batch's token, so that a retry after a
-        lost connection knows which rows its first try inserted.
+        for a duplicate id. Listening workers are told of the new work.
         """
         token = uuid.uuid4().hex
+        ids = [record["id"] for record in batch]
+        notes = {"ids": ids, "token": token, **self._channels}
         tries = 0
 
         def write(conn: Connection) -> None:
             nonlocal tries
             tries += 1
-            ids = [record["id"] for record in batch]
-            inserted: set[str] = set()
-            if tries > 1:
-                rows = conn.execute(self._sql.saved_by_token, (ids, token)).fetchall()
-                inserted = {row[0] for row in rows}
-            todo = [record for record in batch if record["id"] not in inserted]
+            if tries == 1:
+                records = json.dumps([sql.json_record(record) for record in batch])
+                with _Round(conn, explicit=True) as round_:
+                    inserted = round_.execute(
+                        self._sql.insert_many, {"batch": records, "token": token}
+                    )
+                    round_.commit_then(self._sql.save_notes, notes)
+                answer(self._save_answers(conn, batch, {row[0] for row in inserted.fetchall()}))
+                return
+            rows = conn.execute(self._sql.saved_by_token, (ids, token)).fetchall()
+            done = {row[0] for row in rows}
+            todo = [record for record in batch if record["id"] not in done]
             if todo:
                 records = json.dumps([sql.json_record(record) for record in todo])
                 rows = conn.execute(
                     self._sql.insert_many, {"batch": records, "token": token}
                 ).fetchall()
-                inserted.update(row[0] for row in rows)
-            answers: list[Any] = []
-            taken: set[str] = set()
-            for record in batch:
-                job_id = record["id"]
-                ours = job_id in inserted or (
-                    # Inserted by the first try, and claimed since (new token)?
-                    tries > 1 and self._is_same_job(conn, record)
-                )
-                if ours and job_id not in taken:
-                    taken.add(job_id)
-                    answers.append(None)
-                else:
-                    answers.append(ValueError(f"a job with id {job_id!r} exists already"))
-            answer(answers)
-            delays = [r["delay"] for r, a in zip(batch, answers, strict=True) if a is None]
-            if delays:
-                # The payload is the delay: a listener wakes itself when it ends.
-                self._notify_quietly(conn, [(self._work_channel, repr(min(delays)))])
+                done.update(row[0] for row in rows)
+            answer(self._save_answers(conn, batch, done, retried=True))
+            self._notify_quietly(conn, self._sql.save_notes, notes)
 
         return write
+
+    def _save_answers(
+        self,
+        conn: Connection,
+        batch: list[dict[str, Any]],
+        inserted: set[str],
+        *,
+        retried: bool = False,
+    ) -> list[Any]:
+        answers: list[Any] = []
+        taken: set[str] = set()
+        for record in batch:
+            job_id = record["id"]
+            ours = job_id in inserted or (
+                # Inserted by the first try, and claimed since (new token)?
+                retried and self._is_same_job(conn, record)
+            )
+            if ours and job_id not in taken:
+                taken.add(job_id)
+                answers.append(None)
+            else:
+                answers.append(ValueError(f"a job with id {job_id!r} exists already"))
+        return answers
 
     def _is_same_job(self, conn: Connection, params: Mapping[str, Any]) -> bool:
         row = conn.execute(
@@ -216,69 +285,166 @@ class BatchWriters:
         ).fetchone()
         return row is not None and row == (params["type"], params["payload"], params["created_at"])
 
-    def _notify_quietly(self, conn: Connection, notes: list[tuple[str, str]]) -> None:
-        """Send notifications in a transaction of their own (it writes no WAL).
+    def _notify_quietly(self, conn: Connection, statement: str, params: Mapping[str, Any]) -> None:
+        """Send a batch's notifications after a retry, in a transaction of their own.
 
         A lost notification costs only latency (pollers find the work), so a
         failure here is logged, never raised: the change it announces is committed.
         """
         import psycopg
 
-        if not notes:
-            return
         try:
-            conn.execute(self._sql.notify_many, (json.dumps(notes),))
+            conn.execute(statement, params)
         except psycopg.OperationalError as exc:
             logger.warning("could not send notifications (%s); polling covers them", exc)
 
-    def settle_writer(
-        self, batch: list[SettleRequest], answer: Callable[[list[Any]], None]
+    def cycle_writer(
+        self, batch: list[SettleRequest | ClaimRequest], answer: Callable[[list[Any]], None]
     ) -> Callable[[Connection], None]:
-        """Return the function that writes ``batch``, then tells ``answer`` which settles applied.
+        """Return the function that writes a worker's settles and claims in one transaction.
 
-        Every row it writes carries the batch's token, so when the connection dies
-        under the statement, the retry (on a fresh connection) first asks which
-        rows the first try wrote, and writes only the others: a settle that
-        committed is reported as applied, never refused as a lost claim.
+        A busy worker's settles and its next claim meet here: the attempts that
+        end together free their slots together, and the claim that refills them
+        rides in the same round trip and the same commit. Settles are answered
+        with whether they applied, claims with the jobs they took. A claim with
+        no settle beside it commits without waiting for the disk.
         """
         token = uuid.uuid4().hex
+        settles = [(index, r) for index, r in enumerate(batch) if isinstance(r, SettleRequest)]
+        claims = [(index, r) for index, r in enumerate(batch) if isinstance(r, ClaimRequest)]
+        durable = bool(settles)
+        notes = {"ids": [r.job_id for _, r in settles], "token": token, **self._channels}
         tries = 0
 
         def write(conn: Connection) -> None:
             nonlocal tries
             tries += 1
-            applied: set[int] = set()
-            if tries > 1:
-                rows = conn.execute(
-                    self._sql.settled_by_token, ([r.job_id for r in batch], token)
-                ).fetchall()
-                written = {row[0] for row in rows}
-                for index, request in enumerate(batch):
-                    if request.job_id in written:
-                        written.discard(request.job_id)  # a duplicate applied once
-                        applied.add(index)
-            todo = [index for index in range(len(batch)) if index not in applied]
-            delays: list[float] = []
-            if todo:
-                batch_json = json.dumps([_settle_record(batch[index]) for index in todo])
-                rows = conn.execute(
-                    self._sql.settle, {"batch": batch_json, "token": token}
-                ).fetchall()
-                for idx, status in rows:
-                    index = todo[int(idx) - 1]
-                    applied.add(index)
-                    if status in _WAITING:
-                        delays.append(batch[index].delay)
-            answer([index in applied for index in range(len(batch))])
-            notes = [
-                (self._changed_channel, payload)
-                for payload in sql.id_payloads(batch[index].job_id for index in applied)
-            ]
-            if delays:
-                notes.append((self._work_channel, repr(min(delays))))
-            self._notify_quietly(conn, notes)
+            if tries == 1:
+                with _Round(conn, explicit=durable) as round_:
+                    settled = self._send_settles(round_, [r for _, r in settles], token)
+                    claimed = [self._send_claim(round_, r, durable=durable) for _, r in claims]
+                    if settles:
+                        round_.commit_then(self._sql.settle_notes, notes)
+                applied = _applied(settled.fetchall()) if settled else set()
+                taken = [cursor.fetchall() for cursor in claimed]
+            else:
+                with conn.transaction():
+                    applied = self._retry_settles(conn, [r for _, r in settles], token)
+                    taken = [self._retry_claim(conn, r, durable=durable) for _, r in claims]
+            answers: list[Any] = [None] * len(batch)
+            for position, (index, _) in enumerate(settles):
+                answers[index] = position in applied
+            for (index, _), rows in zip(claims, taken, strict=True):
+                rows.sort(key=_claim_order)
+                answers[index] = [sql.row_to_job(row) for row in rows]
+            answer(answers)
+            if tries > 1 and settles:
+                self._notify_quietly(conn, self._sql.settle_notes, notes)
 
         return write
+
+    def _send_settles(
+        self, conn: Connection | _Round, settles: list[SettleRequest], token: str
+    ) -> Cursor | None:
+        if not settles:
+            return None
+        records = json.dumps([_settle_record(request) for request in settles])
+        return conn.execute(self._sql.settle, {"batch": records, "token": token})
+
+    def _retry_settles(
+        self, conn: Connection, settles: list[SettleRequest], token: str
+    ) -> set[int]:
+        """Write the settles the first try did not; return the positions of all applied."""
+        if not settles:
+            return set()
+        rows = conn.execute(
+            self._sql.settled_by_token, ([r.job_id for r in settles], token)
+        ).fetchall()
+        written = {row[0] for row in rows}
+        applied: set[int] = set()
+        for position, request in enumerate(settles):
+            if request.job_id in written:
+                written.discard(request.job_id)  # a duplicate applied once
+                applied.add(position)
+        todo = [position for position in range(len(settles)) if position not in applied]
+        cursor = self._send_settles(conn, [settles[position] for position in todo], token)
+        if cursor is not None:
+            applied.update(todo[position] for position in _applied(cursor.fetchall()))
+        return applied
+
+    def _send_claim(
+        self, conn: Connection | _Round, request: ClaimRequest, *, durable: bool
+    ) -> Cursor:
+        if request.types is None:
+            statement = self._sql.claim_durable if durable else self._sql.claim
+        else:
+            statement = self._sql.claim_types_durable if durable else self._sql.claim_types
+        return conn.execute(statement, request.params())
+
+    def _retry_claim(
+        self, conn: Connection, request: ClaimRequest, *, durable: bool
+    ) -> list[tuple[Any, ...]]:
+        # The connection died under the first try: it may have claimed.
+        rows = conn.execute(self._sql.claimed_by_token, request.params()).fetchall()
+        return rows or self._send_claim(conn, request, durable=durable).fetchall()
+
+
+class _Round:
+    """One round trip: statements pipelined in one transaction, then its notifications.
+
+    Use as a context manager around :meth:`execute` calls; leaving it sends them
+    all and waits for the answers. :meth:`commit_then` ends the transaction
+    explicitly and queues one more statement, which runs in a transaction of its
+    own: should only that one fail (after the commit), the failure is logged,
+    not raised, since what it would announce is committed.
+    """
+
+    def __init__(self, conn: Connection, *, explicit: bool) -> None:
+        self._conn = conn
+        self._explicit = explicit
+        self._pipeline: AbstractContextManager[Any] | None = None
+        self._committed: Cursor | None = None
+
+    def __enter__(self) -> _Round:
+        self._pipeline = self._conn.pipeline()
+        self._pipeline.__enter__()
+        if self._explicit:
+            # Without BEGIN, everything up to the pipeline's end is one implicit
+            # transaction, and commit_then could not end it early.
+            self._conn.execute("BEGIN")
+        return self
+
+    def execute(self, statement: str, params: Any) -> Cursor:
+        """Queue ``statement`` in the round's transaction."""
+        return self._conn.execute(statement, params)
+
+    def commit_then(self, statement: str, params: Any) -> None:
+        """Commit the round's statements, then queue ``statement`` on its own."""
+        assert self._explicit, "commit_then needs a round made with explicit=True"
+        self._committed = self._conn.execute("COMMIT")
+        self._conn.execute(statement, params)
+
+    def __exit__(self, *exc_info: Any) -> None:
+        import psycopg
+
+        assert self._pipeline is not None
+        try:
+            self._pipeline.__exit__(*exc_info)
+        except psycopg.Error as exc:
+            committed = self._committed
+            if exc_info[0] is not None or committed is None or committed.statusmessage != "COMMIT":
+                raise
+            logger.warning("could not send notifications (%s); polling covers them", exc)
+
+
+def _applied(rows: list[tuple[Any, ...]]) -> set[int]:
+    """The positions of the applied settles in their batch (the statement's ``idx``)."""
+    return {int(idx) - 1 for idx, _status in rows}
+
+
+def _claim_order(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    # RETURNING comes in no particular order: priority, then ready_at, then seq.
+    return (-row[4], row[-2], row[-1])
 
 
 def _settle_record(request: SettleRequest) -> dict[str, Any]:

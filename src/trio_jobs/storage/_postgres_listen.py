@@ -129,6 +129,16 @@ class Wakeups:
         for event in events.values():
             event.set()
 
+    def wants(self, channel: str) -> bool:
+        """Whether a notification on ``channel`` can wake anyone (asked from the LISTEN thread).
+
+        Every settle announces its job on the changed channel, and every worker
+        hears every announcement; most have nobody waiting for any job. Those are
+        dropped in the LISTEN thread, without waking Trio. (A waiter that comes a
+        moment later would not have seen that change anyway; its poll covers it.)
+        """
+        return channel != self._changed_channel or bool(self._change_events)
+
     def on_notify(self, channel: str, payload: str) -> None:
         """Handle one notification (in the Trio thread, from the listener)."""
         if channel == self._work_channel:
@@ -170,10 +180,12 @@ class Listener:
         token: trio.lowlevel.TrioToken,
         on_notify: Callable[[str, str], None],
         on_reconnect: Callable[[], None],
+        wants: Callable[[str], bool] = lambda channel: True,
     ) -> None:
         self._connect = connect
         self._token = token
         self._on_notify = on_notify
+        self._wants = wants
         self._on_reconnect = on_reconnect
         self._stopping = threading.Event()
         self._stopped = trio.Event()
@@ -225,6 +237,8 @@ class Listener:
                         return
                 try:
                     for note in conn.notifies(timeout=_LISTEN_POLL):
+                        if not self._wants(note.channel):
+                            continue
                         if not self._post(self._on_notify, note.channel, note.payload):
                             return
                     # Also ends the thread when the Trio run ended without close().

@@ -130,6 +130,16 @@ def _notify_changed(source: str) -> str:
     """
 
 
+def _notify_work(source: str) -> str:
+    # One NOTIFY for the batch; its payload is the seconds until the first of
+    # its jobs is ready, so that a listener wakes itself then.
+    return f"""
+        SELECT pg_notify(%(work_channel)s,
+                         greatest(extract(epoch FROM min(ready_at) - now()), 0)::text)
+        FROM {source} HAVING count(*) > 0
+    """
+
+
 @attrs.frozen
 class Statements:
     """Every statement the store runs, built for one schema."""
@@ -151,6 +161,8 @@ class Statements:
     stats_types: str
     claim: str
     claim_types: str
+    claim_durable: str
+    claim_types_durable: str
     settle: str
     claimed_by_token: str
     settled_by_token: str
@@ -165,7 +177,8 @@ class Statements:
     requeue: str
     purge: str
     notify: str
-    notify_many: str
+    settle_notes: str
+    save_notes: str
     listen: tuple[str, ...]
 
 
@@ -176,7 +189,7 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
     ready = f"{_READY} AND ready_at <= now()"
     returning = ", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))
     claim = f"""
-        WITH {_ASYNC_COMMIT},
+        WITH {{async_commit}}
         picked AS MATERIALIZED (
             SELECT id FROM {jobs}
             WHERE {ready} {{types}}
@@ -192,9 +205,18 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
             lease_expires_at = now() + %(lease)s * interval '1 second',
             cancel_requested = false,
             op_token = %(token)s
-        FROM picked, async_commit WHERE j.id = picked.id
+        FROM picked {{join_async}} WHERE j.id = picked.id
         RETURNING {returning}
     """
+
+    def claims(types: str) -> tuple[str, str]:
+        # Alone, a claim commits without waiting for the disk; sharing a transaction
+        # with settles, it must not: that would make their commit asynchronous too.
+        alone = claim.format(
+            types=types, async_commit=f"{_ASYNC_COMMIT},", join_async=", async_commit"
+        )
+        return alone, claim.format(types=types, async_commit="", join_async="")
+
     stats = f"""
         SELECT status, count(*), avg(execution_time) FILTER (WHERE status = 'completed')
         FROM {jobs} {{where}} GROUP BY status
@@ -291,8 +313,10 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
         delete=f"DELETE FROM {jobs} WHERE id = %s RETURNING id",
         stats=stats.format(where=""),
         stats_types=stats.format(where="WHERE type = ANY(%s)"),
-        claim=claim.format(types=""),
-        claim_types=claim.format(types="AND type = ANY(%(types)s)"),
+        claim=claims("")[0],
+        claim_types=claims("AND type = ANY(%(types)s)")[0],
+        claim_durable=claims("")[1],
+        claim_types_durable=claims("AND type = ANY(%(types)s)")[1],
         # Many workers' settles in one statement, passed as one JSON array (much
         # cheaper for the client to encode than an array per column). Each row is
         # fenced on its own (id, running, attempt, worker); ``idx`` tells the
@@ -463,7 +487,35 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
         """,
         notify="SELECT pg_notify(%s, %s)",
         # [[channel, payload], ...] as one JSON parameter: cheaper to send than arrays.
-        notify_many="SELECT pg_notify(n->>0, n->>1) FROM json_array_elements(%s::json) AS n",
+        # The notifications for a batch of saves or settles, sent after its commit
+        # in a transaction of their own (in the same round trip). PostgreSQL holds
+        # a database-wide lock from a notifying transaction's commit until it
+        # ends: in the batch's own transaction that lock would be held through its
+        # WAL flush and serialise every worker's writes. Here the commit does not
+        # wait for the disk (a lost notification costs only latency). The rows
+        # the batch wrote carry its token; a row rewritten since has been
+        # announced by whoever rewrote it.
+        settle_notes=f"""
+            WITH {_ASYNC_COMMIT},
+            done AS MATERIALIZED (
+                SELECT j.id, j.status, j.ready_at FROM {jobs} AS j, async_commit
+                WHERE j.id = ANY(%(ids)s) AND j.op_token = %(token)s
+            ),
+            notes AS (
+                {_notify_changed("done")}
+                UNION ALL
+                {_notify_work("done WHERE status IN ('pending', 'retrying')")}
+            )
+            SELECT count(*) FROM notes
+        """,
+        save_notes=f"""
+            WITH {_ASYNC_COMMIT},
+            done AS MATERIALIZED (
+                SELECT j.ready_at FROM {jobs} AS j, async_commit
+                WHERE j.id = ANY(%(ids)s) AND j.op_token = %(token)s
+            )
+            {_notify_work("done")}
+        """,
         listen=tuple(f'LISTEN "{channel}"' for channel in channels),
     )
 
