@@ -574,14 +574,41 @@ async def test_a_settle_in_another_store_wakes_wait_for_change(
     watcher, worker = await make_store(), await make_store()
     await worker.save(Job(id=job_id, type="t"))
     await worker.claim("w", 1)
+    seen: list[JobStatus] = []
+
+    async def watch() -> None:
+        # As a handle does: look, then wait for a change (which may wake early).
+        while not seen or not seen[-1].is_final:
+            job = await watcher.get(job_id)
+            assert job is not None
+            seen.append(job.status)
+            if not job.status.is_final:
+                await watcher.wait_for_change(job_id, WAKE_TIMEOUT)
+
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(watcher.wait_for_change, job_id, WAKE_TIMEOUT)
+            nursery.start_soon(watch)
+            # The first wait returns once the watcher hears changes; then it waits again.
+            while len(seen) < 2:  # noqa: ASYNC110
+                await trio.sleep(0.01)
             await trio.testing.wait_all_tasks_blocked()
             await worker.settle(job_id, worker_id="w", attempt=1, status=JobStatus.COMPLETED)
-    done = await watcher.get(job_id)
-    assert done is not None
-    assert done.status is JobStatus.COMPLETED
+    assert seen[-1] is JobStatus.COMPLETED
+    assert set(seen[:-1]) == {JobStatus.RUNNING}
+
+
+async def test_a_store_hears_changed_jobs_only_once_it_waits_for_one(
+    make_store: MakeStore,
+) -> None:
+    # Every settle is announced; a worker that never waits for a job (most) is
+    # not sent the announcements at all.
+    store = await make_store()
+    await store.save(Job(id="j", type="t"))
+    with trio.fail_after(DEADLINE):
+        await trio.sleep(0.3)  # several turns of the LISTEN thread
+        assert not store._wakeups._hearing_changes
+        await store.wait_for_change("j", WAKE_TIMEOUT)  # returns once it hears them
+        assert store._wakeups._hearing_changes
 
 
 async def test_the_listener_reconnects_after_its_backend_is_terminated(

@@ -220,7 +220,10 @@ class PostgresStorage:
                 on_notify=self._wakeups.on_notify,
                 on_reconnect=self._wakeups.on_reconnect,
                 wants=self._wakeups.wants,
+                listen_changed=self._sql.listen_changed,
+                on_hearing_changes=self._wakeups.on_hearing_changes,
             )
+            self._wakeups.request_changes = listener.hear_changes
             listener.start(conn)
             self._pool, self._listener = pool, listener
 

@@ -319,7 +319,11 @@ class BatchWriters:
         def write(conn: Connection) -> None:
             nonlocal tries
             tries += 1
-            if tries == 1:
+            if tries == 1 and len(batch) == 1 and claims:
+                # An idle worker's claim: one statement needs no pipeline.
+                taken = [self._send_claim(conn, claims[0][1], durable=False).fetchall()]
+                applied: set[int] = set()
+            elif tries == 1:
                 with _Round(conn, explicit=durable) as round_:
                     settled = self._send_settles(round_, [r for _, r in settles], token)
                     claimed = [self._send_claim(round_, r, durable=durable) for _, r in claims]

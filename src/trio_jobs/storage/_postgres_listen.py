@@ -54,6 +54,10 @@ class Wakeups:
         self._cancel_flag = False
         self._cancel_event = trio.Event()
         self._change_events: dict[str, trio.Event] = {}
+        #: Whether the LISTEN connection hears the changed channel yet.
+        self._hearing_changes = False
+        #: Asks the LISTEN thread to start hearing it (set by the store).
+        self.request_changes: Callable[[], None] = lambda: None
 
     async def wait_for_work(self, timeout: float) -> None:
         """Return on a work wake-up, when a scheduled delay ends, or after ``timeout``."""
@@ -77,7 +81,14 @@ class Wakeups:
         self._cancel_flag = False
 
     async def wait_for_change(self, job_id: str, timeout: float) -> None:
-        """Return when ``job_id`` is woken as changed, or after ``timeout``."""
+        """Return when ``job_id`` is woken as changed, or after ``timeout``.
+
+        The first wait in a process also returns as soon as the LISTEN
+        connection hears the changed channel (see :meth:`on_hearing_changes`):
+        a change made before then was not heard, so the caller looks again.
+        """
+        if not self._hearing_changes:
+            self.request_changes()
         event = self._change_events.get(job_id)
         if event is None:
             event = self._change_events[job_id] = trio.Event()
@@ -156,6 +167,13 @@ class Wakeups:
                     break
                 self.wake_change(job_id)
 
+    def on_hearing_changes(self, hearing: bool) -> None:
+        """The LISTEN connection started (or, when it dropped, stopped) hearing changes."""
+        self._hearing_changes = hearing
+        if hearing:
+            # Waiters that began before could have missed a change: they look again.
+            self.wake_all_changes()
+
     def on_reconnect(self) -> None:
         # Notifications sent while the connection was down are lost: wake everyone.
         self.wake_work()
@@ -181,11 +199,16 @@ class Listener:
         on_notify: Callable[[str, str], None],
         on_reconnect: Callable[[], None],
         wants: Callable[[str], bool] = lambda channel: True,
+        listen_changed: str | None = None,
+        on_hearing_changes: Callable[[bool], None] = lambda hearing: None,
     ) -> None:
         self._connect = connect
         self._token = token
         self._on_notify = on_notify
         self._wants = wants
+        self._listen_changed = listen_changed
+        self._on_hearing_changes = on_hearing_changes
+        self._want_changes = threading.Event()
         self._on_reconnect = on_reconnect
         self._stopping = threading.Event()
         self._stopped = trio.Event()
@@ -196,6 +219,10 @@ class Listener:
         trio.lowlevel.start_thread_soon(
             partial(self._run, conn), self._finished, name="trio_jobs postgres LISTEN"
         )
+
+    def hear_changes(self) -> None:
+        """Start hearing the changed channel too, from the thread's next look up (< 0.1 s)."""
+        self._want_changes.set()
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -217,6 +244,7 @@ class Listener:
         import psycopg
 
         backoff = _RECONNECT_MIN
+        hearing_changes = False
         try:
             while not self._stopping.is_set():
                 if conn is None:
@@ -236,6 +264,12 @@ class Listener:
                     if not self._post(self._on_reconnect):
                         return
                 try:
+                    if self._want_changes.is_set() and not hearing_changes:
+                        if self._listen_changed is not None:
+                            conn.execute(self._listen_changed)
+                        hearing_changes = True
+                        if not self._post(self._on_hearing_changes, True):
+                            return
                     for note in conn.notifies(timeout=_LISTEN_POLL):
                         if not self._wants(note.channel):
                             continue
@@ -252,6 +286,10 @@ class Listener:
                     )
                     conn.close()
                     conn = None
+                    if hearing_changes:
+                        hearing_changes = False
+                        if not self._post(self._on_hearing_changes, False):
+                            return
         finally:
             if conn is not None:
                 conn.close()

@@ -180,6 +180,7 @@ class Statements:
     settle_notes: str
     save_notes: str
     listen: tuple[str, ...]
+    listen_changed: str
 
 
 def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
@@ -516,7 +517,10 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
             )
             {_notify_work("done")}
         """,
-        listen=tuple(f'LISTEN "{channel}"' for channel in channels),
+        # The changed channel is heard only once someone in the process waits for
+        # a job (most workers never do, and every settle is announced on it).
+        listen=tuple(f'LISTEN "{channel}"' for channel in channels[:2]),
+        listen_changed=f'LISTEN "{channels[2]}"',
     )
 
 
