@@ -382,12 +382,26 @@ async def test_wait_for_work_notices_a_commit_from_another_connection(
     store: SQLiteStorage, sqlite_path: Path
 ) -> None:
     await store.wait_for_work(0)  # forget earlier wake-ups
+    assert await store.claim("w1", 10) == []  # as a worker does before it waits
     async with SQLiteStorage(sqlite_path) as producer:
         with trio.fail_after(DEADLINE):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(store.wait_for_work, 3600)
                 await trio.testing.wait_all_tasks_blocked()
                 await producer.save(new_job())
+    assert len(await store.claim("w1", 10)) == 1
+
+
+async def test_wait_for_work_notices_a_commit_made_before_it_began(
+    store: SQLiteStorage, sqlite_path: Path
+) -> None:
+    # A producer's commit between a worker's empty claim and its wait is work too.
+    await store.wait_for_work(0)
+    assert await store.claim("w1", 10) == []
+    async with SQLiteStorage(sqlite_path) as producer:
+        await producer.save(new_job())
+    with trio.fail_after(DEADLINE):
+        await store.wait_for_work(3600)
     assert len(await store.claim("w1", 10)) == 1
 
 

@@ -126,6 +126,8 @@ class SQLiteStorage:
         )
         # Local wake-ups for wait_for_work / wait_for_change.
         self._work = trio.Event()
+        #: ``PRAGMA data_version`` as the last claim saw it (see wait_for_work).
+        self._seen_version: int | None = None
         self._work_flag = False
         self._due: list[float] = []
         self._changes: dict[str, trio.Event] = {}
@@ -341,6 +343,9 @@ class SQLiteStorage:
             return []
 
         def claim(conn: sqlite3.Connection, now: float) -> list[Any]:
+            # What the file looked like when we last looked for work: a commit from
+            # another connection after this one is work wait_for_work must notice.
+            self._seen_version = conn.execute("PRAGMA data_version").fetchone()[0]
             return conn.execute(
                 "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?,"
                 " completed_at = NULL, worker_id = ?, lease_expires_at = ?"
@@ -626,7 +631,11 @@ class SQLiteStorage:
         wait = timeout if not self._due else min(timeout, max(0.0, self._due[0] - time.time()))
         deadline = trio.current_time() + wait
         work = self._work
-        version = await self._data_version()
+        # Compared with what the last claim saw, so that a commit landing between
+        # that claim and this wait is noticed too.
+        version = self._seen_version
+        if version is None:
+            version = await self._data_version()
         # Check soon after the last piece of work (a producer that just submitted is
         # likely to submit again), then back off to CHANGE_POLL while idle.
         poll = CHANGE_POLL_FIRST
