@@ -531,6 +531,86 @@ async def test_a_delay_announced_by_another_store_wakes_wait_for_work_when_due(
             await waiter.wait_for_work(WAKE_TIMEOUT)
 
 
+# -- claiming in the LISTEN thread --------------------------------------------------------
+
+
+async def test_wait_and_claim_claims_a_job_saved_elsewhere_as_it_is_announced(
+    make_store: MakeStore,
+) -> None:
+    worker, producer = await make_store(), await make_store()
+    claimed: list[Any] = []
+
+    async def wait() -> None:
+        claimed.append(await worker.wait_and_claim("w", 5, ["t"], WAKE_TIMEOUT))
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait)
+            await trio.testing.wait_all_tasks_blocked()
+            await producer.save(Job(id="j", type="t"))
+    [jobs] = claimed
+    assert [(job.id, job.status, job.attempts) for job in jobs] == [("j", JobStatus.RUNNING, 1)]
+    # The claim is the worker's: its lease renews, and its settle applies.
+    assert (await worker.heartbeat("w", ["j"])).lost == frozenset()
+    assert await worker.settle("j", worker_id="w", attempt=1, status=JobStatus.COMPLETED)
+
+
+async def test_wait_and_claim_leaves_other_types_and_delayed_jobs_to_the_caller(
+    make_store: MakeStore,
+) -> None:
+    worker, producer = await make_store(), await make_store()
+    with trio.fail_after(DEADLINE):
+        # Announced work of a type it does not handle: nothing claimed.
+        async with trio.open_nursery() as nursery:
+            answers: list[Any] = []
+
+            async def wait() -> None:
+                answers.append(await worker.wait_and_claim("w", 5, ["t"], WAKE_TIMEOUT))
+
+            nursery.start_soon(wait)
+            await trio.testing.wait_all_tasks_blocked()
+            await producer.save(Job(id="other", type="other"))
+        assert answers == [[]]
+        # Announced for later: the waiter wakes when it is due, and claims itself.
+        await producer.save(Job(id="later", type="t"), delay=0.3)
+        assert await worker.wait_and_claim("w", 5, ["t"], WAKE_TIMEOUT) is None
+        assert [job.id for job in await worker.claim("w", 5, ["t"])] == ["later"]
+    # Woken by nothing at all: the timeout.
+    assert await worker.wait_and_claim("w", 5, ["t"], 0.05) is None
+    other = await producer.get("other")
+    assert other is not None
+    assert other.status is JobStatus.PENDING
+
+
+async def test_wait_and_claim_cancelled_mid_claim_gives_the_jobs_back_uncounted(
+    make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker, producer = await make_store(), await make_store()
+    entered, release = threading.Event(), threading.Event()
+    claim_now = worker._writers.claim_now
+
+    def slow_claim(request: Any, conn: Any) -> list[Job[Any]]:
+        entered.set()
+        release.wait(DEADLINE)
+        return claim_now(request, conn)
+
+    monkeypatch.setattr(worker._writers, "claim_now", slow_claim)
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            with trio.CancelScope() as scope:
+                nursery.start_soon(worker.wait_and_claim, "w", 5, ["t"], WAKE_TIMEOUT)
+                await trio.testing.wait_all_tasks_blocked()
+                await producer.save(Job(id="j", type="t"))
+                await trio.to_thread.run_sync(entered.wait)
+                nursery.cancel_scope.cancel()
+            assert not scope.cancelled_caught
+            release.set()
+    job = await producer.get("j")
+    assert job is not None
+    assert (job.status, job.attempts) == (JobStatus.PENDING, 0)
+    assert [j.id for j in await producer.claim("w2", 5)] == ["j"]
+
+
 async def test_a_retry_in_another_store_wakes_wait_for_work(make_store: MakeStore) -> None:
     waiter, worker = await make_store(), await make_store()
     await worker.save(Job(id="j", type="t"))

@@ -174,6 +174,10 @@ class Scheduler:
         storage = self._storage
         claim_nowait = self._in_process.claim_nowait if self._in_process is not None else None
         idle_wait = math.inf if claim_nowait is not None else self._poll_interval
+        # A store that can claim the moment work is announced (PostgresStorage).
+        wait_and_claim: Callable[..., Awaitable[list[Job[Any]] | None]] | None = getattr(
+            storage, "wait_and_claim", None
+        )
         with self._scheduler_scope:
             task_status.started()
             while True:
@@ -193,6 +197,8 @@ class Scheduler:
                     await trio.sleep(self._poll_interval)
                     continue
                 self.store_dry = len(jobs) < free
+                if not jobs and wait_and_claim is not None:
+                    jobs = await wait_and_claim(self._worker_id, free, self.types, idle_wait) or []
                 if jobs:
                     for job in jobs:
                         self._start(job)
@@ -203,7 +209,7 @@ class Scheduler:
                         # batch the two).
                         for _ in range(_SETTLE_TURNS):
                             await trio.lowlevel.checkpoint()
-                else:
+                elif wait_and_claim is None:
                     await storage.wait_for_work(idle_wait)
 
     def dispatch(self, store: InProcessStorage) -> None:

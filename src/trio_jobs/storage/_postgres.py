@@ -15,6 +15,7 @@ This module holds the store's methods; the rest lives next to it:
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Callable, Collection, Mapping
@@ -36,7 +37,7 @@ from ._postgres_connect import (
     session_kwargs,
     with_connection,
 )
-from ._postgres_listen import Listener, Wakeups
+from ._postgres_listen import Listener, ParkedClaim, Wakeups
 
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
     from ._postgres_connect import Connection
 
 T = TypeVar("T")
+
+logger = logging.getLogger("trio_jobs.postgres")
 
 _SCHEMA_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Channel names are identifiers too (at most 63 bytes): "<schema>.changed".
@@ -151,7 +154,7 @@ class PostgresStorage:
             changed_channel=self._changed_channel,
         )
         # Writes that tasks make at the same time go to the database together.
-        writers = BatchWriters(
+        writers = self._writers = BatchWriters(
             self._sql,
             schema,
             work_channel=self._work_channel,
@@ -159,7 +162,7 @@ class PostgresStorage:
         )
         self._saves = Batcher(self._run, writers.save_writer)
         # A worker's settles and its claims share transactions: see cycle_writer.
-        self._cycle = Batcher(self._run, writers.cycle_writer)
+        self._cycle = Batcher(self._run, writers.cycle_writer, gather=True)
 
     def __repr__(self) -> str:
         return f"PostgresStorage(schema={self._schema!r}, open={self._pool is not None})"
@@ -222,6 +225,7 @@ class PostgresStorage:
                 wants=self._wakeups.wants,
                 listen_changed=self._sql.listen_changed,
                 on_hearing_changes=self._wakeups.on_hearing_changes,
+                work_channel=self._work_channel,
             )
             self._wakeups.request_changes = listener.hear_changes
             listener.start(conn)
@@ -612,6 +616,58 @@ class PostgresStorage:
         waited makes the next call return at once.
         """
         await self._wakeups.wait_for_work(timeout)
+
+    async def wait_and_claim(
+        self,
+        worker_id: str,
+        limit: int,
+        job_types: Collection[str] | None,
+        timeout: float,
+    ) -> list[Job[Any]] | None:
+        """Wait for work as :meth:`wait_for_work` does, claiming it the moment it is announced.
+
+        Not part of :class:`JobStorage` (yet): an idle runner that finds it
+        calls it instead of waiting and then claiming. The claim runs in the
+        LISTEN thread as soon as a notification of ready work arrives, a thread
+        hand-off and a round trip sooner than a claim sent after waking Trio.
+
+        Returns:
+            The jobs claimed on a notification (possibly none: another worker was
+            quicker), or ``None`` when woken otherwise (a save in this process, a
+            delay that ended, the timeout): the caller then claims itself.
+
+        """
+        limit = _check_limit(limit)
+        types = _types(job_types)
+        listener = self._listener
+        if listener is None or limit == 0 or types == []:
+            await self.wait_for_work(timeout)
+            return None
+        request = ClaimRequest(worker_id=worker_id, limit=limit, types=types, lease=self._lease)
+        parked = ParkedClaim(partial(self._writers.claim_now, request))
+        listener.park(parked)
+        interrupted = True
+        try:
+            await self._wakeups.wait_for_work(timeout)
+            interrupted = False
+        finally:
+            if not listener.unpark(parked):
+                # The thread has the claim: wait for its jobs (a statement's time).
+                with trio.CancelScope(shield=True):
+                    await parked.done.wait()
+                    if interrupted:
+                        await self._give_back(worker_id, parked.jobs or [])
+        return parked.jobs if parked.done.is_set() else None
+
+    async def _give_back(self, worker_id: str, jobs: list[Job[Any]]) -> None:
+        """Return claimed jobs nobody will run to PENDING, their attempt uncounted."""
+        for job in jobs:
+            try:
+                await self.settle(
+                    job.id, worker_id=worker_id, attempt=job.attempts, status=JobStatus.PENDING
+                )
+            except Exception:
+                logger.exception("could not give back job %s; its lease will expire", job.id)
 
     async def wait_for_cancel_request(self, timeout: float) -> None:
         """Return when some job's cancellation may have been requested, or after ``timeout``.

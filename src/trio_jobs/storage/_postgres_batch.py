@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import trio
 
+from .._records import JobStatus
 from . import _postgres_sql as sql
 
 if TYPE_CHECKING:
     from psycopg import Cursor as _Cursor
 
+    from .._records import Job
     from ._postgres_connect import Connection
 
     Cursor = _Cursor[tuple[Any, ...]]
@@ -36,6 +38,7 @@ logger = logging.getLogger("trio_jobs.postgres")
 MAX_FLUSHES: Final = 1
 #: Turns of Trio's scheduler a batch waits for the rest of a burst (see Batcher._gather).
 GATHER_TURNS: Final = 2
+_WAITING: Final = frozenset({JobStatus.PENDING.value, JobStatus.RETRYING.value})
 
 
 @attrs.define(eq=False)
@@ -55,10 +58,16 @@ class Batcher:
     A task queues its write; when no batch is being written, it writes the whole
     queue itself, its own write among them; otherwise it waits for that batch to
     end and looks again. Writes arriving while a batch is in flight thus make the
-    next batch: one round trip and one commit per batch instead of per write,
-    with no added latency when the store is idle. The writing thread hands the
-    answers back as soon as the statement has committed (before it sends its
-    notifications), so the next batch starts without waiting for them.
+    next batch: one round trip and one commit per batch instead of per write.
+    With ``gather``, the first write of a burst waits :data:`GATHER_TURNS` turns
+    of Trio's scheduler for the rest (see :meth:`_gather`); without, an idle
+    store adds no latency at all.
+
+    Args:
+        run: Runs a function on a pooled connection in a worker thread.
+        make_writer: Builds, for a batch and the callback taking its answers,
+            the function that writes the batch (in the thread).
+        gather: Whether a batch waits for the rest of its burst.
     """
 
     def __init__(
@@ -67,9 +76,12 @@ class Batcher:
         make_writer: Callable[
             [list[Any], Callable[[list[Any]], None]], Callable[[Connection], None]
         ],
+        *,
+        gather: bool = False,
     ) -> None:
         self._run = run
         self._make_writer = make_writer
+        self._gather_turns = GATHER_TURNS if gather else 0
         self._queue: list[_Entry] = []
         self._flushes: set[object] = set()  # the batches being written
         self._gathering = False  # a task is waiting for the burst before it writes
@@ -86,7 +98,8 @@ class Batcher:
         try:
             while not entry.done:
                 if entry.queued and not self._gathering and len(self._flushes) < MAX_FLUSHES:
-                    await self._gather()
+                    if self._gather_turns:
+                        await self._gather()
                     if entry.queued and len(self._flushes) < MAX_FLUSHES:
                         await self._flush()
                 else:
@@ -109,7 +122,7 @@ class Batcher:
         """
         self._gathering = True
         try:
-            for _ in range(GATHER_TURNS):
+            for _ in range(self._gather_turns):
                 await trio.lowlevel.checkpoint()
         finally:
             self._gathering = False
@@ -197,7 +210,7 @@ class BatchWriters:
 
     A batch goes in one round trip (a pipeline): its own transaction, then, in a
     second one that does not wait for the disk, the notifications it owes (see
-    ``settle_notes`` in ``_postgres_sql``). Every row a batch writes carries the
+    ``notify_many`` in ``_postgres_sql``). Every row a batch writes carries the
     batch's token, so when the connection dies under it, the retry on a fresh
     connection first asks what the first try wrote, and never applies a write
     twice nor reports one that committed as failed.
@@ -214,7 +227,8 @@ class BatchWriters:
     ) -> None:
         self._sql = statements
         self._schema = schema
-        self._channels = {"work_channel": work_channel, "changed_channel": changed_channel}
+        self._work_channel = work_channel
+        self._changed_channel = changed_channel
 
     def save_writer(
         self, batch: list[dict[str, Any]], answer: Callable[[list[Any]], None]
@@ -226,7 +240,9 @@ class BatchWriters:
         """
         token = uuid.uuid4().hex
         ids = [record["id"] for record in batch]
-        notes = {"ids": ids, "token": token, **self._channels}
+        # Announced even if a duplicate id makes a save fail: a spurious wake-up
+        # costs a worker one empty claim.
+        notes = _notes([(self._work_channel, repr(min(r["delay"] for r in batch)))])
         tries = 0
 
         def write(conn: Connection) -> None:
@@ -238,7 +254,7 @@ class BatchWriters:
                     inserted = round_.execute(
                         self._sql.insert_many, {"batch": records, "token": token}
                     )
-                    round_.commit_then(self._sql.save_notes, notes)
+                    round_.commit_then(self._sql.notify_many, notes)
                 answer(self._save_answers(conn, batch, {row[0] for row in inserted.fetchall()}))
                 return
             rows = conn.execute(self._sql.saved_by_token, (ids, token)).fetchall()
@@ -251,7 +267,7 @@ class BatchWriters:
                 ).fetchall()
                 done.update(row[0] for row in rows)
             answer(self._save_answers(conn, batch, done, retried=True))
-            self._notify_quietly(conn, self._sql.save_notes, notes)
+            self._notify_quietly(conn, self._sql.notify_many, notes)
 
         return write
 
@@ -285,7 +301,7 @@ class BatchWriters:
         ).fetchone()
         return row is not None and row == (params["type"], params["payload"], params["created_at"])
 
-    def _notify_quietly(self, conn: Connection, statement: str, params: Mapping[str, Any]) -> None:
+    def _notify_quietly(self, conn: Connection, statement: str, params: Any) -> None:
         """Send a batch's notifications after a retry, in a transaction of their own.
 
         A lost notification costs only latency (pollers find the work), so a
@@ -313,7 +329,7 @@ class BatchWriters:
         settles = [(index, r) for index, r in enumerate(batch) if isinstance(r, SettleRequest)]
         claims = [(index, r) for index, r in enumerate(batch) if isinstance(r, ClaimRequest)]
         durable = bool(settles)
-        notes = {"ids": [r.job_id for _, r in settles], "token": token, **self._channels}
+        notes = self._settle_notes([r for _, r in settles])
         tries = 0
 
         def write(conn: Connection) -> None:
@@ -328,7 +344,7 @@ class BatchWriters:
                     settled = self._send_settles(round_, [r for _, r in settles], token)
                     claimed = [self._send_claim(round_, r, durable=durable) for _, r in claims]
                     if settles:
-                        round_.commit_then(self._sql.settle_notes, notes)
+                        round_.commit_then(self._sql.notify_many, notes)
                 applied = _applied(settled.fetchall()) if settled else set()
                 taken = [cursor.fetchall() for cursor in claimed]
             else:
@@ -343,9 +359,30 @@ class BatchWriters:
                 answers[index] = [sql.row_to_job(row) for row in rows]
             answer(answers)
             if tries > 1 and settles:
-                self._notify_quietly(conn, self._sql.settle_notes, notes)
+                self._notify_quietly(conn, self._sql.notify_many, notes)
 
         return write
+
+    def claim_now(self, request: ClaimRequest, conn: Connection) -> list[Job[Any]]:
+        """Run one claim by itself on ``conn`` (in a thread); the jobs it took, in order."""
+        rows = self._send_claim(conn, request, durable=False).fetchall()
+        rows.sort(key=_claim_order)
+        return [sql.row_to_job(row) for row in rows]
+
+    def _settle_notes(self, settles: list[SettleRequest]) -> tuple[str]:
+        """The notifications a batch of settles owes: its jobs changed; some wait again.
+
+        Sent for every settle in the batch, applied or not: one that a fence
+        refused wakes its watchers for nothing, and they look again.
+        """
+        pairs = [
+            (self._changed_channel, payload)
+            for payload in sql.id_payloads(r.job_id for r in settles)
+        ]
+        delays = [r.delay for r in settles if r.status in _WAITING]
+        if delays:
+            pairs.append((self._work_channel, repr(min(delays))))
+        return _notes(pairs)
 
     def _send_settles(
         self, conn: Connection | _Round, settles: list[SettleRequest], token: str
@@ -439,6 +476,11 @@ class _Round:
             if exc_info[0] is not None or committed is None or committed.statusmessage != "COMMIT":
                 raise
             logger.warning("could not send notifications (%s); polling covers them", exc)
+
+
+def _notes(pairs: list[tuple[str, str]]) -> tuple[str]:
+    """The parameters of ``notify_many`` for these (channel, payload) pairs."""
+    return (json.dumps(pairs),)
 
 
 def _applied(rows: list[tuple[Any, ...]]) -> set[int]:

@@ -16,12 +16,13 @@ import math
 import threading
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import outcome
 import trio
 
 if TYPE_CHECKING:
+    from .._records import Job
     from ._postgres_connect import Connection
 
 logger = logging.getLogger("trio_jobs.postgres")
@@ -181,6 +182,30 @@ class Wakeups:
         self.wake_all_changes()
 
 
+class ParkedClaim:
+    """A claim an idle worker leaves with the LISTEN thread, run when work is announced.
+
+    The thread runs it on its own connection the moment a notification of
+    ready work arrives, instead of waking Trio to send a claim from another
+    thread: a trickled job starts a thread hand-off and a round trip sooner.
+    The jobs (or ``None`` when the claim failed) are delivered in the Trio
+    thread, before the notification itself wakes the waiter.
+
+    Args:
+        run: Claims on the given connection; returns the jobs (in a thread).
+    """
+
+    def __init__(self, run: Callable[[Connection], list[Job[Any]]]) -> None:
+        self.run = run
+        self.jobs: list[Job[Any]] | None = None
+        self.done = trio.Event()
+
+    def deliver(self, jobs: list[Job[Any]] | None) -> None:
+        """Hand over the claim's outcome (in the Trio thread)."""
+        self.jobs = jobs
+        self.done.set()
+
+
 class Listener:
     """The LISTEN connection and the thread that waits on it.
 
@@ -201,6 +226,7 @@ class Listener:
         wants: Callable[[str], bool] = lambda channel: True,
         listen_changed: str | None = None,
         on_hearing_changes: Callable[[bool], None] = lambda hearing: None,
+        work_channel: str | None = None,
     ) -> None:
         self._connect = connect
         self._token = token
@@ -209,6 +235,9 @@ class Listener:
         self._listen_changed = listen_changed
         self._on_hearing_changes = on_hearing_changes
         self._want_changes = threading.Event()
+        self._work_channel = work_channel
+        self._parked: ParkedClaim | None = None
+        self._parked_lock = threading.Lock()
         self._on_reconnect = on_reconnect
         self._stopping = threading.Event()
         self._stopped = trio.Event()
@@ -223,6 +252,47 @@ class Listener:
     def hear_changes(self) -> None:
         """Start hearing the changed channel too, from the thread's next look up (< 0.1 s)."""
         self._want_changes.set()
+
+    def park(self, claim: ParkedClaim) -> None:
+        """Leave ``claim`` to run in the thread as soon as work is announced."""
+        with self._parked_lock:
+            self._parked = claim
+
+    def unpark(self, claim: ParkedClaim) -> bool:
+        """Take ``claim`` back; False when the thread has taken it (it will deliver)."""
+        with self._parked_lock:
+            if self._parked is claim:
+                self._parked = None
+                return True
+            return False
+
+    def _take_parked(self, payload: str) -> ParkedClaim | None:
+        try:
+            ready_now = float(payload or 0) <= 0
+        except ValueError:
+            ready_now = True
+        if not ready_now:
+            return None  # announced for later: the waiter's timer handles it
+        with self._parked_lock:
+            claim, self._parked = self._parked, None
+        return claim
+
+    def _run_parked(self, conn: Connection, claim: ParkedClaim) -> bool:
+        """Run a parked claim and deliver its jobs (None if it failed); False if Trio ended."""
+        import psycopg
+
+        jobs: list[Job[Any]] | None = None
+        delivered = False
+        try:
+            jobs = claim.run(conn)
+        except psycopg.Error as exc:
+            logger.warning("claiming on a work notification failed (%s)", str(exc).strip())
+            if isinstance(exc, psycopg.OperationalError):
+                raise  # the connection: reconnect
+        finally:
+            # Always delivered, even when the thread dies here: a waiter waits for it.
+            delivered = self._post(claim.deliver, jobs)
+        return delivered
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -270,9 +340,22 @@ class Listener:
                         hearing_changes = True
                         if not self._post(self._on_hearing_changes, True):
                             return
+                    parked: ParkedClaim | None = None
                     for note in conn.notifies(timeout=_LISTEN_POLL):
                         if not self._wants(note.channel):
                             continue
+                        if note.channel == self._work_channel:
+                            parked = self._take_parked(note.payload)
+                            if parked is not None:
+                                # The connection is locked while notifies() runs;
+                                # what arrives meanwhile waits in its backlog.
+                                break
+                        if not self._post(self._on_notify, note.channel, note.payload):
+                            return
+                    if parked is not None:
+                        # Its jobs first, then the notification that wakes the waiter.
+                        if not self._run_parked(conn, parked):
+                            return
                         if not self._post(self._on_notify, note.channel, note.payload):
                             return
                     # Also ends the thread when the Trio run ended without close().

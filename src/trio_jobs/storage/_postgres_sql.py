@@ -130,16 +130,6 @@ def _notify_changed(source: str) -> str:
     """
 
 
-def _notify_work(source: str) -> str:
-    # One NOTIFY for the batch; its payload is the seconds until the first of
-    # its jobs is ready, so that a listener wakes itself then.
-    return f"""
-        SELECT pg_notify(%(work_channel)s,
-                         greatest(extract(epoch FROM min(ready_at) - now()), 0)::text)
-        FROM {source} HAVING count(*) > 0
-    """
-
-
 @attrs.frozen
 class Statements:
     """Every statement the store runs, built for one schema."""
@@ -177,8 +167,7 @@ class Statements:
     requeue: str
     purge: str
     notify: str
-    settle_notes: str
-    save_notes: str
+    notify_many: str
     listen: tuple[str, ...]
     listen_changed: str
 
@@ -488,34 +477,17 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
         """,
         notify="SELECT pg_notify(%s, %s)",
         # [[channel, payload], ...] as one JSON parameter: cheaper to send than arrays.
-        # The notifications for a batch of saves or settles, sent after its commit
-        # in a transaction of their own (in the same round trip). PostgreSQL holds
-        # a database-wide lock from a notifying transaction's commit until it
-        # ends: in the batch's own transaction that lock would be held through its
-        # WAL flush and serialise every worker's writes. Here the commit does not
-        # wait for the disk (a lost notification costs only latency). The rows
-        # the batch wrote carry its token; a row rewritten since has been
-        # announced by whoever rewrote it.
-        settle_notes=f"""
-            WITH {_ASYNC_COMMIT},
-            done AS MATERIALIZED (
-                SELECT j.id, j.status, j.ready_at FROM {jobs} AS j, async_commit
-                WHERE j.id = ANY(%(ids)s) AND j.op_token = %(token)s
-            ),
-            notes AS (
-                {_notify_changed("done")}
-                UNION ALL
-                {_notify_work("done WHERE status IN ('pending', 'retrying')")}
-            )
-            SELECT count(*) FROM notes
-        """,
-        save_notes=f"""
-            WITH {_ASYNC_COMMIT},
-            done AS MATERIALIZED (
-                SELECT j.ready_at FROM {jobs} AS j, async_commit
-                WHERE j.id = ANY(%(ids)s) AND j.op_token = %(token)s
-            )
-            {_notify_work("done")}
+        # The notifications for a batch of saves or settles, as one JSON array of
+        # [channel, payload] pairs, sent after the batch's commit in a transaction
+        # of their own (in the same round trip). PostgreSQL holds a database-wide
+        # lock from a notifying transaction's commit until it ends: in the batch's
+        # own transaction that lock would be held through its WAL flush and
+        # serialise every worker's writes. This commit does not wait for the disk:
+        # a lost notification costs only latency.
+        notify_many=f"""
+            WITH {_ASYNC_COMMIT}
+            SELECT pg_notify(n->>0, n->>1)
+            FROM json_array_elements(%s::json) AS n, async_commit
         """,
         # The changed channel is heard only once someone in the process waits for
         # a job (most workers never do, and every settle is announced on it).
