@@ -293,7 +293,7 @@ async def _trickle(
         async def started(count: int = i + 1) -> bool:
             return _count_lines(latency_file) >= count
 
-        await _poll(started, sleep, 0.0005, SAMPLE_LIMIT, worker, f"latency job {i}")
+        await _poll(started, sleep, 0.002, SAMPLE_LIMIT, worker, f"latency job {i}")
     return _percentiles(_read_latencies(latency_file))
 
 

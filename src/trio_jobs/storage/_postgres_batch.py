@@ -65,17 +65,15 @@ class Batcher:
 
     Args:
         run: Runs a function on a pooled connection in a worker thread.
-        make_writer: Builds, for a batch and the callback taking its answers,
-            the function that writes the batch (in the thread).
+        make_writer: Builds, for a batch, the function that writes it (in the
+            thread) and returns the answer to each write, in order.
         gather: Whether a batch waits for the rest of its burst.
     """
 
     def __init__(
         self,
-        run: Callable[[Callable[[Connection], None]], Awaitable[None]],
-        make_writer: Callable[
-            [list[Any], Callable[[list[Any]], None]], Callable[[Connection], None]
-        ],
+        run: Callable[[Callable[[Connection], list[Any]]], Awaitable[list[Any]]],
+        make_writer: Callable[[list[Any]], Callable[[Connection], list[Any]]],
         *,
         gather: bool = False,
     ) -> None:
@@ -134,13 +132,8 @@ class Batcher:
         batch, self._queue = self._queue, []
         for entry in batch:
             entry.queued = False
-        token = trio.lowlevel.current_trio_token()
-
-        def answer(answers: list[Any]) -> None:  # in the writing thread
-            token.run_sync_soon(self._answered, flush, batch, answers)
-
         try:
-            await self._run(self._make_writer([entry.item for entry in batch], answer))
+            answers = await self._run(self._make_writer([entry.item for entry in batch]))
         except Exception as exc:
             for entry in batch:
                 if not entry.done:
@@ -152,15 +145,10 @@ class Batcher:
                 entry.queued = True
             self._queue[:0] = back
             raise
-        finally:
-            self._answered(flush, batch, None)
-
-    def _answered(self, flush: object, batch: list[_Entry], answers: list[Any] | None) -> None:
-        """Record a batch's answers (when given) and end its flush, if not ended yet."""
-        if answers is not None:
+        else:
             for entry, answer in zip(batch, answers, strict=True):
                 entry.done, entry.answer = True, answer
-        if flush in self._flushes:
+        finally:
             self._flushes.discard(flush)
             self._wake()
 
@@ -230,10 +218,8 @@ class BatchWriters:
         self._work_channel = work_channel
         self._changed_channel = changed_channel
 
-    def save_writer(
-        self, batch: list[dict[str, Any]], answer: Callable[[list[Any]], None]
-    ) -> Callable[[Connection], None]:
-        """Return the function that inserts ``batch``, then tells ``answer`` what each save met.
+    def save_writer(self, batch: list[dict[str, Any]]) -> Callable[[Connection], list[Any]]:
+        """Return the function that inserts ``batch`` and returns what each save met.
 
         The answer for each save is ``None`` (inserted) or the ``ValueError``
         for a duplicate id. Listening workers are told of the new work.
@@ -245,7 +231,7 @@ class BatchWriters:
         notes = _notes([(self._work_channel, repr(min(r["delay"] for r in batch)))])
         tries = 0
 
-        def write(conn: Connection) -> None:
+        def write(conn: Connection) -> list[Any]:
             nonlocal tries
             tries += 1
             if tries == 1:
@@ -255,8 +241,7 @@ class BatchWriters:
                         self._sql.insert_many, {"batch": records, "token": token}
                     )
                     round_.commit_then(self._sql.notify_many, notes)
-                answer(self._save_answers(conn, batch, {row[0] for row in inserted.fetchall()}))
-                return
+                return self._save_answers(conn, batch, {row[0] for row in inserted.fetchall()})
             rows = conn.execute(self._sql.saved_by_token, (ids, token)).fetchall()
             done = {row[0] for row in rows}
             todo = [record for record in batch if record["id"] not in done]
@@ -266,8 +251,8 @@ class BatchWriters:
                     self._sql.insert_many, {"batch": records, "token": token}
                 ).fetchall()
                 done.update(row[0] for row in rows)
-            answer(self._save_answers(conn, batch, done, retried=True))
             self._notify_quietly(conn, self._sql.notify_many, notes)
+            return self._save_answers(conn, batch, done, retried=True)
 
         return write
 
@@ -315,8 +300,8 @@ class BatchWriters:
             logger.warning("could not send notifications (%s); polling covers them", exc)
 
     def cycle_writer(
-        self, batch: list[SettleRequest | ClaimRequest], answer: Callable[[list[Any]], None]
-    ) -> Callable[[Connection], None]:
+        self, batch: list[SettleRequest | ClaimRequest]
+    ) -> Callable[[Connection], list[Any]]:
         """Return the function that writes a worker's settles and claims in one transaction.
 
         A busy worker's settles and its next claim meet here: the attempts that
@@ -332,7 +317,7 @@ class BatchWriters:
         notes = self._settle_notes([r for _, r in settles])
         tries = 0
 
-        def write(conn: Connection) -> None:
+        def write(conn: Connection) -> list[Any]:
             nonlocal tries
             tries += 1
             if tries == 1 and len(batch) == 1 and claims:
@@ -357,9 +342,9 @@ class BatchWriters:
             for (index, _), rows in zip(claims, taken, strict=True):
                 rows.sort(key=_claim_order)
                 answers[index] = [sql.row_to_job(row) for row in rows]
-            answer(answers)
             if tries > 1 and settles:
                 self._notify_quietly(conn, self._sql.notify_many, notes)
+            return answers
 
         return write
 
