@@ -69,10 +69,13 @@ class PostgresStorage:
     runner's poll remains the backstop. Payloads, results and metadata are stored
     as JSON text, so they come back exactly as they went in.
 
-    Saves and settles that tasks make at the same time are written together, one
-    statement and one commit per batch. Saves and settles are durable when they
-    return; claims and heartbeats commit without waiting for the disk, since
-    losing one in a crash of the *server* only runs a job again, as
+    Saves that tasks make at the same time are written together, one statement
+    and one commit per batch; so are settles, and a worker's next claim rides in
+    the same round trip and transaction as the settles that freed its slots. An
+    idle worker's claim runs in the ``LISTEN`` thread the moment a notification
+    of work arrives (:meth:`wait_and_claim`). Saves and settles are durable when
+    they return; claims and heartbeats alone commit without waiting for the
+    disk, since losing one in a crash of the *server* only runs a job again, as
     at-least-once delivery allows. A connection that dies under a statement is
     replaced and the statement retried; claims and settles carry a token, so a
     retry never applies twice what committed once. Sessions are named
@@ -632,9 +635,9 @@ class PostgresStorage:
         hand-off and a round trip sooner than a claim sent after waking Trio.
 
         Returns:
-            The jobs claimed on a notification (possibly none: another worker was
-            quicker), or ``None`` when woken otherwise (a save in this process, a
-            delay that ended, the timeout): the caller then claims itself.
+            The jobs claimed on a notification, possibly none when another worker
+            was quicker; or ``None`` when woken otherwise (a save in this process,
+            a delay that ended, the timeout), and the caller then claims itself.
 
         """
         limit = _check_limit(limit)
