@@ -654,7 +654,7 @@ class PostgresStorage:
             await self._wakeups.wait_for_work(timeout)
             interrupted = False
         finally:
-            if not listener.unpark(parked):
+            if not listener.unpark(parked) and (interrupted or not parked.done.is_set()):
                 # The thread has the claim: wait for its jobs (a statement's time).
                 with trio.CancelScope(shield=True):
                     await parked.done.wait()

@@ -277,8 +277,11 @@ class Listener:
             claim, self._parked = self._parked, None
         return claim
 
-    def _run_parked(self, conn: Connection, claim: ParkedClaim) -> bool:
-        """Run a parked claim and deliver its jobs (None if it failed); False if Trio ended."""
+    def _run_parked(self, conn: Connection, claim: ParkedClaim, channel: str, payload: str) -> bool:
+        """Run a parked claim; hand Trio its jobs (None if it failed) and the notification.
+
+        Returns False if the Trio run has ended.
+        """
         import psycopg
 
         jobs: list[Job[Any]] | None = None
@@ -291,8 +294,15 @@ class Listener:
                 raise  # the connection: reconnect
         finally:
             # Always delivered, even when the thread dies here: a waiter waits for it.
-            delivered = self._post(claim.deliver, jobs)
+            # One call into Trio for both: the jobs first, then the wake-up.
+            delivered = self._post(self._deliver, claim, jobs, channel, payload)
         return delivered
+
+    def _deliver(
+        self, claim: ParkedClaim, jobs: list[Job[Any]] | None, channel: str, payload: str
+    ) -> None:
+        claim.deliver(jobs)
+        self._on_notify(channel, payload)
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -352,12 +362,10 @@ class Listener:
                                 break
                         if not self._post(self._on_notify, note.channel, note.payload):
                             return
-                    if parked is not None:
-                        # Its jobs first, then the notification that wakes the waiter.
-                        if not self._run_parked(conn, parked):
-                            return
-                        if not self._post(self._on_notify, note.channel, note.payload):
-                            return
+                    if parked is not None and not self._run_parked(
+                        conn, parked, note.channel, note.payload
+                    ):
+                        return
                     # Also ends the thread when the Trio run ended without close().
                     if not self._post(_nothing):
                         return
