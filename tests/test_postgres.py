@@ -328,6 +328,46 @@ async def test_concurrent_settles_each_get_their_own_answer(make_store: MakeStor
             assert stored.last_error.message == "again"
 
 
+async def test_settles_ending_together_and_the_next_claim_share_one_round_trip(
+    make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker's attempts that end in the same turn free their slots together; their
+    # settles and the claim that refills the slots go in one transaction.
+    store = await make_store()
+    await save_jobs(store, 15)
+    running = await store.claim("w", 10)
+    trips = 0
+    run = store._cycle._run
+
+    async def counted(fn: Any) -> Any:
+        nonlocal trips
+        trips += 1
+        return await run(fn)
+
+    monkeypatch.setattr(store._cycle, "_run", counted)
+    settled: list[bool] = []
+    claimed: list[Job[Any]] = []
+
+    async def settle(job: Job[Any]) -> None:
+        settled.append(
+            await store.settle(job.id, worker_id="w", attempt=1, status=JobStatus.COMPLETED)
+        )
+
+    async def claim() -> None:
+        claimed.extend(await store.claim("w", 10))
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for job in running:
+                nursery.start_soon(settle, job)
+            nursery.start_soon(claim)
+    assert trips == 1
+    assert settled == [True] * 10
+    assert sorted(job.id for job in claimed) == sorted(f"t-{i}" for i in range(10, 15))
+    stats = await store.get_stats()
+    assert (stats.completed, stats.running, stats.pending) == (10, 5, 0)
+
+
 async def test_concurrent_saves_each_get_their_own_answer(make_store: MakeStore) -> None:
     # Saves made together are inserted in one statement; a duplicate id must
     # still fail for its caller alone, and every field must survive the trip.

@@ -476,7 +476,6 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
                 AND completed_at < now() - %s * interval '1 second'
         """,
         notify="SELECT pg_notify(%s, %s)",
-        # [[channel, payload], ...] as one JSON parameter: cheaper to send than arrays.
         # The notifications for a batch of saves or settles, as one JSON array of
         # [channel, payload] pairs, sent after the batch's commit in a transaction
         # of their own (in the same round trip). PostgreSQL holds a database-wide
