@@ -30,8 +30,6 @@ Handler = Callable[[Job[Any], JobContext[Any]], Awaitable[Any]]
 
 #: How many original exceptions of failed jobs are kept for ``JobFailedError.__cause__``.
 _LOCAL_ERRORS_KEPT = 10_000
-#: Turns of Trio's scheduler the claim loop waits after starting jobs (see run()).
-_SETTLE_TURNS = 2
 
 
 def error_info(error: BaseException, attempt: int, *, retryable: bool) -> ErrorInfo:
@@ -202,13 +200,6 @@ class Scheduler:
                 if jobs:
                     for job in jobs:
                         self._start(job)
-                    if claim_nowait is None:
-                        # Let the new attempts run a turn first: those that end at
-                        # once free their slots now, and the next claim asks for
-                        # them too (and travels with their settles, on stores that
-                        # batch the two).
-                        for _ in range(_SETTLE_TURNS):
-                            await trio.lowlevel.checkpoint()
                 elif wait_and_claim is None:
                     await storage.wait_for_work(idle_wait)
 
