@@ -622,6 +622,35 @@ async def test_wait_and_claim_leaves_other_types_and_delayed_jobs_to_the_caller(
     assert other.status is JobStatus.PENDING
 
 
+async def test_wait_and_claim_finds_its_jobs_when_the_claims_answer_is_lost(
+    make_store: MakeStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The LISTEN connection dies after the claim committed, before its answer came:
+    # the jobs are the worker's, and it must learn which they are.
+    worker, producer = await make_store(), await make_store()
+    claim_now = worker._writers.claim_now
+
+    def claim_then_lose_the_answer(request: Any, conn: Any) -> list[Job[Any]]:
+        claim_now(request, conn)
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(worker._writers, "claim_now", claim_then_lose_the_answer)
+    claimed: list[Any] = []
+
+    async def wait() -> None:
+        claimed.append(await worker.wait_and_claim("w", 5, ["t"], WAKE_TIMEOUT))
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait)
+            await trio.testing.wait_all_tasks_blocked()
+            await producer.save(Job(id="j", type="t"))
+    [jobs] = claimed
+    assert [(job.id, job.status, job.attempts) for job in jobs] == [("j", JobStatus.RUNNING, 1)]
+    assert await worker.settle("j", worker_id="w", attempt=1, status=JobStatus.COMPLETED)
+    assert any("claiming on a work notification failed" in r.getMessage() for r in caplog.records)
+
+
 async def test_wait_and_claim_cancelled_mid_claim_gives_the_jobs_back_uncounted(
     make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

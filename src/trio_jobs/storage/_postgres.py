@@ -660,7 +660,13 @@ class PostgresStorage:
                     await parked.done.wait()
                     if interrupted:
                         await self._give_back(worker_id, parked.jobs or [])
-        return parked.jobs if parked.done.is_set() else None
+        if not parked.done.is_set():
+            return None
+        if parked.jobs is None:
+            # The claim failed. If its connection died after the commit, the jobs
+            # are ours already: find them by the claim's token.
+            return await self._run(partial(self._writers.claimed_by, request))
+        return parked.jobs
 
     async def _give_back(self, worker_id: str, jobs: list[Job[Any]]) -> None:
         """Return claimed jobs nobody will run to PENDING, their attempt uncounted."""

@@ -340,8 +340,7 @@ class BatchWriters:
             for position, (index, _) in enumerate(settles):
                 answers[index] = position in applied
             for (index, _), rows in zip(claims, taken, strict=True):
-                rows.sort(key=_claim_order)
-                answers[index] = [sql.row_to_job(row) for row in rows]
+                answers[index] = _jobs(rows)
             if tries > 1 and settles:
                 self._notify_quietly(conn, self._sql.notify_many, notes)
             return answers
@@ -350,9 +349,11 @@ class BatchWriters:
 
     def claim_now(self, request: ClaimRequest, conn: Connection) -> list[Job[Any]]:
         """Run one claim by itself on ``conn`` (in a thread); the jobs it took, in order."""
-        rows = self._send_claim(conn, request, durable=False).fetchall()
-        rows.sort(key=_claim_order)
-        return [sql.row_to_job(row) for row in rows]
+        return _jobs(self._send_claim(conn, request, durable=False).fetchall())
+
+    def claimed_by(self, request: ClaimRequest, conn: Connection) -> list[Job[Any]]:
+        """The jobs ``request`` claimed, if it committed (after its answer was lost)."""
+        return _jobs(conn.execute(self._sql.claimed_by_token, request.params()).fetchall())
 
     def _settle_notes(self, settles: list[SettleRequest]) -> tuple[str]:
         """The notifications a batch of settles owes: its jobs changed; some wait again.
@@ -471,6 +472,12 @@ def _notes(pairs: list[tuple[str, str]]) -> tuple[str]:
 def _applied(rows: list[tuple[Any, ...]]) -> set[int]:
     """The positions of the applied settles in their batch (the statement's ``idx``)."""
     return {int(idx) - 1 for idx, _status in rows}
+
+
+def _jobs(rows: list[tuple[Any, ...]]) -> list[Job[Any]]:
+    """The jobs of a claim's rows, in claim order."""
+    rows.sort(key=_claim_order)
+    return [sql.row_to_job(row) for row in rows]
 
 
 def _claim_order(row: tuple[Any, ...]) -> tuple[Any, ...]:
