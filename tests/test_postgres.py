@@ -574,11 +574,11 @@ async def test_a_delay_announced_by_another_store_wakes_wait_for_work_when_due(
 # -- claiming in the LISTEN thread --------------------------------------------------------
 
 
-async def test_wait_and_claim_claims_a_job_saved_elsewhere_as_it_is_announced(
-    make_store: MakeStore,
-) -> None:
-    worker, producer = await make_store(), await make_store()
-    claimed: list[Any] = []
+async def wait_and_claim_while_saving(
+    worker: PostgresStorage, producer: PostgresStorage, job: Job[Any]
+) -> list[Job[Any]] | None:
+    """What ``worker.wait_and_claim`` returns when ``producer`` saves ``job`` meanwhile."""
+    claimed: list[list[Job[Any]] | None] = []
 
     async def wait() -> None:
         claimed.append(await worker.wait_and_claim("w", 5, ["t"], WAKE_TIMEOUT))
@@ -587,8 +587,17 @@ async def test_wait_and_claim_claims_a_job_saved_elsewhere_as_it_is_announced(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(wait)
             await trio.testing.wait_all_tasks_blocked()
-            await producer.save(Job(id="j", type="t"))
-    [jobs] = claimed
+            await producer.save(job)
+    [answer] = claimed
+    return answer
+
+
+async def test_wait_and_claim_claims_a_job_saved_elsewhere_as_it_is_announced(
+    make_store: MakeStore,
+) -> None:
+    worker, producer = await make_store(), await make_store()
+    jobs = await wait_and_claim_while_saving(worker, producer, Job(id="j", type="t"))
+    assert jobs is not None
     assert [(job.id, job.status, job.attempts) for job in jobs] == [("j", JobStatus.RUNNING, 1)]
     # The claim is the worker's: its lease renews, and its settle applies.
     assert (await worker.heartbeat("w", ["j"])).lost == frozenset()
@@ -599,18 +608,9 @@ async def test_wait_and_claim_leaves_other_types_and_delayed_jobs_to_the_caller(
     make_store: MakeStore,
 ) -> None:
     worker, producer = await make_store(), await make_store()
+    # Announced work of a type it does not handle: nothing claimed.
+    assert await wait_and_claim_while_saving(worker, producer, Job(id="other", type="other")) == []
     with trio.fail_after(DEADLINE):
-        # Announced work of a type it does not handle: nothing claimed.
-        async with trio.open_nursery() as nursery:
-            answers: list[Any] = []
-
-            async def wait() -> None:
-                answers.append(await worker.wait_and_claim("w", 5, ["t"], WAKE_TIMEOUT))
-
-            nursery.start_soon(wait)
-            await trio.testing.wait_all_tasks_blocked()
-            await producer.save(Job(id="other", type="other"))
-        assert answers == [[]]
         # Announced for later: the waiter wakes when it is due, and claims itself.
         await producer.save(Job(id="later", type="t"), delay=0.3)
         assert await worker.wait_and_claim("w", 5, ["t"], WAKE_TIMEOUT) is None
@@ -628,24 +628,15 @@ async def test_wait_and_claim_finds_its_jobs_when_the_claims_answer_is_lost(
     # The LISTEN connection dies after the claim committed, before its answer came:
     # the jobs are the worker's, and it must learn which they are.
     worker, producer = await make_store(), await make_store()
-    claim_now = worker._writers.claim_now
+    claim_now: Callable[..., list[Job[Any]]] = worker._writers.claim_now
 
     def claim_then_lose_the_answer(request: Any, conn: Any) -> list[Job[Any]]:
         claim_now(request, conn)
         raise psycopg.OperationalError("server closed the connection unexpectedly")
 
     monkeypatch.setattr(worker._writers, "claim_now", claim_then_lose_the_answer)
-    claimed: list[Any] = []
-
-    async def wait() -> None:
-        claimed.append(await worker.wait_and_claim("w", 5, ["t"], WAKE_TIMEOUT))
-
-    with trio.fail_after(DEADLINE):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(wait)
-            await trio.testing.wait_all_tasks_blocked()
-            await producer.save(Job(id="j", type="t"))
-    [jobs] = claimed
+    jobs = await wait_and_claim_while_saving(worker, producer, Job(id="j", type="t"))
+    assert jobs is not None
     assert [(job.id, job.status, job.attempts) for job in jobs] == [("j", JobStatus.RUNNING, 1)]
     assert await worker.settle("j", worker_id="w", attempt=1, status=JobStatus.COMPLETED)
     assert any("claiming on a work notification failed" in r.getMessage() for r in caplog.records)
@@ -656,7 +647,7 @@ async def test_wait_and_claim_cancelled_mid_claim_gives_the_jobs_back_uncounted(
 ) -> None:
     worker, producer = await make_store(), await make_store()
     entered, release = threading.Event(), threading.Event()
-    claim_now = worker._writers.claim_now
+    claim_now: Callable[..., list[Job[Any]]] = worker._writers.claim_now
 
     def slow_claim(request: Any, conn: Any) -> list[Job[Any]]:
         entered.set()
