@@ -9,8 +9,9 @@ tasks, so a worker starts a submitted job without waiting for its poll.
 This module holds the store's methods; the rest lives next to it:
 :mod:`._postgres_sql` (migrations, every statement, rows <-> jobs),
 :mod:`._postgres_connect` (connections, the pool's retry, running migrations),
-:mod:`._postgres_listen` (the LISTEN thread and the wake-ups it triggers) and
-:mod:`._postgres_batch` (the group commit of saves and settles).
+:mod:`._postgres_listen` (the LISTEN thread and the wake-ups it triggers),
+:mod:`._postgres_batch` (the group commit of saves, settles and claims) and
+:mod:`._postgres_records` (reads, overwrites and administration, a base class).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
 import trio
 
-from .._records import ErrorInfo, Job, JobStats, JobStatus
+from .._records import ErrorInfo, Job, JobStatus
 from . import _postgres_sql as sql
 from ._base import CancelOutcome, Heartbeat
 from ._codec import decode_json, encode_error, encode_json
@@ -38,6 +39,13 @@ from ._postgres_connect import (
     with_connection,
 )
 from ._postgres_listen import Listener, ParkedClaim, Wakeups
+from ._postgres_records import (
+    RecordQueries,
+    check_limit,
+    check_seconds,
+    finite_or_none,
+    type_list,
+)
 
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
@@ -52,12 +60,11 @@ _SCHEMA_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Channel names are identifiers too (at most 63 bytes): "<schema>.changed".
 _MAX_SCHEMA_LENGTH: Final = 55
 _POOL_TIMEOUT: Final = 15.0
-_FINAL_STATUSES: Final = frozenset(s for s in JobStatus if s.is_final)
 _SETTLE_STATUSES: Final = frozenset(JobStatus) - {JobStatus.RUNNING}
 
 
 @final
-class PostgresStorage:
+class PostgresStorage(RecordQueries):
     """A durable job store on PostgreSQL, shared safely by many workers.
 
     Jobs live in the table ``<schema>.jobs``, created (and later migrated) on
@@ -291,122 +298,13 @@ class PostgresStorage:
             ValueError: a job with this id exists already, or ``delay`` is negative.
 
         """
-        delay = _check_seconds(delay, "delay")
+        delay = check_seconds(delay, "delay")
         record = sql.job_record(job)
         record["delay"] = delay
         failure = await self._saves.submit(record)
         if failure is not None:
             raise failure
         self._wakeups.schedule_work(delay)
-
-    async def update(self, job: Job[Any]) -> None:
-        """Overwrite a job's record unconditionally, or insert it (administrative; not fenced).
-
-        A job written with a non-running status loses any lease and cancellation
-        request it had. Its ``run_at``, when set, also becomes the time from which
-        it can be claimed.
-
-        Raises:
-            TypeError: a field is not JSON-encodable; nothing changed.
-
-        """
-        params = sql.job_record(job)
-
-        def update(conn: Connection) -> None:
-            with conn.transaction():
-                if conn.execute(self._sql.update, params).fetchone() is None:
-                    conn.execute(self._sql.insert_as_is, params)
-                conn.execute(
-                    self._sql.notify, (self._changed_channel, sql.id_payloads([job.id])[0])
-                )
-                if job.status in (JobStatus.PENDING, JobStatus.RETRYING):
-                    conn.execute(self._sql.notify, (self._work_channel, "0"))
-
-        await self._run(update)
-        self._wakeups.wake_change(job.id)
-        if job.status in (JobStatus.PENDING, JobStatus.RETRYING):
-            self._wakeups.wake_work()
-
-    async def get(self, job_id: str) -> Job[Any] | None:
-        """Return the job's current snapshot, or ``None`` for an unknown id."""
-
-        def get(conn: Connection) -> Job[Any] | None:
-            row = conn.execute(self._sql.get, (job_id,)).fetchone()
-            return None if row is None else sql.row_to_job(row)
-
-        return await self._run(get)
-
-    async def get_next_pending(self, limit: int) -> list[Job[Any]]:
-        """Return (without claiming) up to ``limit`` ready jobs in claim order."""
-        limit = _check_limit(limit)
-        return await self._run(partial(self._fetch_jobs, self._sql.get_next_pending, (limit,)))
-
-    async def get_by_status(self, status: JobStatus, limit: int | None = None) -> list[Job[Any]]:
-        """Return jobs with ``status``, oldest first (at most ``limit``; ``None``: all)."""
-        status = JobStatus(status)
-        limit = None if limit is None else _check_limit(limit)
-        return await self._run(
-            partial(self._fetch_jobs, self._sql.get_by_status, (status.value, limit))
-        )
-
-    def _fetch_jobs(self, statement: str, params: Any, conn: Connection) -> list[Job[Any]]:
-        return [sql.row_to_job(row) for row in conn.execute(statement, params).fetchall()]
-
-    async def mark_running(self, job_id: str) -> bool:
-        """Move one job from PENDING to RUNNING (counting an attempt); True only for the mover.
-
-        The seed's claim, kept for compatibility: it takes no lease, so a crash
-        of the caller leaves the job RUNNING forever. Workers use :meth:`claim`.
-        """
-
-        def mark(conn: Connection) -> bool:
-            return conn.execute(self._sql.mark_running, (job_id,)).fetchone() is not None
-
-        moved = await self._run(mark)
-        if moved:
-            self._wakeups.wake_change(job_id)
-        return moved
-
-    async def delete(self, job_id: str) -> bool:
-        """Remove a job; True when it existed. Its worker learns at its next heartbeat."""
-
-        def delete(conn: Connection) -> bool:
-            with conn.transaction():
-                if conn.execute(self._sql.delete, (job_id,)).fetchone() is None:
-                    return False
-                conn.execute(
-                    self._sql.notify, (self._changed_channel, sql.id_payloads([job_id])[0])
-                )
-                return True
-
-        deleted = await self._run(delete)
-        if deleted:
-            self._wakeups.wake_change(job_id)
-        return deleted
-
-    async def get_stats(self, job_types: Collection[str] | None = None) -> JobStats:
-        """Count jobs by status (only of ``job_types`` when given)."""
-        types = _types(job_types)
-        if types == []:
-            await trio.lowlevel.checkpoint()
-            return JobStats()
-
-        def stats(conn: Connection) -> list[tuple[Any, ...]]:
-            if types is None:
-                return conn.execute(self._sql.stats).fetchall()
-            return conn.execute(self._sql.stats_types, (types,)).fetchall()
-
-        counts: dict[str, int] = {}
-        average: float | None = None
-        for status, count, avg in await self._run(stats):
-            counts[status] = int(count)
-            if status == JobStatus.COMPLETED.value and avg is not None:
-                average = float(avg)
-        return JobStats(
-            **{s.value: counts.get(s.value, 0) for s in JobStatus},
-            total_processed=sum(counts.get(s.value, 0) for s in _FINAL_STATUSES),
-            average_execution_time=average,
-        )
 
     # -- claims, leases, fenced writes --------------------------------------------
 
@@ -420,8 +318,8 @@ class PostgresStorage:
         claim ever takes more than ``limit`` rows. Returns the claimed snapshots
         in claim order (priority, then ``run_at``, then insertion order).
         """
-        limit = _check_limit(limit)
-        types = _types(job_types)
+        limit = check_limit(limit)
+        types = type_list(job_types)
         if limit == 0 or types == []:
             await trio.lowlevel.checkpoint()
             return []
@@ -460,7 +358,7 @@ class PostgresStorage:
         status = JobStatus(status)
         if status not in _SETTLE_STATUSES:
             raise ValueError(f"status must not be {status.value!r} when settling an attempt")
-        delay = _check_seconds(delay, "delay")
+        delay = check_seconds(delay, "delay")
         request = SettleRequest(
             job_id=job_id,
             worker_id=worker_id,
@@ -469,7 +367,7 @@ class PostgresStorage:
             result=None if result is None else encode_json(result, "result"),
             error=encode_error(error),
             delay=delay,
-            execution_time=_finite_or_none(execution_time),
+            execution_time=finite_or_none(execution_time),
         )
         applied = await self._cycle.submit(request)
         if applied:
@@ -640,8 +538,8 @@ class PostgresStorage:
             a delay that ended, the timeout), and the caller then claims itself.
 
         """
-        limit = _check_limit(limit)
-        types = _types(job_types)
+        limit = check_limit(limit)
+        types = type_list(job_types)
         listener = self._listener
         if listener is None or limit == 0 or types == []:
             await self.wait_for_work(timeout)
@@ -690,100 +588,3 @@ class PostgresStorage:
     async def wait_for_change(self, job_id: str, timeout: float) -> None:
         """Return when ``job_id`` may have changed (here or elsewhere), or after ``timeout``."""
         await self._wakeups.wait_for_change(job_id, timeout)
-
-    # -- administration -----------------------------------------------------------
-
-    async def list_jobs(
-        self,
-        *,
-        status: JobStatus | None = None,
-        job_type: str | None = None,
-        limit: int | None = None,
-    ) -> list[Job[Any]]:
-        """Return jobs, newest first, filtered by status and type."""
-        params = {
-            "status": None if status is None else JobStatus(status).value,
-            "type": job_type,
-            "limit": None if limit is None else _check_limit(limit),
-        }
-        return await self._run(partial(self._fetch_jobs, self._sql.list_jobs, params))
-
-    async def count_unfinished(self, job_types: Collection[str] | None = None) -> int:
-        """Count jobs that are PENDING, RETRYING or RUNNING (only of ``job_types`` when given)."""
-        types = _types(job_types)
-        if types == []:
-            await trio.lowlevel.checkpoint()
-            return 0
-
-        def count(conn: Connection) -> int:
-            if types is None:
-                row = conn.execute(self._sql.count_unfinished).fetchone()
-            else:
-                row = conn.execute(self._sql.count_unfinished_types, (types,)).fetchone()
-            return 0 if row is None else int(row[0])
-
-        return await self._run(count)
-
-    async def requeue(self, job_id: str) -> bool:
-        """Give a FAILED, TIMEOUT or CANCELLED job a fresh start (PENDING, attempts 0).
-
-        The result, progress and timestamps of its last run are cleared; its
-        ``last_error`` and ``execution_time`` are kept, to say how it last went.
-        It queues behind the jobs already waiting at its priority.
-        """
-
-        def requeue(conn: Connection) -> bool:
-            with conn.transaction():
-                if conn.execute(self._sql.requeue, (job_id,)).fetchone() is None:
-                    return False
-                conn.execute(
-                    self._sql.notify, (self._changed_channel, sql.id_payloads([job_id])[0])
-                )
-                conn.execute(self._sql.notify, (self._work_channel, "0"))
-                return True
-
-        requeued = await self._run(requeue)
-        if requeued:
-            self._wakeups.wake_change(job_id)
-            self._wakeups.wake_work()
-        return requeued
-
-    async def purge(self, older_than: float) -> int:
-        """Delete final jobs completed more than ``older_than`` seconds ago; return how many."""
-        older_than = _check_seconds(older_than, "older_than", allow_inf=True)
-        if math.isinf(older_than):
-            await trio.lowlevel.checkpoint()
-            return 0
-
-        def purge(conn: Connection) -> int:
-            return conn.execute(self._sql.purge, (older_than,)).rowcount
-
-        return await self._run(purge)
-
-
-def _types(job_types: Collection[str] | None) -> list[str] | None:
-    if job_types is None:
-        return None
-    if isinstance(job_types, str):
-        raise TypeError("job_types must be a collection of type names, not a str")
-    return list(job_types)
-
-
-def _finite_or_none(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else float(value)
-
-
-def _check_limit(limit: int) -> int:
-    if isinstance(limit, bool) or not isinstance(limit, int):
-        raise TypeError(f"limit must be an int, got {limit!r}")
-    if limit < 0:
-        raise ValueError(f"limit must be >= 0, got {limit!r}")
-    return limit
-
-
-def _check_seconds(value: float, name: str, *, allow_inf: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
-    if not value >= 0 or (math.isinf(value) and not allow_inf):
-        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
-    return float(value)
