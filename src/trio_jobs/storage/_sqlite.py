@@ -21,7 +21,8 @@ Times in the database are wall-clock unix seconds (``REAL``); ``run_at`` is alwa
 set (a job saved without delay is eligible from its save time), so the claim order
 "priority, then ``run_at``, then insertion order" is one index scan.
 
-This module holds the store's methods; :mod:`._sqlite_schema` holds the migrations,
+This module holds the store's worker-side methods; :mod:`._sqlite_records` the reads,
+overwrites and administration (a base class), :mod:`._sqlite_schema` the migrations,
 column lists and rows <-> jobs, and :mod:`._sqlite_commit` the group commit.
 """
 
@@ -39,17 +40,16 @@ from typing import Any, Final, Self, TypeVar
 
 import trio
 
-from .._records import ErrorInfo, Job, JobStats, JobStatus
+from .._records import ErrorInfo, Job, JobStatus
 from ._base import CancelOutcome, Heartbeat
 from ._codec import decode_json, encode_error, encode_json
 from ._sqlite_commit import GroupCommit, Op
+from ._sqlite_records import RecordQueries, type_filter
 from ._sqlite_schema import (
     CLAIM_ORDER,
-    COLUMN_NAMES,
     COLUMNS,
     INSERT,
     READY,
-    SELECT,
     encode_record,
     job_from_row,
     migrate,
@@ -69,7 +69,6 @@ CHANGE_POLL: Final = 0.02
 #: :data:`CHANGE_POLL`.
 CHANGE_POLL_FIRST: Final = 0.002
 
-_FINAL_STATUSES: Final = "('completed', 'failed', 'cancelled', 'timeout')"
 _FENCE: Final = "id = ? AND status = 'running' AND attempts = ? AND worker_id = ?"
 
 # Primary SQLite result codes (``exc.sqlite_errorcode & 0xFF``).
@@ -78,7 +77,7 @@ _SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN = 10, 11, 13, 14
 _SQLITE_NOTADB = 26
 
 
-class SQLiteStorage:
+class SQLiteStorage(RecordQueries):
     """A durable job store in one SQLite file: jobs survive restarts and crashes.
 
     Several processes on one machine may share the file: each claims jobs
@@ -215,114 +214,6 @@ class SQLiteStorage:
         self._changed(job.id)
         self._work_at(run_at if delay > 0 else None)
 
-    async def update(self, job: Job[Any]) -> None:
-        """Overwrite a job's record unconditionally, or insert it (administrative).
-
-        Not fenced: a worker's claim on the job stays in place while the new record
-        says RUNNING and is dropped otherwise. A record without ``run_at`` keeps the
-        stored one.
-
-        Raises:
-            TypeError: The payload, metadata or result is not JSON-encodable.
-        """
-        values = encode_record(job)
-        keep_claim = job.status is JobStatus.RUNNING
-        assignments = ", ".join(
-            "run_at = COALESCE(?, run_at)" if name == "run_at" else f"{name} = ?"
-            for name in COLUMN_NAMES[1:]
-        )
-
-        def op(conn: sqlite3.Connection, now: float) -> None:
-            cur = conn.execute(
-                f"UPDATE jobs SET {assignments},"
-                " worker_id = CASE WHEN ? THEN worker_id END,"
-                " lease_expires_at = CASE WHEN ? THEN lease_expires_at END,"
-                " cancel_requested = CASE WHEN ? THEN cancel_requested ELSE 0 END"
-                " WHERE id = ?",
-                (*values[1:], keep_claim, keep_claim, keep_claim, job.id),
-            )
-            if cur.rowcount == 0:
-                run_at = now if values[10] is None else values[10]
-                conn.execute(INSERT, (*values[:10], run_at, *values[11:]))
-
-        await self._write(op)
-        self._changed(job.id)
-        self._work_at(None)
-
-    async def get(self, job_id: str) -> Job[Any] | None:
-        """Return the job's current snapshot, or ``None`` for an unknown id."""
-        rows = await self._read(f"{SELECT} WHERE id = ?", (job_id,))
-        return job_from_row(rows[0]) if rows else None
-
-    async def get_next_pending(self, limit: int) -> list[Job[Any]]:
-        """Return (without claiming) up to ``limit`` ready jobs in claim order."""
-        if limit <= 0:
-            await trio.lowlevel.checkpoint()
-            return []
-        rows = await self._read(
-            f"{SELECT} INDEXED BY jobs_ready WHERE {READY} AND run_at <= ? {CLAIM_ORDER} LIMIT ?",
-            (time.time(), limit),
-        )
-        return [job_from_row(row) for row in rows]
-
-    async def get_by_status(self, status: JobStatus, limit: int | None = None) -> list[Job[Any]]:
-        """Return jobs with ``status``, oldest first."""
-        rows = await self._read(
-            f"{SELECT} WHERE status = ? ORDER BY seq LIMIT ?",
-            (JobStatus(status).value, _sql_limit(limit)),
-        )
-        return [job_from_row(row) for row in rows]
-
-    async def mark_running(self, job_id: str) -> bool:
-        """Move one job from PENDING to RUNNING; True only for the caller that did it.
-
-        The seed's claim, kept for compatibility: it counts an attempt and sets
-        ``started_at`` but takes no lease, so a crash of the caller leaves the job
-        RUNNING for good. Workers use :meth:`claim`.
-        """
-
-        def op(conn: sqlite3.Connection, now: float) -> bool:
-            cur = conn.execute(
-                "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?,"
-                " worker_id = NULL, lease_expires_at = NULL"
-                " WHERE id = ? AND status = 'pending'",
-                (now, job_id),
-            )
-            return cur.rowcount == 1
-
-        done = await self._write(op)
-        if done:
-            self._changed(job_id)
-        return done
-
-    async def delete(self, job_id: str) -> bool:
-        """Remove a job; True when it existed."""
-
-        def op(conn: sqlite3.Connection, now: float) -> bool:
-            return conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount == 1
-
-        done = await self._write(op)
-        if done:
-            self._changed(job_id)
-        return done
-
-    async def get_stats(self, job_types: Collection[str] | None = None) -> JobStats:
-        """Count jobs by status (of ``job_types`` only, when given)."""
-        where, params = _type_filter(job_types)
-        rows = await self._read(
-            "SELECT status, COUNT(*), AVG(execution_time) FROM jobs"
-            f" WHERE 1{where} GROUP BY status",
-            params,
-        )
-        counts = {status: count for status, count, _ in rows}
-        average = next((avg for status, _, avg in rows if status == "completed"), None)
-        final = ("completed", "failed", "cancelled", "timeout")
-        return JobStats(
-            **{s.value: counts.get(s.value, 0) for s in JobStatus},
-            total_processed=sum(counts.get(s, 0) for s in final),
-            average_execution_time=average,
-        )
-
     # -- claims, leases, fenced writes ------------------------------------------------
 
     async def claim(
@@ -337,7 +228,7 @@ class SQLiteStorage:
         Returns:
             The claimed jobs' snapshots, in claim order.
         """
-        where, types = _type_filter(job_types)
+        where, types = type_filter(job_types)
         if limit <= 0 or (job_types is not None and not types):
             await trio.lowlevel.checkpoint()
             return []
@@ -674,87 +565,6 @@ class SQLiteStorage:
             if self._changes.get(job_id) is event and event.statistics().tasks_waiting == 0:
                 del self._changes[job_id]
 
-    # -- administration ---------------------------------------------------------------
-
-    async def list_jobs(
-        self,
-        *,
-        status: JobStatus | None = None,
-        job_type: str | None = None,
-        limit: int | None = None,
-    ) -> list[Job[Any]]:
-        """Return jobs, newest first, filtered by status and type."""
-        where = ""
-        params: list[Any] = []
-        if status is not None:
-            where += " AND status = ?"
-            params.append(JobStatus(status).value)
-        if job_type is not None:
-            where += " AND type = ?"
-            params.append(job_type)
-        rows = await self._read(
-            f"{SELECT} WHERE 1{where} ORDER BY seq DESC LIMIT ?", (*params, _sql_limit(limit))
-        )
-        return [job_from_row(row) for row in rows]
-
-    async def count_unfinished(self, job_types: Collection[str] | None = None) -> int:
-        """Count jobs that are PENDING, RETRYING or RUNNING."""
-        where, params = _type_filter(job_types)
-        rows = await self._read(
-            f"SELECT COUNT(*) FROM jobs WHERE status IN ('pending', 'retrying', 'running'){where}",
-            params,
-        )
-        return int(rows[0][0])
-
-    async def requeue(self, job_id: str) -> bool:
-        """Give a FAILED, TIMEOUT or CANCELLED job a fresh start: PENDING, attempts 0.
-
-        Its result, progress and times of the last run are cleared; ``last_error``
-        is kept for the record.
-
-        Returns:
-            True when requeued; False for an unknown job or one not in those statuses.
-        """
-
-        def op(conn: sqlite3.Connection, now: float) -> bool:
-            return (
-                conn.execute(
-                    "UPDATE jobs SET status = 'pending', attempts = 0, run_at = ?,"
-                    " started_at = NULL, completed_at = NULL, result = NULL,"
-                    " execution_time = NULL, progress = NULL, progress_message = NULL,"
-                    " worker_id = NULL, lease_expires_at = NULL, cancel_requested = 0"
-                    " WHERE id = ? AND status IN ('failed', 'timeout', 'cancelled')",
-                    (now, job_id),
-                ).rowcount
-                == 1
-            )
-
-        done = await self._write(op)
-        if done:
-            self._changed(job_id)
-            self._work_at(None)
-        return done
-
-    async def purge(self, older_than: float) -> int:
-        """Delete final jobs completed more than ``older_than`` seconds ago.
-
-        Returns:
-            How many jobs were deleted.
-
-        Raises:
-            ValueError: ``older_than`` is negative.
-        """
-        if not older_than >= 0:
-            raise ValueError(f"older_than must be >= 0, got {older_than!r}")
-
-        def op(conn: sqlite3.Connection, now: float) -> int:
-            return conn.execute(
-                f"DELETE FROM jobs WHERE status IN {_FINAL_STATUSES} AND completed_at < ?",
-                (now - older_than,),
-            ).rowcount
-
-        return await self._write(op)
-
     # -- threads, transactions, group commit --------------------------------------------
 
     def _require(self) -> sqlite3.Connection:
@@ -848,17 +658,6 @@ class SQLiteStorage:
             heapq.heappop(self._due)
             fired = True
         return fired
-
-
-def _type_filter(job_types: Collection[str] | None) -> tuple[str, tuple[str, ...]]:
-    if job_types is None:
-        return "", ()
-    types = (job_types,) if isinstance(job_types, str) else tuple(dict.fromkeys(job_types))
-    return f" AND type IN ({', '.join('?' * len(types))})", types
-
-
-def _sql_limit(limit: int | None) -> int:
-    return -1 if limit is None else max(0, limit)
 
 
 def _check_delay(delay: float) -> None:
