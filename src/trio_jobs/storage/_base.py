@@ -24,7 +24,7 @@ the same way.
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
@@ -286,3 +286,18 @@ class InProcessStorage(JobStorage, Protocol):
     def wake(self) -> None:
         """Wake tasks in :meth:`wait_for_work` (e.g. a runner gained a handler)."""
         ...
+
+
+def stats_from_rows(rows: Iterable[Sequence[Any]]) -> JobStats:
+    """Build :class:`JobStats` from ``(status, count, average execution time)`` rows."""
+    counts: dict[str, int] = {}
+    average: float | None = None
+    for status, count, avg in rows:
+        counts[status] = int(count)
+        if status == JobStatus.COMPLETED.value and avg is not None:
+            average = float(avg)
+    return JobStats(
+        **{s.value: counts.get(s.value, 0) for s in JobStatus},
+        total_processed=sum(counts.get(s.value, 0) for s in JobStatus if s.is_final),
+        average_execution_time=average,
+    )

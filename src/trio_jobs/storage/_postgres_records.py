@@ -12,20 +12,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
 from .._records import Job, JobStats, JobStatus
 from . import _postgres_sql as sql
+from ._base import stats_from_rows
 
 if TYPE_CHECKING:
     from ._postgres_connect import Connection
     from ._postgres_listen import Wakeups
 
 T = TypeVar("T")
-
-_FINAL_STATUSES: Final = frozenset(s for s in JobStatus if s.is_final)
 
 
 class RecordQueries:
@@ -137,17 +136,7 @@ class RecordQueries:
                 return conn.execute(self._sql.stats).fetchall()
             return conn.execute(self._sql.stats_types, (types,)).fetchall()
 
-        counts: dict[str, int] = {}
-        average: float | None = None
-        for status, count, avg in await self._run(stats):
-            counts[status] = int(count)
-            if status == JobStatus.COMPLETED.value and avg is not None:
-                average = float(avg)
-        return JobStats(
-            **{s.value: counts.get(s.value, 0) for s in JobStatus},
-            total_processed=sum(counts.get(s.value, 0) for s in _FINAL_STATUSES),
-            average_execution_time=average,
-        )
+        return stats_from_rows(await self._run(stats))
 
     # -- administration -----------------------------------------------------------
 

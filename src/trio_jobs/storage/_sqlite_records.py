@@ -17,6 +17,7 @@ from typing import Any, Final, TypeVar
 import trio
 
 from .._records import Job, JobStats, JobStatus
+from ._base import stats_from_rows
 from ._sqlite_commit import Op
 from ._sqlite_schema import (
     CLAIM_ORDER,
@@ -151,14 +152,7 @@ class RecordQueries:
             f" WHERE 1{where} GROUP BY status",
             params,
         )
-        counts = {status: count for status, count, _ in rows}
-        average = next((avg for status, _, avg in rows if status == "completed"), None)
-        final = ("completed", "failed", "cancelled", "timeout")
-        return JobStats(
-            **{s.value: counts.get(s.value, 0) for s in JobStatus},
-            total_processed=sum(counts.get(s, 0) for s in final),
-            average_execution_time=average,
-        )
+        return stats_from_rows(rows)
 
     # -- administration ---------------------------------------------------------------
 
