@@ -498,16 +498,6 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
 # -- rows and records ------------------------------------------------------------
 
 
-def _decode(text: str | None) -> Any:
-    # Most payloads, results and metadata are empty; json.loads costs microseconds,
-    # and a claim decodes three per job.
-    if text is None or text == "null":
-        return None
-    if text == "{}":
-        return {}
-    return decode_json(text)
-
-
 def row_to_job(row: tuple[Any, ...]) -> Job[Any]:
     """Make the :class:`Job` snapshot of a row selected as :data:`JOB_COLUMNS`."""
     (
@@ -518,7 +508,7 @@ def row_to_job(row: tuple[Any, ...]) -> Job[Any]:
     return Job(
         id=job_id,
         type=job_type,
-        payload=_decode(payload),
+        payload=decode_json(payload),
         status=status,
         priority=priority,
         attempts=attempts,
@@ -529,11 +519,11 @@ def row_to_job(row: tuple[Any, ...]) -> Job[Any]:
         run_at=_utc(run_at),
         timeout=timeout,
         last_error=decode_error(last_error),
-        result=_decode(result),
+        result=decode_json(result),
         execution_time=execution_time,
         progress=progress,
         progress_message=progress_message,
-        metadata=_decode(metadata),
+        metadata=decode_json(metadata),
         tenant_id=tenant_id,
         retry=decode_retry(retry),
     )

@@ -162,7 +162,7 @@ def job_from_row(row: Sequence[Any]) -> Job[Any]:
     return Job(
         id=row[0],
         type=row[1],
-        payload=_decode_json(row[2]),
+        payload=decode_json(row[2]),
         status=_STATUSES[row[3]],
         priority=_PRIORITIES.get(row[4]) or JobPriority(row[4]),
         attempts=row[5],
@@ -173,11 +173,11 @@ def job_from_row(row: Sequence[Any]) -> Job[Any]:
         run_at=_dt(row[10]),
         timeout=row[11],
         last_error=decode_error(row[12]),
-        result=_decode_json(row[13]),
+        result=decode_json(row[13]),
         execution_time=row[14],
         progress=row[15],
         progress_message=row[16],
-        metadata=_decode_json(row[17]),
+        metadata=decode_json(row[17]),
         tenant_id=row[18],
         retry=decode_retry(row[19]),
     )
@@ -185,15 +185,6 @@ def job_from_row(row: Sequence[Any]) -> Job[Any]:
 
 _STATUSES: Final = {status.value: status for status in JobStatus}
 _PRIORITIES: Final = {int(priority): priority for priority in JobPriority}
-
-
-def _decode_json(text: str | None) -> Any:
-    # Most payloads, results and metadata are empty: skip the parser for those.
-    if text is None or text == "null":
-        return None
-    if text == "{}":
-        return {}
-    return decode_json(text)
 
 
 def _ts(value: datetime | None) -> float | None:
