@@ -7,7 +7,8 @@ pool ``LISTEN``\ s for notifications in its own thread and wakes the waiting Tri
 tasks, so a worker starts a submitted job without waiting for its poll.
 
 This module holds the store's methods; the rest lives next to it:
-:mod:`._postgres_sql` (migrations, every statement, rows <-> jobs),
+:mod:`._postgres_sql` (migrations and every statement),
+:mod:`._postgres_rows` (rows <-> jobs, NOTIFY payloads),
 :mod:`._postgres_connect` (connections, the pool's retry, running migrations),
 :mod:`._postgres_listen` (the LISTEN thread and the wake-ups it triggers),
 :mod:`._postgres_batch` (the group commit of saves, settles and claims) and
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 import trio
 
 from .._records import ErrorInfo, Job, JobStatus
+from . import _postgres_rows as pg_rows
 from . import _postgres_sql as sql
 from ._base import CancelOutcome, Heartbeat
 from ._codec import decode_json, encode_error, encode_json
@@ -299,7 +301,7 @@ class PostgresStorage(RecordQueries):
 
         """
         delay = check_seconds(delay, "delay")
-        record = sql.job_record(job)
+        record = pg_rows.job_record(job)
         record["delay"] = delay
         failure = await self._saves.submit(record)
         if failure is not None:
@@ -491,7 +493,7 @@ class PostgresStorage(RecordQueries):
             "id": job_id,
             "cancel_channel": self._cancel_channel,
             "changed_channel": self._changed_channel,
-            "payload": sql.id_payloads([job_id])[0],
+            "payload": pg_rows.id_payloads([job_id])[0],
         }
 
         def cancel(conn: Connection) -> str | None:

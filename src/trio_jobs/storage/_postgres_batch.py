@@ -20,6 +20,7 @@ import attrs
 import trio
 
 from .._records import JobStatus
+from . import _postgres_rows as pg_rows
 from . import _postgres_sql as sql
 
 if TYPE_CHECKING:
@@ -235,7 +236,7 @@ class BatchWriters:
             nonlocal tries
             tries += 1
             if tries == 1:
-                records = json.dumps([sql.json_record(record) for record in batch])
+                records = json.dumps([pg_rows.json_record(record) for record in batch])
                 with _Round(conn, explicit=True) as round_:
                     inserted = round_.execute(
                         self._sql.insert_many, {"batch": records, "token": token}
@@ -246,7 +247,7 @@ class BatchWriters:
             done = {row[0] for row in rows}
             todo = [record for record in batch if record["id"] not in done]
             if todo:
-                records = json.dumps([sql.json_record(record) for record in todo])
+                records = json.dumps([pg_rows.json_record(record) for record in todo])
                 rows = conn.execute(
                     self._sql.insert_many, {"batch": records, "token": token}
                 ).fetchall()
@@ -363,7 +364,7 @@ class BatchWriters:
         """
         pairs = [
             (self._changed_channel, payload)
-            for payload in sql.id_payloads(r.job_id for r in settles)
+            for payload in pg_rows.id_payloads(r.job_id for r in settles)
         ]
         delays = [r.delay for r in settles if r.status in _WAITING]
         if delays:
@@ -477,7 +478,7 @@ def _applied(rows: list[tuple[Any, ...]]) -> set[int]:
 def _jobs(rows: list[tuple[Any, ...]]) -> list[Job[Any]]:
     """The jobs of a claim's rows, in claim order."""
     rows.sort(key=_claim_order)
-    return [sql.row_to_job(row) for row in rows]
+    return [pg_rows.row_to_job(row) for row in rows]
 
 
 def _claim_order(row: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import trio
 
 from .._records import Job, JobStats, JobStatus
+from . import _postgres_rows as pg_rows
 from . import _postgres_sql as sql
 from ._base import stats_from_rows
 
@@ -50,14 +51,14 @@ class RecordQueries:
             TypeError: a field is not JSON-encodable; nothing changed.
 
         """
-        params = sql.job_record(job)
+        params = pg_rows.job_record(job)
 
         def update(conn: Connection) -> None:
             with conn.transaction():
                 if conn.execute(self._sql.update, params).fetchone() is None:
                     conn.execute(self._sql.insert_as_is, params)
                 conn.execute(
-                    self._sql.notify, (self._changed_channel, sql.id_payloads([job.id])[0])
+                    self._sql.notify, (self._changed_channel, pg_rows.id_payloads([job.id])[0])
                 )
                 if job.status in (JobStatus.PENDING, JobStatus.RETRYING):
                     conn.execute(self._sql.notify, (self._work_channel, "0"))
@@ -72,7 +73,7 @@ class RecordQueries:
 
         def get(conn: Connection) -> Job[Any] | None:
             row = conn.execute(self._sql.get, (job_id,)).fetchone()
-            return None if row is None else sql.row_to_job(row)
+            return None if row is None else pg_rows.row_to_job(row)
 
         return await self._run(get)
 
@@ -90,7 +91,7 @@ class RecordQueries:
         )
 
     def _fetch_jobs(self, statement: str, params: Any, conn: Connection) -> list[Job[Any]]:
-        return [sql.row_to_job(row) for row in conn.execute(statement, params).fetchall()]
+        return [pg_rows.row_to_job(row) for row in conn.execute(statement, params).fetchall()]
 
     async def mark_running(self, job_id: str) -> bool:
         """Move one job from PENDING to RUNNING (counting an attempt); True only for the mover.
@@ -115,7 +116,7 @@ class RecordQueries:
                 if conn.execute(self._sql.delete, (job_id,)).fetchone() is None:
                     return False
                 conn.execute(
-                    self._sql.notify, (self._changed_channel, sql.id_payloads([job_id])[0])
+                    self._sql.notify, (self._changed_channel, pg_rows.id_payloads([job_id])[0])
                 )
                 return True
 
@@ -184,7 +185,7 @@ class RecordQueries:
                 if conn.execute(self._sql.requeue, (job_id,)).fetchone() is None:
                     return False
                 conn.execute(
-                    self._sql.notify, (self._changed_channel, sql.id_payloads([job_id])[0])
+                    self._sql.notify, (self._changed_channel, pg_rows.id_payloads([job_id])[0])
                 )
                 conn.execute(self._sql.notify, (self._work_channel, "0"))
                 return True

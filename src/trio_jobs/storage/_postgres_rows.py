@@ -1,0 +1,124 @@
+"""Rows of :class:`PostgresStorage`'s table <-> :class:`Job` records, and NOTIFY payloads.
+
+The statements live in :mod:`._postgres_sql`; these functions make their
+parameters and read their results. JSON columns are ``text`` (see there why).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from .._records import Job, JobStatus
+from ._codec import decode_error, decode_json, decode_retry, encode_error, encode_json, encode_retry
+
+#: NOTIFY payloads stay below this many bytes (PostgreSQL refuses 8000).
+MAX_PAYLOAD: Final = 7000
+_MAX_ID_IN_PAYLOAD: Final = 500
+#: Number of columns in ``JOB_COLUMNS`` (see :mod:`._postgres_sql`) that belong to the
+#: :class:`Job`; a claim's rows carry two more, which it sorts by.
+JOB_FIELD_COUNT: Final = 20
+
+
+def row_to_job(row: tuple[Any, ...]) -> Job[Any]:
+    """Make the :class:`Job` snapshot of a row selected as :data:`JOB_COLUMNS`."""
+    (
+        job_id, job_type, payload, status, priority, attempts, max_attempts, created_at,
+        started_at, completed_at, run_at, timeout, last_error, result, execution_time,
+        progress, progress_message, metadata, tenant_id, retry,
+    ) = row[: JOB_FIELD_COUNT]  # fmt: skip
+    return Job(
+        id=job_id,
+        type=job_type,
+        payload=decode_json(payload),
+        status=status,
+        priority=priority,
+        attempts=attempts,
+        max_attempts=max_attempts,
+        created_at=created_at if created_at.tzinfo is UTC else created_at.astimezone(UTC),
+        started_at=_utc(started_at),
+        completed_at=_utc(completed_at),
+        run_at=_utc(run_at),
+        timeout=timeout,
+        last_error=decode_error(last_error),
+        result=decode_json(result),
+        execution_time=execution_time,
+        progress=progress,
+        progress_message=progress_message,
+        metadata=decode_json(metadata),
+        tenant_id=tenant_id,
+        retry=decode_retry(retry),
+    )
+
+
+def job_record(job: Job[Any]) -> dict[str, Any]:
+    """Encode ``job`` for a row: every field that can fail is encoded before any I/O."""
+    payload = encode_json(job.payload, "payload")
+    metadata = encode_json(dict(job.metadata), "metadata")
+    result = None if job.result is None else encode_json(job.result, "result")
+    return {
+        "id": job.id,
+        "type": job.type,
+        "payload": payload,
+        "status": JobStatus(job.status).value,
+        "priority": int(job.priority),
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "completed_at": job.completed_at,
+        "run_at": job.run_at,
+        "timeout": job.timeout,
+        "last_error": encode_error(job.last_error),
+        "result": result,
+        "execution_time": job.execution_time,
+        "progress": job.progress,
+        "progress_message": job.progress_message,
+        "metadata": metadata,
+        "tenant_id": job.tenant_id,
+        "retry": encode_retry(job.retry),
+    }
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is UTC:
+        return value
+    return value.astimezone(UTC)
+
+
+def json_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Make a row's values JSON: datetimes as ISO 8601, non-finite floats as text."""
+    return {key: _json_value(value) for key, value in record.items()}
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value).replace("inf", "Infinity").replace("nan", "NaN")
+    return value
+
+
+def id_payloads(job_ids: Iterable[str]) -> list[str]:
+    """Pack job ids into NOTIFY payloads, one per line, far below the 8000-byte limit.
+
+    An id that contains a newline or is very long is announced as ``*``: the
+    listener then wakes every waiter.
+    """
+    payloads: list[str] = []
+    chunk: list[str] = []
+    size = 0
+    for job_id in job_ids:
+        length = len(job_id.encode())
+        if "\n" in job_id or length > _MAX_ID_IN_PAYLOAD or job_id == "*":
+            job_id, length = "*", 1
+        if size + length > MAX_PAYLOAD and chunk:
+            payloads.append("\n".join(chunk))
+            chunk, size = [], 0
+        chunk.append(job_id)
+        size += length + 1
+    if chunk:
+        payloads.append("\n".join(chunk))
+    return payloads
