@@ -19,7 +19,7 @@ import trio
 import trio.testing
 
 from trio_jobs import Job, JobStatus, SQLiteStorage
-from trio_jobs.storage import _sqlite
+from trio_jobs.storage import _sqlite, _sqlite_connect
 
 DEADLINE = 10.0
 
@@ -204,7 +204,7 @@ async def test_another_programs_jobs_table_is_not_touched(sqlite_path: Path) -> 
 async def test_a_lock_held_past_the_busy_timeout_is_a_clear_error(
     store: SQLiteStorage, sqlite_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_sqlite, "BUSY_TIMEOUT", 0.1)
+    monkeypatch.setattr(_sqlite_connect, "BUSY_TIMEOUT", 0.1)
     impatient = SQLiteStorage(sqlite_path)
     await impatient.open()
     other = raw(sqlite_path)

@@ -21,7 +21,8 @@ Times in the database are wall-clock unix seconds (``REAL``); ``run_at`` is alwa
 set (a job saved without delay is eligible from its save time), so the claim order
 "priority, then ``run_at``, then insertion order" is one index scan.
 
-This module holds the store's worker-side methods; :mod:`._sqlite_records` the reads,
+This module holds the store's worker-side methods; :mod:`._sqlite_connect` opens the
+file and names its errors; :mod:`._sqlite_records` holds the reads,
 overwrites and administration (a base class), :mod:`._sqlite_schema` the migrations,
 column lists and rows <-> jobs, and :mod:`._sqlite_commit` the group commit.
 """
@@ -35,6 +36,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
@@ -44,6 +46,7 @@ from .._records import ErrorInfo, Job, JobStatus
 from ._base import CancelOutcome, Heartbeat
 from ._codec import decode_json, encode_error, encode_json
 from ._sqlite_commit import GroupCommit, Op
+from ._sqlite_connect import connect, translate_error
 from ._sqlite_records import RecordQueries, type_filter
 from ._sqlite_schema import (
     CLAIM_ORDER,
@@ -52,14 +55,10 @@ from ._sqlite_schema import (
     READY,
     encode_record,
     job_from_row,
-    migrate,
 )
 from ._sqlite_schema import SCHEMA_VERSION as SCHEMA_VERSION
 
 T = TypeVar("T")
-
-#: How long a writer waits for another connection's write lock before giving up.
-BUSY_TIMEOUT: Final = 5.0
 
 #: How often :meth:`SQLiteStorage.wait_for_work` checks whether another connection
 #: (another process) committed: the delay before a worker notices a job submitted
@@ -70,11 +69,6 @@ CHANGE_POLL: Final = 0.02
 CHANGE_POLL_FIRST: Final = 0.002
 
 _FENCE: Final = "id = ? AND status = 'running' AND attempts = ? AND worker_id = ?"
-
-# Primary SQLite result codes (``exc.sqlite_errorcode & 0xFF``).
-_SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 3, 5, 6, 8
-_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN = 10, 11, 13, 14
-_SQLITE_NOTADB = 26
 
 
 class SQLiteStorage(RecordQueries):
@@ -121,7 +115,7 @@ class SQLiteStorage(RecordQueries):
             lock=self._lock,
             limiter=self._thread_limiter,
             connection=self._require,
-            translate=self._translate,
+            translate=partial(translate_error, self._path),
         )
         # Local wake-ups for wait_for_work / wait_for_change.
         self._work = trio.Event()
@@ -161,7 +155,7 @@ class SQLiteStorage(RecordQueries):
         """
         async with self._lock:
             if self._conn is None:
-                self._conn = await self._in_thread(self._connect)
+                self._conn = await self._in_thread(partial(connect, self._path))
                 self._closed = False
 
     async def close(self) -> None:
@@ -579,7 +573,7 @@ class SQLiteStorage(RecordQueries):
         try:
             return await trio.to_thread.run_sync(fn, limiter=self._thread_limiter)
         except sqlite3.Error as exc:
-            raise self._translate(exc) from exc
+            raise translate_error(self._path, exc) from exc
 
     async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         async with self._lock:
@@ -589,48 +583,6 @@ class SQLiteStorage(RecordQueries):
     async def _write(self, op: Op[T]) -> T:
         """Run ``op`` in a write transaction shared with the writes queued meanwhile."""
         return await self._commit.write(op)
-
-    def _translate(self, exc: sqlite3.Error) -> Exception:
-        """Turn a driver error into one that says what is wrong with which file."""
-        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-        where = f"SQLite database {self._path}"
-        if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
-            return TimeoutError(
-                f"{where} is locked: another connection kept it locked for more than"
-                f" the {BUSY_TIMEOUT:g} s busy timeout ({exc})"
-            )
-        if code in (_SQLITE_NOTADB, _SQLITE_CORRUPT):
-            return ValueError(f"{self._path} is not a trio_jobs SQLite database: {exc}")
-        if code in (_SQLITE_PERM, _SQLITE_READONLY):
-            return PermissionError(f"cannot write {where}: {exc}")
-        if code in (_SQLITE_CANTOPEN, _SQLITE_IOERR, _SQLITE_FULL):
-            return OSError(f"cannot use {where}: {exc}")
-        return exc
-
-    def _connect(self) -> sqlite3.Connection:
-        """Open the connection and bring the schema up to date (in a worker thread)."""
-        if self._path not in (":memory:", ""):
-            directory = os.path.dirname(os.path.abspath(self._path))
-            if not os.path.isdir(directory):
-                raise FileNotFoundError(
-                    f"cannot open SQLite database {self._path}:"
-                    f" directory {directory} does not exist"
-                )
-        conn = sqlite3.connect(
-            self._path,
-            timeout=BUSY_TIMEOUT,
-            isolation_level=None,  # we issue BEGIN/COMMIT ourselves
-            check_same_thread=False,  # one thread at a time, under self._lock
-        )
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
-            _enable_wal(conn)
-            conn.execute("PRAGMA synchronous = NORMAL")
-            migrate(conn, self._path)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
 
     # -- local wake-ups -----------------------------------------------------------------
 
@@ -663,26 +615,3 @@ class SQLiteStorage(RecordQueries):
 def _check_delay(delay: float) -> None:
     if not 0 <= delay < math.inf:
         raise ValueError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
-
-
-def _enable_wal(conn: sqlite3.Connection) -> None:
-    """Put the file in WAL mode (persistent: the first connection does it for all).
-
-    Switching needs an exclusive lock and SQLite answers "locked" at once, without
-    its busy handler, while another connection is opening the same new file; so
-    retry within the busy timeout (this runs in a worker thread: sleeping is fine).
-    """
-    deadline = time.monotonic() + BUSY_TIMEOUT
-    while True:
-        try:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() >= deadline:
-                raise
-            time.sleep(0.01)
-            continue
-        if str(mode).lower() in ("wal", "memory"):  # an in-memory database has no WAL
-            return
-        if time.monotonic() >= deadline:
-            raise sqlite3.OperationalError(f"could not switch to WAL mode (still {mode})")
-        time.sleep(0.01)

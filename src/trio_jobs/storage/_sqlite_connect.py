@@ -1,0 +1,89 @@
+"""Opening a :class:`SQLiteStorage` file, and what its driver errors mean.
+
+Runs in worker threads: :func:`connect` opens the one connection a store uses
+(WAL mode, busy timeout, migrations); :func:`translate_error` turns a driver error
+into one that says what is wrong with which file.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from typing import Final
+
+from ._sqlite_schema import migrate
+
+#: How long a writer waits for another connection's write lock before giving up.
+BUSY_TIMEOUT: Final = 5.0
+
+# Primary SQLite result codes (``exc.sqlite_errorcode & 0xFF``).
+_SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 3, 5, 6, 8
+_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN = 10, 11, 13, 14
+_SQLITE_NOTADB = 26
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """Open the connection and bring the schema up to date (in a worker thread)."""
+    if path not in (":memory:", ""):
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(
+                f"cannot open SQLite database {path}: directory {directory} does not exist"
+            )
+    conn = sqlite3.connect(
+        path,
+        timeout=BUSY_TIMEOUT,
+        isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+        check_same_thread=False,  # one thread at a time, under the store's lock
+    )
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+        _enable_wal(conn)
+        conn.execute("PRAGMA synchronous = NORMAL")
+        migrate(conn, path)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def translate_error(path: str, exc: sqlite3.Error) -> Exception:
+    """Turn a driver error into one that says what is wrong with which file."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    where = f"SQLite database {path}"
+    if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return TimeoutError(
+            f"{where} is locked: another connection kept it locked for more than"
+            f" the {BUSY_TIMEOUT:g} s busy timeout ({exc})"
+        )
+    if code in (_SQLITE_NOTADB, _SQLITE_CORRUPT):
+        return ValueError(f"{path} is not a trio_jobs SQLite database: {exc}")
+    if code in (_SQLITE_PERM, _SQLITE_READONLY):
+        return PermissionError(f"cannot write {where}: {exc}")
+    if code in (_SQLITE_CANTOPEN, _SQLITE_IOERR, _SQLITE_FULL):
+        return OSError(f"cannot use {where}: {exc}")
+    return exc
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Put the file in WAL mode (persistent: the first connection does it for all).
+
+    Switching needs an exclusive lock and SQLite answers "locked" at once, without
+    its busy handler, while another connection is opening the same new file; so
+    retry within the busy timeout (this runs in a worker thread: sleeping is fine).
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+            continue
+        if str(mode).lower() in ("wal", "memory"):  # an in-memory database has no WAL
+            return
+        if time.monotonic() >= deadline:
+            raise sqlite3.OperationalError(f"could not switch to WAL mode (still {mode})")
+        time.sleep(0.01)
