@@ -29,6 +29,7 @@ import trio.testing
 
 from trio_jobs import CancelOutcome, ErrorInfo, Job, JobPriority, JobStatus, PostgresStorage
 from trio_jobs.storage import _postgres_sql
+from trio_jobs.storage._postgres_batch import ClaimRequest
 
 pytestmark = pytest.mark.slow
 
@@ -284,6 +285,55 @@ async def test_claim_orders_by_priority_then_submission_across_types(
     assert [j.id for j in await store.claim("w", 10, job_types=["a"])] == ["crit", "n2", "low"]
     assert [j.id for j in await store.claim("w", 10, job_types=[])] == []
     assert [j.id for j in await store.claim("w", 10)] == ["n1"]
+
+
+@pytest.mark.parametrize(
+    "limit",
+    # Up to LITERAL_LIMIT_MAX the limit is written into the statement; above, a parameter.
+    [1, 7, _postgres_sql.LITERAL_LIMIT_MAX, _postgres_sql.LITERAL_LIMIT_MAX + 1],
+)
+@pytest.mark.parametrize("typed", [False, True], ids=["any type", "typed"])
+async def test_a_claim_takes_its_limit_in_claim_order_and_no_more(
+    make_store: MakeStore, limit: int, typed: bool
+) -> None:
+    store = await make_store()
+    ids = await save_jobs(store, limit + 3)
+    job_types = ["t"] if typed else None
+    assert [j.id for j in await store.claim("w", limit, job_types)] == ids[:limit]
+    assert [j.id for j in await store.claim("w", limit, job_types)] == ids[limit : 2 * limit]
+
+
+async def test_a_repeated_claim_is_planned_once_not_every_time(
+    make_store: MakeStore, pg_schema: str
+) -> None:
+    # PostgreSQL re-plans a prepared statement on every run unless the plan it
+    # makes once (generic) looks no worse than one made for the actual values.
+    # Planning a claim cost more server time than running it.
+    # (With a LIMIT parameter, the plan made once looks worse once the table holds
+    # more than ten times the limit: the planner guesses a tenth of it.)
+    store = await make_store()
+    await admin_async(
+        f'INSERT INTO "{pg_schema}".jobs (id, type, payload, status, priority, max_attempts,'
+        " created_at, ready_at) SELECT 'j' || i, 't', 'null', 'pending', 0, 1, now(), now()"
+        " FROM generate_series(1, 1000) AS i"
+    )
+    await admin_async(f'ANALYZE "{pg_schema}".jobs')
+    runs = 9
+
+    def claim_repeatedly() -> list[tuple[Any, ...]]:
+        with psycopg.connect(PG_DSN, autocommit=True, prepare_threshold=0) as conn:
+            for _ in range(runs):
+                request = ClaimRequest(worker_id="w", limit=3, types=None, lease=30.0)
+                assert len(store._writers.claim_now(request, conn)) == 3
+            conn.prepare_threshold = None  # (this query is not one to count)
+            return conn.execute(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE statement LIKE '%%SKIP LOCKED%%'"
+            ).fetchall()
+
+    [(generic, custom)] = await trio.to_thread.run_sync(claim_repeatedly)
+    assert generic + custom == runs
+    assert generic >= runs - 5  # PostgreSQL tries 5 custom plans before it compares
 
 
 # -- settles ----------------------------------------------------------------------

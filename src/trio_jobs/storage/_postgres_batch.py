@@ -403,10 +403,9 @@ class BatchWriters:
     def _send_claim(
         self, conn: Connection | _Round, request: ClaimRequest, *, durable: bool
     ) -> Cursor:
-        if request.types is None:
-            statement = self._sql.claim_durable if durable else self._sql.claim
-        else:
-            statement = self._sql.claim_types_durable if durable else self._sql.claim_types
+        statement = self._sql.claim_for(
+            request.limit, typed=request.types is not None, durable=durable
+        )
         return conn.execute(statement, request.params())
 
     def _retry_claim(

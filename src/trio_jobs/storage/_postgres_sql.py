@@ -118,6 +118,17 @@ def _notify_changed(source: str) -> str:
     """
 
 
+#: Claims of up to this many jobs write their limit into the statement's text.
+#: PostgreSQL plans a prepared statement once (a generic plan) only when that
+#: plan looks no worse than one made for the actual values; with ``LIMIT $1`` it
+#: must guess the limit (a tenth of the table) and so re-plans every claim, which
+#: cost more server time than running it. A literal limit keeps the generic plan
+#: exact; the bound keeps the number of statement texts a connection prepares
+#: small (psycopg keeps 100 per connection). Larger claims pass the limit as a
+#: parameter and are planned each time, as before.
+LITERAL_LIMIT_MAX: Final = 32
+
+
 @attrs.frozen
 class Statements:
     """Every statement the store runs, built for one schema."""
@@ -158,6 +169,29 @@ class Statements:
     notify_many: str
     listen: tuple[str, ...]
     listen_changed: str
+    _claims: dict[tuple[int, bool, bool], str] = attrs.field(
+        factory=dict, init=False, repr=False, eq=False
+    )
+
+    def claim_for(self, limit: int, *, typed: bool, durable: bool) -> str:
+        """The claim statement for ``limit`` jobs (see :data:`LITERAL_LIMIT_MAX`).
+
+        ``typed``: the claim takes only the job types in its ``types`` parameter;
+        ``durable``: it shares its transaction with settles (see ``claims`` in
+        :func:`build_statements`). The statement still accepts the ``limit``
+        parameter, which it ignores when the limit is written into it.
+        """
+        if typed:
+            template = self.claim_types_durable if durable else self.claim_types
+        else:
+            template = self.claim_durable if durable else self.claim
+        if not 0 < limit <= LITERAL_LIMIT_MAX:
+            return template
+        key = (limit, typed, durable)
+        statement = self._claims.get(key)
+        if statement is None:
+            statement = self._claims[key] = template.replace("%(limit)s", str(int(limit)))
+        return statement
 
 
 def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
