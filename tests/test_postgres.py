@@ -10,6 +10,7 @@ fails the test if the notification never arrives.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -29,7 +30,7 @@ import trio.testing
 
 from trio_jobs import CancelOutcome, ErrorInfo, Job, JobPriority, JobStatus, PostgresStorage
 from trio_jobs.storage import _postgres_sql
-from trio_jobs.storage._postgres_batch import ClaimRequest
+from trio_jobs.storage._postgres_batch import ClaimRequest, SettleRequest, _settle_record
 
 pytestmark = pytest.mark.slow
 
@@ -502,6 +503,49 @@ async def test_cancelled_settles_leave_the_others_to_be_written(make_store: Make
         stored = await store.get(job.id)
         assert stored is not None
         assert stored.status is (JobStatus.RUNNING if job in doomed else JobStatus.COMPLETED)
+
+
+@pytest.mark.parametrize("plan", ["custom", "generic"])
+async def test_a_settle_reads_its_own_rows_not_every_running_one(
+    make_store: MakeStore, pg_schema: str, plan: str
+) -> None:
+    # The fence finds a batch's rows by primary key. It once joined the batch to
+    # every running row, so each settle read the jobs all other workers held.
+    store = await make_store()
+    held_elsewhere = 2000
+    await admin_async(
+        f'INSERT INTO "{pg_schema}".jobs (id, type, payload, status, priority, max_attempts,'
+        " created_at, ready_at) SELECT 'j' || i, 't', 'null', 'pending', 0, 1, now(), now()"
+        f" FROM generate_series(1, {held_elsewhere + 10}) AS i"
+    )
+    assert len(await store.claim("others", held_elsewhere)) == held_elsewhere
+    mine = await store.claim("w", 10)
+    await admin_async(f'ANALYZE "{pg_schema}".jobs')
+    settles = [
+        SettleRequest(job.id, "w", job.attempts, "completed", None, None, 0.0, 0.001)
+        for job in mine
+    ]
+    params = {
+        "batch": json.dumps([_settle_record(request) for request in settles]),
+        "ids": [job.id for job in mine],
+        "token": "t",
+    }
+
+    def settle_and_count_rows_read() -> tuple[int, int]:
+        with psycopg.connect(PG_DSN) as conn:  # one transaction, rolled back
+            conn.execute(f"SET plan_cache_mode = force_{plan}_plan")
+            applied = len(conn.execute(store._sql.settle, params, prepare=True).fetchall())
+            [(read,)] = conn.execute(
+                "SELECT seq_tup_read + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables"
+                " WHERE relid = %s::regclass",
+                (f'"{pg_schema}".jobs',),
+            ).fetchall()
+            conn.rollback()
+            return applied, read
+
+    applied, read = await trio.to_thread.run_sync(settle_and_count_rows_read)
+    assert applied == 10
+    assert read <= 4 * len(mine), read
 
 
 async def test_heartbeats_and_settles_of_the_same_jobs_never_deadlock(

@@ -377,7 +377,8 @@ class BatchWriters:
         if not settles:
             return None
         records = json.dumps([_settle_record(request) for request in settles])
-        return conn.execute(self._sql.settle, {"batch": records, "token": token})
+        ids = [request.job_id for request in settles]
+        return conn.execute(self._sql.settle, {"batch": records, "ids": ids, "token": token})
 
     def _retry_settles(
         self, conn: Connection, settles: list[SettleRequest], token: str

@@ -332,9 +332,12 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
         # Many workers' settles in one statement, passed as one JSON array (much
         # cheaper for the client to encode than an array per column). Each row is
         # fenced on its own (id, running, attempt, worker); ``idx`` tells the
-        # caller which applied. The two statements that lock several rows and may
-        # wait for them, this one and the heartbeat, lock in id order: in any
-        # other order a heartbeat and a settle of the same jobs can deadlock.
+        # caller which applied. ``ids`` repeats the batch's ids as an array so
+        # that the fence finds its rows by primary key, whatever the plan: joined
+        # to the JSON alone, it read every running row, the jobs of all workers.
+        # The two statements that lock several rows and may wait for them, this
+        # one and the heartbeat, lock in id order: in any other order a heartbeat
+        # and a settle of the same jobs can deadlock.
         # No NOTIFY here: PostgreSQL holds a database-wide lock from a notifying
         # transaction's commit until its WAL is flushed, which would serialise
         # every worker's settles; the store notifies in a separate, WAL-free one.
@@ -348,8 +351,8 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
             ),
             held AS MATERIALIZED (
                 SELECT j.id FROM {jobs} AS j JOIN v ON j.id = v.id
-                WHERE j.status = 'running' AND j.attempts = v.attempt
-                    AND j.worker_id = v.worker_id
+                WHERE j.id = ANY(%(ids)s::text[]) AND j.status = 'running'
+                    AND j.attempts = v.attempt AND j.worker_id = v.worker_id
                 ORDER BY j.id
                 FOR UPDATE OF j
             )
