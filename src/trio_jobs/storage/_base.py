@@ -24,6 +24,7 @@ the same way.
 from __future__ import annotations
 
 import enum
+import heapq
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -301,3 +302,12 @@ def stats_from_rows(rows: Iterable[Sequence[Any]]) -> JobStats:
         total_processed=sum(counts.get(s.value, 0) for s in JobStatus if s.is_final),
         average_execution_time=average,
     )
+
+
+def pop_due(due: list[float], now: float) -> bool:
+    """Drop the times in the heap ``due`` that have come by ``now``; True if any had."""
+    popped = False
+    while due and due[0] <= now:
+        heapq.heappop(due)
+        popped = True
+    return popped

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Final
 import outcome
 import trio
 
+from ._base import pop_due
+
 if TYPE_CHECKING:
     from .._records import Job
     from ._postgres_connect import Connection
@@ -119,12 +121,7 @@ class Wakeups:
         self._work_event = trio.Event()
 
     def _pop_due(self) -> bool:
-        now = trio.current_time()
-        popped = False
-        while self._due and self._due[0] <= now:
-            heapq.heappop(self._due)
-            popped = True
-        return popped
+        return pop_due(self._due, trio.current_time())
 
     def wake_cancel(self) -> None:
         self._cancel_flag = True

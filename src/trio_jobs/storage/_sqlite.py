@@ -43,7 +43,7 @@ from typing import Any, Final, Self, TypeVar
 import trio
 
 from .._records import ErrorInfo, Job, JobStatus
-from ._base import CancelOutcome, Heartbeat
+from ._base import CancelOutcome, Heartbeat, pop_due
 from ._codec import decode_json, encode_error, encode_json
 from ._sqlite_commit import GroupCommit, Op
 from ._sqlite_connect import connect, translate_error
@@ -604,12 +604,7 @@ class SQLiteStorage(RecordQueries):
             self._work = trio.Event()
 
     def _pop_due(self) -> bool:
-        now = time.time()
-        fired = False
-        while self._due and self._due[0] <= now:
-            heapq.heappop(self._due)
-            fired = True
-        return fired
+        return pop_due(self._due, time.time())
 
 
 def _check_delay(delay: float) -> None:
