@@ -93,6 +93,23 @@ class RecordQueries:
     def _fetch_jobs(self, statement: str, params: Any, conn: Connection) -> list[Job[Any]]:
         return [pg_rows.row_to_job(row) for row in conn.execute(statement, params).fetchall()]
 
+    def _change_one(
+        self, statement: str, job_id: str, conn: Connection, *, work: bool = False
+    ) -> bool:
+        """Run ``statement`` on ``job_id``'s row; announce it in the same transaction.
+
+        ``work``: also announce new work. False when no row matched.
+        """
+        with conn.transaction():
+            if conn.execute(statement, (job_id,)).fetchone() is None:
+                return False
+            conn.execute(
+                self._sql.notify, (self._changed_channel, pg_rows.id_payloads([job_id])[0])
+            )
+            if work:
+                conn.execute(self._sql.notify, (self._work_channel, "0"))
+            return True
+
     async def mark_running(self, job_id: str) -> bool:
         """Move one job from PENDING to RUNNING (counting an attempt); True only for the mover.
 
@@ -110,17 +127,7 @@ class RecordQueries:
 
     async def delete(self, job_id: str) -> bool:
         """Remove a job; True when it existed. Its worker learns at its next heartbeat."""
-
-        def delete(conn: Connection) -> bool:
-            with conn.transaction():
-                if conn.execute(self._sql.delete, (job_id,)).fetchone() is None:
-                    return False
-                conn.execute(
-                    self._sql.notify, (self._changed_channel, pg_rows.id_payloads([job_id])[0])
-                )
-                return True
-
-        deleted = await self._run(delete)
+        deleted = await self._run(partial(self._change_one, self._sql.delete, job_id))
         if deleted:
             self._wakeups.wake_change(job_id)
         return deleted
@@ -179,18 +186,7 @@ class RecordQueries:
         ``last_error`` and ``execution_time`` are kept, to say how it last went.
         It queues behind the jobs already waiting at its priority.
         """
-
-        def requeue(conn: Connection) -> bool:
-            with conn.transaction():
-                if conn.execute(self._sql.requeue, (job_id,)).fetchone() is None:
-                    return False
-                conn.execute(
-                    self._sql.notify, (self._changed_channel, pg_rows.id_payloads([job_id])[0])
-                )
-                conn.execute(self._sql.notify, (self._work_channel, "0"))
-                return True
-
-        requeued = await self._run(requeue)
+        requeued = await self._run(partial(self._change_one, self._sql.requeue, job_id, work=True))
         if requeued:
             self._wakeups.wake_change(job_id)
             self._wakeups.wake_work()
