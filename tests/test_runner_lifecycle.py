@@ -419,9 +419,12 @@ async def test_keyboard_interrupt_from_a_handler_propagates_bare(
     assert type(info.value) is error_type
     assert trio.current_time() == 1.0
     job = await handle.get_status()
-    # Choice: the job is not recorded as FAILED (it did not fail; the process is going
-    # down); it is given back, uncounted, like an interrupted attempt on a forced stop.
-    assert (job.status, job.attempts) == (JobStatus.PENDING, 0)
+    # API.md: the handler's own KeyboardInterrupt/SystemExit counts its attempt (a job
+    # that kills its worker every time must end FAILED, not loop), retried while
+    # attempts are left, like a crashed attempt.
+    assert (job.status, job.attempts) == (JobStatus.RETRYING, 1)
+    assert job.last_error is not None
+    assert job.last_error.type == error_type.__name__
 
 
 @pytest.mark.parametrize("ending", ["drain", "force", "cancelled", "handler-interrupt"])

@@ -21,7 +21,7 @@ async def import_rows(job: Job[int], ctx: JobContext[int]) -> int:
 
 
 def on_progress(job: Job[Any]) -> None:
-    # Fired by report_progress() and by update_metadata().
+    # Fired by report_progress() (update_metadata() stores quietly, with no event).
     print(f"  progress {job.progress:.0f}% ({job.progress_message}), metadata {dict(job.metadata)}")
 
 

@@ -46,7 +46,7 @@ class JobContext(Generic[P]):
         *,
         logger: logging.Logger,
         cancel_scope: trio.CancelScope,
-        on_update: Callable[[JobContext[P]], None],
+        on_update: Callable[[JobContext[P], bool], None],
     ) -> None:
         self.job = job
         self.attempt = job.attempts
@@ -96,10 +96,12 @@ class JobContext(Generic[P]):
         if message is not None and not isinstance(message, str):
             raise TypeError(f"message must be a str or None, got {message!r}")
         self.job = replace(self.job, progress=float(progress), progress_message=message)
-        self._on_update(self)
+        self._on_update(self, True)
 
     def update_metadata(self, metadata: Mapping[str, Any]) -> None:
         """Merge ``metadata`` into the job's metadata (stored in the background, like progress).
+
+        Unlike :meth:`report_progress`, it emits no event.
 
         Raises:
             TypeError: ``metadata`` is not a mapping.
@@ -107,4 +109,4 @@ class JobContext(Generic[P]):
         if not isinstance(metadata, Mapping):
             raise TypeError(f"metadata must be a mapping, got {metadata!r}")
         self.job = replace(self.job, metadata={**self.job.metadata, **metadata})
-        self._on_update(self)
+        self._on_update(self, False)

@@ -41,8 +41,10 @@ def check_event_name(event: str) -> None:
 class EventHub:
     """Delivers events to callbacks and subscriber channels.
 
-    ``emit`` never raises and never blocks: a callback that raises is logged, and a
-    subscriber whose bounded buffer is full misses that event.
+    ``emit`` never blocks and raises only what a callback raised that is not an
+    ``Exception`` (``KeyboardInterrupt``, ``SystemExit``): a callback's ``Exception``
+    is logged and sent as ``runner:error``, and a subscriber whose bounded buffer is
+    full misses that event.
     """
 
     __slots__ = ("_callbacks", "_closed", "_logger", "_subscribers", "active")
@@ -139,8 +141,10 @@ class EventHub:
     def _call(self, event: str, callback: Callback, args: list[Any]) -> None:
         try:
             outcome = callback(*args)
-        except Exception:
+        except Exception as exc:
             self._logger.exception("callback %r for %r raised; ignored", callback, event)
+            if event != "runner:error":  # (one that fails on runner:error is only logged)
+                self.emit("runner:error", error=exc)
             return
         if inspect.isawaitable(outcome):
             if inspect.iscoroutine(outcome):

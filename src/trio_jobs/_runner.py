@@ -218,6 +218,7 @@ class JobRunner:
         if self._state != "stopped":
             self._begin_stop(graceful=False)
             with trio.CancelScope(shield=True):
+                await self._scheduler.wait_until_stopped_claiming()
                 await self._scheduler.wait_until_idle()
                 self._end_stop()
         try:
@@ -256,11 +257,16 @@ class JobRunner:
         store (a durable store runs them after the next start), and tasks waiting on
         jobs that are not final get :class:`RunnerStoppedError`. Calling ``stop``
         again is harmless; ``stop(False)`` during a graceful stop forces it.
+
+        Once ``stop`` returns, the runner starts no handler: a claim that was in
+        flight gives its jobs back (PENDING, attempt not counted). Called from
+        inside a handler, it does not wait for the calling attempt.
         """
         await trio.lowlevel.checkpoint()
         if self._state in ("new", "stopped"):
             return
         self._begin_stop(graceful)
+        await self._scheduler.wait_until_stopped_claiming()
         await self._scheduler.wait_until_idle()
         self._end_stop()
 
@@ -389,11 +395,13 @@ class JobRunner:
 
         A pending or retrying job ends CANCELLED at once. A running job has its
         attempt's scope cancelled and ends CANCELLED (in another process, its worker
-        notices within its poll interval, or at once on PostgreSQL).
+        notices within its poll interval, or at once on PostgreSQL). A job whose
+        handler has already returned here keeps its outcome.
 
         Returns:
-            True when the cancellation took effect; False for an unknown or
-            already final job.
+            True when the cancellation took effect (or, for a job running in
+            another process, was sent to it); False for an unknown or already
+            final job, or one whose handler here has already returned.
         """
         async with self._store() as store:
             outcome = await store.request_cancel(job_id)
@@ -406,8 +414,7 @@ class JobRunner:
                 if job is not None:
                     self._events.emit("job:cancelled", job)
             return True
-        self._scheduler.cancel_job(job_id)
-        return True
+        return self._scheduler.cancel_job(job_id) is not False
 
     async def join(self) -> None:
         """Wait until no job of this runner's types is pending, retrying or running.
@@ -424,7 +431,7 @@ class JobRunner:
         while True:
             # Ask the store only when nothing here runs and the scheduler found it dry:
             # otherwise the answer is "not yet" and the query would slow the work down.
-            idle = not scheduler.running and not scheduler.writing
+            idle = scheduler.busy.value == 0
             idle = idle and (self._in_process is not None or scheduler.store_dry)
             if idle and not await self._storage.count_unfinished(scheduler.types):
                 return True

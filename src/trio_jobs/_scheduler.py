@@ -1,69 +1,114 @@
-"""The engine inside a runner: claims jobs, runs each attempt in its own scope, settles them.
+"""The engine inside a runner: claims jobs, runs each attempt in its own task, settles it.
 
 :class:`JobRunner` is the public face (lifecycle, submit, reads, events); this
-module is the work: a scheduler loop that claims the best ready jobs whenever a
-slot is free, one task per attempt with its own :class:`trio.CancelScope`, the
-outcome of each attempt decided and written through the store's fenced
-``settle``, and a services loop for leases, cancellation requests and rescue.
-The slot accounting lives here, in one place: ``running`` and ``concurrency``.
+module is the work. Its rule is Trio's own: **one task owns each attempt from
+claim to settle**, and gives back everything the attempt holds — its concurrency
+slot, its entry in the index of live attempts, its lease — in ``finally``, on
+every path (return, raise, cancellation, ``KeyboardInterrupt``). Nothing here
+waits on bookkeeping that only the happy path keeps.
+
+- The **scheduler task** (:meth:`Scheduler.run`) claims the best ready jobs
+  whenever a slot is free and hands each to a new attempt task. A claim answered
+  after :meth:`Scheduler.stop_claiming` still becomes an attempt task, which gives
+  its job back (PENDING, attempt not counted) instead of running it.
+- **Attempt tasks** (:meth:`Scheduler._attempt_task`) run the handler in the
+  attempt's :class:`trio.CancelScope` (deadline: the job's timeout), judge the
+  outcome (``_outcome``), and write it with the store's fenced ``settle``,
+  shielded and retried with backoff while the lease holds.
+- The **services task** (:meth:`Scheduler.run_services`) renews leases, relays
+  cancellation requests, and rescues other workers' expired leases. On a durable
+  store each attempt also runs inside a *fence*: a cancel scope whose deadline is
+  its lease's expiry less a safety margin, pushed back by every renewal. A runner
+  that cannot renew a lease so cancels the attempt itself before anyone could
+  rescue and rerun the job.
+
+"Idle" is :attr:`Scheduler.busy`, a count of live attempt tasks one can wait on
+(a trio-util ``AsyncValue``). User code — handlers, event callbacks, retry
+predicates — never runs inside the synchronous bookkeeping, which is short and
+protected from ``KeyboardInterrupt``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import traceback
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any, final
 
 import attrs
 import trio
+from trio_util import AsyncValue
 
 from ._context import JobContext
 from ._events import EventHub
 from ._exceptions import JobTimeoutError
+from ._outcome import drop_frames, error_info, judge, unwrap
 from ._records import ErrorInfo, Job, JobStatus, replace, utcnow
-from ._retry import RetryConfig, compute_delay, is_retryable_error
+from ._retry import RetryConfig, compute_delay
 from .storage._base import InProcessStorage, JobStorage
 
 Handler = Callable[[Job[Any], JobContext[Any]], Awaitable[Any]]
 
 #: How many original exceptions of failed jobs are kept for ``JobFailedError.__cause__``.
 _LOCAL_ERRORS_KEPT = 10_000
+#: How many retry policies with a predicate are kept for jobs sent to a durable store.
+_POLICIES_KEPT = 10_000
+#: A fence cancels an attempt this fraction of the lease before the lease runs out.
+_FENCE_MARGIN = 0.2
+#: Backoff between tries of an outcome write that failed: first, factor, cap (seconds).
+_WRITE_RETRY = (0.05, 2.0, 2.0)
+
+#: The scheduler whose attempt the current task runs (inherited by a handler's tasks):
+#: how ``stop()`` called from inside a handler knows not to wait for its caller.
+_RUNNING_IN: ContextVar[Scheduler | None] = ContextVar("trio_jobs_running_in", default=None)
 
 
-def error_info(error: BaseException, attempt: int, *, retryable: bool) -> ErrorInfo:
-    """Record ``error`` as an :class:`ErrorInfo`."""
-    cls = type(error)
-    module = cls.__module__
-    if module == "builtins":
-        name = cls.__qualname__
-    elif module.startswith("trio_jobs."):
-        name = f"trio_jobs.{cls.__qualname__}"  # our errors by their public name
-    else:
-        name = f"{module}.{cls.__qualname__}"
-    return ErrorInfo(
-        message=str(error),
-        type=name,
-        traceback="".join(traceback.format_exception(error)),
-        attempt=attempt,
-        timestamp=utcnow(),
-        retryable=retryable,
-    )
+@attrs.define(eq=False, slots=True)
+class Attempt:
+    """One attempt of one job, owned by the task that runs it.
 
-
-@attrs.define(eq=False)
-class _Attempt:
-    """One running attempt, as the runner tracks it."""
+    Identified by the object itself (and in the store by ``(job id, attempt)``):
+    an older attempt of the same job still winding down is another object and
+    never touches this one's bookkeeping.
+    """
 
     job: Job[Any]
+    #: The attempt's scope, handed to the handler as ``ctx.cancel_scope``.
     scope: trio.CancelScope
-    #: Why the runner cancelled the scope: "cancel" (user), "stop" (forced stop), "lost".
+    #: Durable stores only: cancelled when the lease would run out unrenewed.
+    fence: trio.CancelScope | None
+    #: Trio-clock time until which the store holds our lease (an underestimate).
+    lease_until: float
+    #: An older attempt of the same job still live in this runner: wait for it.
+    previous: Attempt | None = None
+    #: Why the runner cancelled the scope: "cancel" (user), "stop" (forced), "lost".
     reason: str | None = None
-    #: The newest context snapshot whose progress/metadata is not stored yet.
+    #: Whether the attempt still holds a concurrency slot (until its handler ends).
+    holds_slot: bool = True
+    #: Whether the handler is still to return (a cancel after it changes nothing).
+    handler_running: bool = True
+    #: Whether the outcome write has begun (from then on it is shielded).
+    settled: bool = False
+    #: The handler's own KeyboardInterrupt/SystemExit: it counts as a failed attempt.
+    fatal: BaseException | None = None
+    #: The newest context whose progress/metadata is not stored yet.
     unsaved: JobContext[Any] | None = None
     #: Set when the task writing progress finishes; None while none is writing.
-    progress_writer: trio.Event | None = None
+    writer: trio.Event | None = None
+    #: Set when the attempt task ends; created only when a successor waits for it.
+    done: trio.Event | None = None
+    #: The shielded scope of an outcome write in progress (it lasts while the lease does).
+    write_scope: trio.CancelScope | None = None
+
+    def renewed(self, until: float, margin: float) -> None:
+        """The store holds the lease until ``until``: push the fence and writes back."""
+        if until > self.lease_until:
+            self.lease_until = until
+            if self.fence is not None:
+                self.fence.deadline = until - margin
+            if self.write_scope is not None:
+                self.write_scope.deadline = until
 
 
 @final
@@ -84,7 +129,8 @@ class Scheduler:
     ) -> None:
         self._storage = storage
         # An in-process store sees every change and never blocks: the scheduler waits
-        # on it without polling and skips a trip through Trio's scheduler per job.
+        # on it without polling, writes through its checkpoint-free calls, and needs
+        # no fence (its leases cannot fail to renew).
         self._in_process = storage if isinstance(storage, InProcessStorage) else None
         self._handlers = handlers
         self._concurrency = concurrency
@@ -93,45 +139,63 @@ class Scheduler:
         self._events = events
         self._logger = logger
         self._worker_id = worker_id
+        self._lease = storage.lease_duration
+        self._margin = self._lease * _FENCE_MARGIN
         #: The job types to claim (those with a handler).
         self.types: frozenset[str] = frozenset()
         self.nursery: trio.Nursery | None = None
-        #: Whether new jobs may start.
+        #: Whether new attempts may start.
         self.accepting = True
-        #: The attempts holding a slot, by job id.
-        self.running: dict[str, _Attempt] = {}
-        #: Attempts whose outcome is being written (their slots are already free).
-        self.writing: dict[str, _Attempt] = {}
+        #: Live attempt tasks, less those waiting inside ``stop()``: "idle" is 0.
+        self.busy: AsyncValue[int] = AsyncValue(0)
+        self._live = 0  # every live attempt task, for when services may stop
+        self._in_handlers = 0  # attempts holding a slot
+        #: The newest live attempt of each job, by job id (an older one is its ``previous``).
+        self._attempts: dict[str, Attempt] = {}
         #: Whether the last claim found fewer ready jobs than it asked for.
         self.store_dry = False
-        self.slot_freed = trio.lowlevel.ParkingLot()
-        #: Woken whenever an attempt's outcome was written (or the runner stopped).
+        self._slot_freed = trio.lowlevel.ParkingLot()
+        #: Woken whenever an attempt ends (or the runner stopped): for ``join()``.
         self.settled = trio.lowlevel.ParkingLot()
         self._force = False
         self._scheduler_scope = trio.CancelScope()
+        self._scheduler_done: trio.Event | None = None
         self._services_scope = trio.CancelScope()
+        self._services_wanted = True
         self._local_errors: dict[str, BaseException] = {}
         self._retry_policies: dict[str, RetryConfig] = {}
 
     # -- what the runner asks of it --------------------------------------------------
 
     def remember_policy(self, job: Job[Any]) -> None:
-        """Keep a job's retry policy when it has a predicate (which the store cannot keep)."""
-        if job.retry is not None and job.retry.is_retryable is not None:
-            self._retry_policies[job.id] = job.retry
+        """Keep a job's retry predicate, which a durable store cannot keep."""
+        # An in-process store keeps the job object, predicate and all.
+        if self._in_process is None and job.retry is not None and job.retry.is_retryable:
+            policies = self._retry_policies
+            policies[job.id] = job.retry
+            if len(policies) > _POLICIES_KEPT:  # jobs that ended in other workers
+                del policies[next(iter(policies))]
 
     def local_error(self, job_id: str) -> BaseException | None:
         """The original exception of a job that failed in this process, if kept."""
         return self._local_errors.get(job_id)
 
-    def cancel_job(self, job_id: str) -> None:
-        """Cancel the job's running attempt here, if it has one."""
-        attempt = self.running.get(job_id)
-        if attempt is not None:
-            self.cancel_attempt(attempt, "cancel")
+    def cancel_job(self, job_id: str) -> bool | None:
+        """Cancel the job's attempt here: True if its handler was interrupted.
+
+        False when the handler has already returned (its outcome stands), None when
+        no attempt of the job is live in this runner.
+        """
+        attempt = self._attempts.get(job_id)
+        if attempt is None:
+            return None
+        if not attempt.handler_running:
+            return False
+        self._cancel_attempt(attempt, "cancel")
+        return True
 
     def stop_claiming(self) -> None:
-        """Start nothing new."""
+        """Start nothing new; a claim in flight gives its jobs back."""
         self.accepting = False
         self._scheduler_scope.cancel()
 
@@ -140,20 +204,39 @@ class Scheduler:
         if self._force:
             return
         self._force = True
-        for attempt in self.running.values():
-            if attempt.reason is None:
-                attempt.reason = "stop"
-            attempt.scope.cancel()
+        for newest in list(self._attempts.values()):
+            attempt: Attempt | None = newest
+            while attempt is not None:
+                self._cancel_attempt(attempt, "stop")
+                attempt = attempt.previous
+
+    async def wait_until_stopped_claiming(self) -> None:
+        """Wait for the scheduler task to end (after :meth:`stop_claiming`)."""
+        if self._scheduler_done is not None:
+            await self._scheduler_done.wait()
 
     async def wait_until_idle(self) -> None:
-        """Wait until no attempt runs and no outcome is being written."""
-        while self.running or self.writing:
-            await self.slot_freed.park()
+        """Wait until no attempt task is alive, except the caller's own.
+
+        Called from inside a handler (``stop()`` from a job), the calling attempt
+        does not count, or it would wait for itself.
+        """
+        inside = _RUNNING_IN.get() is self
+        if inside:
+            self.busy.value -= 1
+        try:
+            await self.busy.wait_value(0)
+        finally:
+            if inside:
+                self.busy.value += 1
 
     def stop_services(self) -> None:
-        """Stop renewing leases (call once nothing runs)."""
-        self._services_scope.cancel()
-        self.settled.unpark_all()
+        """Stop renewing leases once no attempt is alive (at once if none is)."""
+        self._services_wanted = False
+        if self._live == 0:
+            self._services_scope.cancel()
+        if self.settled:
+            self.settled.unpark_all()
 
     # -- the scheduler ---------------------------------------------------------------
 
@@ -164,11 +247,21 @@ class Scheduler:
         the next claim overlaps the write; but at most one round of writes may be
         in flight, or a slow store would let claims run far ahead of it.
         """
-        running = len(self.running)
-        backlog = max(0, len(self.writing) - self._concurrency)
-        return self._concurrency - running - backlog
+        writing = self._live - self._in_handlers
+        backlog = max(0, writing - self._concurrency)
+        return self._concurrency - self._in_handlers - backlog
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The scheduler task: claim whenever a slot is free, start an attempt per job."""
+        self._scheduler_done = done = trio.Event()
+        try:
+            with self._scheduler_scope:
+                task_status.started()
+                await self._claim_loop()
+        finally:
+            done.set()
+
+    async def _claim_loop(self) -> None:
         storage = self._storage
         claim_nowait = self._in_process.claim_nowait if self._in_process is not None else None
         idle_wait = math.inf if claim_nowait is not None else self._poll_interval
@@ -176,165 +269,245 @@ class Scheduler:
         wait_and_claim: Callable[..., Awaitable[list[Job[Any]] | None]] | None = getattr(
             storage, "wait_and_claim", None
         )
-        with self._scheduler_scope:
-            task_status.started()
-            while True:
-                free = self._free_slots()
-                if free <= 0:
-                    await self.slot_freed.park()
-                    continue
-                try:
-                    if claim_nowait is not None:
-                        # Never blocks; the loop checkpoints when it parks or waits,
-                        # which it does at the latest on the next turn.
-                        jobs = claim_nowait(self._worker_id, free, self.types)
-                    else:
-                        jobs = await storage.claim(self._worker_id, free, self.types)
-                except Exception as exc:
-                    self._report_error("claiming jobs failed", exc)
-                    await trio.sleep(self._poll_interval)
-                    continue
-                self.store_dry = len(jobs) < free
-                if not jobs and wait_and_claim is not None:
-                    jobs = await wait_and_claim(self._worker_id, free, self.types, idle_wait) or []
-                if jobs:
-                    for job in jobs:
-                        self._start(job)
-                elif wait_and_claim is None:
-                    await storage.wait_for_work(idle_wait)
+        while True:
+            free = self._free_slots()
+            if free <= 0:
+                await self._slot_freed.park()
+                continue
+            sent = trio.current_time()
+            try:
+                if claim_nowait is not None:
+                    # Never blocks; the loop checkpoints when it parks or waits,
+                    # which it does at the latest on the next turn.
+                    jobs = claim_nowait(self._worker_id, free, self.types)
+                else:
+                    jobs = await storage.claim(self._worker_id, free, self.types)
+            except Exception as exc:
+                self._report_error("claiming jobs failed", exc)
+                await trio.sleep(self._poll_interval)
+                continue
+            self.store_dry = len(jobs) < free
+            if not jobs and wait_and_claim is not None:
+                sent = trio.current_time()
+                jobs = await wait_and_claim(self._worker_id, free, self.types, idle_wait) or []
+            if jobs:
+                self._start_all(jobs, sent)
+            elif wait_and_claim is None:
+                await storage.wait_for_work(idle_wait)
 
     def dispatch(self, store: InProcessStorage) -> None:
         """Start the best ready jobs in the free slots, or leave the scheduler a wake-up."""
         free = self._free_slots()
         if free > 0 and self.accepting:
-            for job in store.claim_nowait(self._worker_id, free, self.types):
-                self._start(job)
+            self._start_all(store.claim_nowait(self._worker_id, free, self.types), None)
         else:
             store.wake()
 
-    def _start(self, job: Job[Any]) -> None:
-        assert self.nursery is not None
-        timeout = job.timeout
-        scope = trio.CancelScope(
-            deadline=math.inf if timeout is None else trio.current_time() + timeout
-        )
-        attempt = _Attempt(job, scope)
-        self.running[job.id] = attempt
-        if self._force:
-            attempt.reason = "stop"
-            scope.cancel()
-        self.nursery.start_soon(self._run_attempt, attempt)
+    @trio.lowlevel.enable_ki_protection
+    def _start_all(self, jobs: list[Job[Any]], sent: float | None) -> None:
+        """Hand each claimed job to its own attempt task (which owns it from here on).
 
-    async def _run_attempt(self, attempt: _Attempt) -> None:
+        ``sent`` is when the claim was sent (the lease started no earlier); None for
+        an in-process store, whose attempts need no fence.
+        """
+        assert self.nursery is not None
+        now = trio.current_time() if sent is None else sent
+        lease_until = now + self._lease
+        for job in jobs:
+            timeout = job.timeout
+            scope = trio.CancelScope(deadline=math.inf if timeout is None else now + timeout)
+            fence = None if sent is None else trio.CancelScope(deadline=lease_until - self._margin)
+            attempt = Attempt(job, scope, fence, lease_until, self._attempts.get(job.id))
+            self._attempts[job.id] = attempt
+            self._live += 1
+            self._in_handlers += 1
+            self.busy.value += 1
+            if self._force or not self.accepting:
+                # Claimed after stop: the attempt task gives the job back.
+                attempt.reason = "stop"
+                scope.cancel()
+            self.nursery.start_soon(self._attempt_task, attempt)
+
+    # -- one attempt -----------------------------------------------------------------
+
+    async def _attempt_task(self, attempt: Attempt) -> None:
+        """Own ``attempt`` from claim to settle; release all it holds in ``finally``."""
+        _RUNNING_IN.set(self)
+        try:
+            await self._run_attempt(attempt)
+        except BaseException:
+            # The handler raised KeyboardInterrupt/SystemExit, or something outside it
+            # did (a callback, a Cancelled from outside the attempt): write what the
+            # attempt leaves behind before letting the exception through.
+            if not attempt.settled:
+                await self._write_abandoned(attempt)
+            raise
+        finally:
+            self._end(attempt)
+
+    async def _run_attempt(self, attempt: Attempt) -> None:
         job = attempt.job
-        scope = attempt.scope
-        handler = self._handlers[job.type]
+        if attempt.previous is not None:
+            # Our older attempt of this job (its lease lost) is still winding down:
+            # two attempts of one job never run at once.
+            await self._wait_for(attempt.previous)
+        if attempt.reason == "stop" and not self.accepting:
+            self._release_slot(attempt)
+            await self._write(attempt, JobStatus.PENDING)
+            return
         if self._events.active:
             self._events.emit("job:started", job)
         ctx: JobContext[Any] = JobContext(
-            job, logger=self._logger, cancel_scope=scope, on_update=self._context_updated
+            job,
+            logger=self._logger,
+            cancel_scope=attempt.scope,
+            on_update=lambda ctx, progress: self._context_updated(attempt, ctx, progress),
         )
+        handler = self._handlers[job.type]
         error: BaseException | None = None
         result: Any = None
         started = trio.current_time()
         try:
-            with scope:
-                result = await handler(job, ctx)
+            if attempt.fence is None:
+                with attempt.scope:
+                    result = await handler(job, ctx)
+            else:
+                with attempt.fence, attempt.scope:
+                    result = await handler(job, ctx)
         except Exception as exc:
             error = exc
-        except BaseException:
-            # KeyboardInterrupt, SystemExit, or a Cancelled from outside the attempt:
-            # give the job back before letting it through.
-            with trio.CancelScope(shield=True):
-                await self._settle(attempt, JobStatus.PENDING)
+        except BaseException as exc:
+            if not isinstance(exc, trio.Cancelled):
+                attempt.fatal = exc  # the handler's own KeyboardInterrupt/SystemExit
             raise
+        finally:
+            attempt.handler_running = False
+            self._release_slot(attempt)
         elapsed = trio.current_time() - started
-        # The last progress lands before the outcome, through one writer at a time
-        # (two concurrent writes could land in either order).
-        while attempt.progress_writer is not None or attempt.unsaved is not None:
-            if attempt.progress_writer is not None:
-                await attempt.progress_writer.wait()
-            else:
-                attempt.progress_writer = trio.Event()
-                await self._write_progress(attempt)
+        if attempt.writer is not None or attempt.unsaved is not None:
+            await self._flush_progress(attempt)
         await self._conclude(attempt, ctx, result, error, elapsed)
 
     async def _conclude(
         self,
-        attempt: _Attempt,
+        attempt: Attempt,
         ctx: JobContext[Any],
         result: Any,
         error: BaseException | None,
         elapsed: float,
     ) -> None:
+        """Judge how the handler ended and write it; then tell the listeners."""
         job = attempt.job
+        scope = attempt.scope
         reason = attempt.reason
-        interrupted = error is not None or attempt.scope.cancelled_caught
-        if reason == "stop" and interrupted:
-            # An orderly shutdown is not the job's fault: back to PENDING, uncounted.
-            await self._settle(attempt, JobStatus.PENDING)
+        fenced = attempt.fence is not None and attempt.fence.cancelled_caught
+        interrupted = scope.cancelled_caught or fenced
+        if reason == "cancel" or (
+            reason is None and scope.cancelled_caught and trio.current_time() < scope.deadline
+        ):
+            # Cancelled by a request that came while the handler ran (cancel() said
+            # True), or by the handler itself (``ctx.cancel_scope.cancel()``).
+            if await self._write(attempt, JobStatus.CANCELLED, execution_time=elapsed):
+                self._forget(job.id)
+                if self._events.active:
+                    self._events.emit(
+                        "job:cancelled", self._snapshot(job, ctx, status=JobStatus.CANCELLED)
+                    )
+            return
+        if error is None and not interrupted:
+            # The handler returned: its result stands (a stop or a lost lease asked
+            # meanwhile changes nothing; a cancel after it returned is refused).
+            if await self._write(
+                attempt, JobStatus.COMPLETED, result=result, execution_time=elapsed
+            ):
+                self._forget(job.id)
+                if self._events.active:
+                    done = self._snapshot(
+                        job,
+                        ctx,
+                        status=JobStatus.COMPLETED,
+                        result=result,
+                        completed_at=utcnow(),
+                        execution_time=elapsed,
+                    )
+                    self._events.emit("job:completed", done, result=result)
             return
         if reason == "lost":
-            # Our lease was taken away and the job rescued: its state is no longer
-            # ours to write.
-            self._release(attempt)
+            # The store says the claim is gone (rescued, deleted): not ours to write.
+            attempt.settled = True
             return
-        if reason == "cancel":
-            if await self._settle(attempt, JobStatus.CANCELLED, execution_time=elapsed):
-                self._emit_final("job:cancelled", job, ctx, status=JobStatus.CANCELLED)
+        if fenced or (reason == "stop" and (interrupted or error is not None)):
+            # An orderly shutdown, or a lease we could not renew: not the job's fault.
+            await self._write(attempt, JobStatus.PENDING)
             return
-        timed_out = interrupted and attempt.scope.cancel_called
-        if timed_out:
+        timed_out = False
+        if scope.cancel_called:
+            timed_out = True
             error = JobTimeoutError(
                 f"job {job.id} attempt {job.attempts} timed out after {job.timeout} s"
             )
             if self._events.active:
                 self._events.emit("job:timeout", self._snapshot(job, ctx))
-        if error is None:
-            if (
-                await self._settle(
-                    attempt, JobStatus.COMPLETED, result=result, execution_time=elapsed
-                )
-                and self._events.active
-            ):
-                done = self._snapshot(
-                    job,
-                    ctx,
-                    status=JobStatus.COMPLETED,
-                    result=result,
-                    completed_at=utcnow(),
-                    execution_time=elapsed,
-                )
-                self._events.emit("job:completed", done, result=result)
-            return
-        policy = self._retry_policies.get(job.id) or job.retry or self._default_retry
-        # A predicate cannot be stored: a job that arrives without one (submitted by
-        # another process) is judged by this runner's default_retry predicate, if any.
-        judge = policy if policy.is_retryable is not None else self._default_retry
-        retryable = is_retryable_error(error, judge)
+        assert error is not None
+        error = unwrap(error)
+        policy = self._policy(job)
+        retryable = judge(
+            error, self._judge_policy(policy), on_predicate_error=self._predicate_failed
+        )
         info = error_info(error, job.attempts, retryable=retryable)
         if retryable and job.attempts < job.max_attempts:
             delay = compute_delay(job.attempts, policy)
-            if (
-                await self._settle(
-                    attempt, JobStatus.RETRYING, error=info, delay=delay, execution_time=elapsed
-                )
-                and self._events.active
-            ):
+            written = await self._write(
+                attempt, JobStatus.RETRYING, error=info, delay=delay, execution_time=elapsed
+            )
+            if written and self._events.active:
                 waiting = self._snapshot(job, ctx, status=JobStatus.RETRYING, last_error=info)
                 self._events.emit("job:retrying", waiting, attempt=job.attempts, delay=delay)
             return
         status = JobStatus.TIMEOUT if timed_out else JobStatus.FAILED
-        if await self._settle(attempt, status, error=info, execution_time=elapsed):
+        if await self._write(attempt, status, error=info, execution_time=elapsed):
+            self._forget(job.id)
             self._remember_error(job.id, error)
-            self._retry_policies.pop(job.id, None)
             if status is JobStatus.FAILED and self._events.active:
                 failed = self._snapshot(job, ctx, status=status, last_error=info)
                 self._events.emit("job:failed", failed, error=error)
 
-    async def _settle(
+    def _policy(self, job: Job[Any]) -> RetryConfig:
+        return self._retry_policies.get(job.id) or job.retry or self._default_retry
+
+    def _judge_policy(self, policy: RetryConfig) -> RetryConfig:
+        # A predicate cannot be stored: a job that arrives without one (submitted by
+        # another process) is judged by this runner's default_retry predicate, if any.
+        return policy if policy.is_retryable is not None else self._default_retry
+
+    def _predicate_failed(self, exc: Exception) -> None:
+        self._report_error(
+            "a RetryConfig.is_retryable predicate raised; the heuristics decide", exc
+        )
+
+    async def _write_abandoned(self, attempt: Attempt) -> None:
+        """Write the end of an attempt left by a BaseException (shielded, bounded)."""
+        fatal = attempt.fatal
+        self._release_slot(attempt)
+        if fatal is None:
+            # Interrupted from outside (the runner is going down): not the job's
+            # fault, so back to PENDING with the attempt not counted.
+            await self._write(attempt, JobStatus.PENDING)
+            return
+        # The handler itself raised KeyboardInterrupt/SystemExit: the attempt counts,
+        # so a job that kills its worker every time ends FAILED, not in a loop.
+        job = attempt.job
+        info = error_info(fatal, job.attempts, retryable=False)
+        if job.attempts < job.max_attempts:
+            delay = compute_delay(job.attempts, self._policy(job))
+            await self._write(attempt, JobStatus.RETRYING, error=info, delay=delay)
+        else:
+            await self._write(attempt, JobStatus.FAILED, error=info)
+            self._forget(job.id)
+
+    async def _write(
         self,
-        attempt: _Attempt,
+        attempt: Attempt,
         status: JobStatus,
         *,
         result: Any = None,
@@ -342,69 +515,102 @@ class Scheduler:
         delay: float = 0.0,
         execution_time: float | None = None,
     ) -> bool:
-        job = attempt.job
-        # The handler is done: free its slot now, so the next claim can go out while
-        # this write is in flight (a durable store batches both into few
-        # transactions). The job stays RUNNING in the store until the write lands.
-        self._release(attempt)
-        self.writing[job.id] = attempt
-        try:
-            try:
-                if self._in_process is not None:
-                    return bool(
-                        self._in_process.settle_nowait(
-                            job.id,
-                            worker_id=self._worker_id,
-                            attempt=job.attempts,
-                            status=status,
-                            result=result,
-                            error=error,
-                            delay=delay,
-                            execution_time=execution_time,
-                        )
-                    )
-                return await self._storage.settle(
-                    job.id,
-                    worker_id=self._worker_id,
-                    attempt=job.attempts,
-                    status=status,
-                    result=result,
-                    error=error,
-                    delay=delay,
-                    execution_time=execution_time,
-                )
-            except TypeError as exc:
-                if status is not JobStatus.COMPLETED:
-                    raise
-                # The result cannot be stored (a durable store needs JSON): the job
-                # fails with that error rather than vanish.
-                info = error_info(exc, job.attempts, retryable=False)
-                return await self._storage.settle(
-                    job.id,
-                    worker_id=self._worker_id,
-                    attempt=job.attempts,
-                    status=JobStatus.FAILED,
-                    error=info,
-                    execution_time=execution_time,
-                )
-        except Exception as exc:
-            self._report_error(f"recording job {job.id} as {status} failed", exc)
-            return False
-        finally:
-            del self.writing[job.id]
-            if self.settled:
-                self.settled.unpark_all()
-            if self.slot_freed:
-                self.slot_freed.unpark_all()  # for the scheduler and wait_until_idle
+        """Settle ``attempt`` as ``status`` in the store; True if the store applied it.
 
-    def _release(self, attempt: _Attempt) -> None:
-        """Free the attempt's slot and wake whoever waits for one or for a settle."""
-        if self.running.pop(attempt.job.id, None) is not None and self.slot_freed:
-            self.slot_freed.unpark_all()
+        Shielded: once a handler is done its outcome is written even if the runner
+        is being cancelled. A write that fails is tried again with backoff while the
+        lease holds; after that the lease runs out and the store's rescue takes the
+        job (its attempt counted), so nothing is lost either way.
+        """
+        attempt.settled = True
+        job = attempt.job
+        fields: dict[str, Any] = {
+            "worker_id": self._worker_id,
+            "attempt": job.attempts,
+            "status": status,
+            "result": result,
+            "error": error,
+            "delay": delay,
+            "execution_time": execution_time,
+        }
+        if self._in_process is not None:
+            try:
+                return bool(self._in_process.settle_nowait(job.id, **fields))
+            except Exception as exc:
+                self._report_error(f"recording job {job.id} as {status} failed", exc)
+                return False
+        with trio.CancelScope(shield=True, deadline=attempt.lease_until) as scope:
+            attempt.write_scope = scope
+            wait, factor, cap = _WRITE_RETRY
+            while True:
+                try:
+                    return await self._storage.settle(job.id, **fields)
+                except TypeError as exc:
+                    if fields["status"] is not JobStatus.COMPLETED:
+                        raise
+                    # The result cannot be stored (a durable store needs JSON): the
+                    # job fails with that error rather than vanish.
+                    fields |= {
+                        "status": JobStatus.FAILED,
+                        "result": None,
+                        "error": error_info(exc, job.attempts, retryable=False),
+                    }
+                except Exception as exc:
+                    # Keep trying while the lease is ours (renewals push it back).
+                    if trio.current_time() + wait >= scope.deadline:
+                        self._report_error(
+                            f"recording job {job.id} as {status} failed; its lease will "
+                            "run out and the store will rescue it",
+                            exc,
+                        )
+                        return False
+                    self._logger.warning(
+                        "recording job %s as %s failed (%r); trying again in %.2f s",
+                        job.id,
+                        status,
+                        exc,
+                        wait,
+                    )
+                    await trio.sleep(wait)
+                    wait = min(wait * factor, cap)
+        self._logger.error(
+            "recording job %s as %s timed out; its lease will run out and the store will rescue it",
+            job.id,
+            status,
+        )
+        return False
+
+    @trio.lowlevel.enable_ki_protection
+    def _release_slot(self, attempt: Attempt) -> None:
+        if attempt.holds_slot:
+            attempt.holds_slot = False
+            self._in_handlers -= 1
+            if self._slot_freed:
+                self._slot_freed.unpark_all()
+
+    @trio.lowlevel.enable_ki_protection
+    def _end(self, attempt: Attempt) -> None:
+        """Give back all the attempt holds (the attempt task's ``finally``)."""
+        self._release_slot(attempt)
+        if self._attempts.get(attempt.job.id) is attempt:
+            del self._attempts[attempt.job.id]
+        self._live -= 1
+        self.busy.value -= 1
+        if attempt.done is not None:
+            attempt.done.set()
+        if self._slot_freed:
+            self._slot_freed.unpark_all()  # the write backlog shrank
         if self.settled:
             self.settled.unpark_all()
+        if self._live == 0 and not self._services_wanted:
+            self._services_scope.cancel()
 
-    def cancel_attempt(self, attempt: _Attempt, reason: str) -> None:
+    async def _wait_for(self, attempt: Attempt) -> None:
+        if attempt.done is None:
+            attempt.done = trio.Event()
+        await attempt.done.wait()
+
+    def _cancel_attempt(self, attempt: Attempt, reason: str) -> None:
         if attempt.reason is None:
             attempt.reason = reason
         attempt.scope.cancel()
@@ -413,32 +619,30 @@ class Scheduler:
         base = ctx.job if ctx.job is not job else job
         return replace(base, **changes) if changes else base
 
-    def _emit_final(
-        self, event: str, job: Job[Any], ctx: JobContext[Any], *, status: JobStatus
-    ) -> None:
-        if self._events.active:
-            self._events.emit(event, self._snapshot(job, ctx, status=status))
+    def _forget(self, job_id: str) -> None:
+        """The job is final: drop what was kept for its next attempt."""
+        if self._retry_policies:
+            self._retry_policies.pop(job_id, None)
 
     def _remember_error(self, job_id: str, error: BaseException) -> None:
         errors = self._local_errors
-        errors[job_id] = error
+        errors[job_id] = drop_frames(error)
         if len(errors) > _LOCAL_ERRORS_KEPT:
             del errors[next(iter(errors))]
 
     # -- progress --------------------------------------------------------------------
 
-    def _context_updated(self, ctx: JobContext[Any]) -> None:
-        attempt = self.running.get(ctx.job.id)
-        if attempt is None:
+    def _context_updated(self, attempt: Attempt, ctx: JobContext[Any], progress: bool) -> None:
+        if not attempt.handler_running:
             return
         attempt.unsaved = ctx
-        if self._events.active:
+        if progress and self._events.active:
             self._events.emit("job:progress", ctx.job)
-        if attempt.progress_writer is None and self.nursery is not None:
-            attempt.progress_writer = trio.Event()
+        if attempt.writer is None and self.nursery is not None:
+            attempt.writer = trio.Event()
             self.nursery.start_soon(self._write_progress, attempt)
 
-    async def _write_progress(self, attempt: _Attempt) -> None:
+    async def _write_progress(self, attempt: Attempt) -> None:
         """Store the newest unsaved progress until none is left (the only writer)."""
         try:
             while attempt.unsaved is not None:
@@ -455,37 +659,63 @@ class Scheduler:
                 except Exception as exc:
                     self._report_error(f"recording progress of job {ctx.job.id} failed", exc)
         finally:
-            done, attempt.progress_writer = attempt.progress_writer, None
+            done, attempt.writer = attempt.writer, None
             if done is not None:
                 done.set()
+
+    async def _flush_progress(self, attempt: Attempt) -> None:
+        """Let the last progress land before the outcome, through the one writer.
+
+        Two concurrent writes could land in either order. A writer that stalls is
+        waited for only while the lease holds; the outcome is written regardless.
+        """
+        with trio.move_on_at(attempt.lease_until):
+            while attempt.writer is not None or attempt.unsaved is not None:
+                if attempt.writer is not None:
+                    await attempt.writer.wait()
+                else:
+                    attempt.writer = trio.Event()
+                    await self._write_progress(attempt)
 
     # -- leases, cancellation requests, rescue ---------------------------------------
 
     async def run_services(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        interval = min(self._storage.lease_duration / 3, self._poll_interval)
+        """The services task: renew leases, relay cancel requests, rescue expired leases."""
+        interval = min(self._lease / 3, self._poll_interval)
         with self._services_scope:
             task_status.started()
             while True:
                 await self._wait_for_cancel_requests(interval)
+                await self._renew_leases()
                 try:
-                    # Jobs whose outcome is being written are still ours until it lands.
-                    held = [*self.running, *self.writing]
-                    beat = await self._storage.heartbeat(self._worker_id, held)
-                    for job_id in beat.cancel_requested:
-                        if (attempt := self.running.get(job_id)) is not None:
-                            self.cancel_attempt(attempt, "cancel")
-                    for job_id in beat.lost:
-                        # (A job whose outcome is being written is not in running.)
-                        attempt = self.running.get(job_id)
-                        if attempt is not None:
-                            self._logger.warning("lost the claim on job %s; abandoning it", job_id)
-                            self.cancel_attempt(attempt, "lost")
-                    if await self._storage.rescue_expired():
+                    if await self._storage.rescue_expired() and self.settled:
                         self.settled.unpark_all()
                 except Exception as exc:
-                    self._report_error("renewing leases failed", exc)
+                    self._report_error("rescuing expired leases failed", exc)
+
+    async def _renew_leases(self) -> None:
+        held = dict(self._attempts)  # the attempts this renewal speaks for
+        sent = trio.current_time()
+        try:
+            beat = await self._storage.heartbeat(self._worker_id, list(held))
+        except Exception as exc:
+            # The fences cancel attempts whose leases run out before a renewal works.
+            self._report_error("renewing leases failed", exc)
+            return
+        for job_id in beat.cancel_requested:
+            attempt = held.get(job_id)
+            if attempt is not None and attempt.handler_running:
+                self._cancel_attempt(attempt, "cancel")
+        for job_id in beat.lost:
+            attempt = held.get(job_id)
+            if attempt is not None and attempt.handler_running:
+                self._logger.warning("lost the claim on job %s; abandoning it", job_id)
+                self._cancel_attempt(attempt, "lost")
+        for job_id, attempt in held.items():
+            if job_id not in beat.lost:
+                attempt.renewed(sent + self._lease, self._margin)
 
     async def _wait_for_cancel_requests(self, timeout: float) -> None:
         wait = getattr(self._storage, "wait_for_cancel_request", None)
