@@ -384,7 +384,7 @@ def test_toml_blocks_parse() -> None:
 
 
 def test_sql_shown_is_the_stores_fence() -> None:
-    source = (ROOT / "src/trio_jobs/storage/_sqlite.py").read_text()
+    source = (ROOT / "src/trio_jobs/storage/sqlite/_store.py").read_text()
     blocks = [lines for p in PAGES for lang, lines in code_blocks(p) if lang == "sql"]
     assert blocks
     for lines in blocks:

@@ -94,8 +94,8 @@ class StoreSpec:
     def create(self, *, lease_duration: float = 30.0, max_connections: int = 10) -> JobStorage:
         """Make the (unopened) store."""
         from .storage._memory import MemoryStorage
-        from .storage._postgres import PostgresStorage
-        from .storage._sqlite import SQLiteStorage
+        from .storage.postgres import PostgresStorage
+        from .storage.sqlite import SQLiteStorage
 
         if self.kind == "sqlite":
             return SQLiteStorage(self.location, lease_duration=lease_duration)
@@ -277,7 +277,7 @@ async def cmd_migrate(args: argparse.Namespace) -> int:
     """``migrate``: create or update the store's tables; print the schema version."""
     spec: StoreSpec = args.store
     storage = spec.create(max_connections=2)
-    from .storage._postgres import PostgresStorage
+    from .storage.postgres import PostgresStorage
 
     if isinstance(storage, PostgresStorage):
         try:
@@ -285,7 +285,7 @@ async def cmd_migrate(args: argparse.Namespace) -> int:
         except Exception as exc:
             raise CliError(f"cannot migrate {spec.describe()}: {one_line(str(exc))}") from None
     else:
-        from .storage._sqlite import SCHEMA_VERSION
+        from .storage.sqlite._store import SCHEMA_VERSION
 
         await open_storage(storage, spec)
         await storage.close()
