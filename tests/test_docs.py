@@ -36,8 +36,8 @@ import trio.testing
 
 import trio_jobs
 from conftest import PG_DSN
-from trio_jobs._cli import build_parser
-from trio_jobs._cli import main as cli_main
+from trio_jobs.cli import build_parser
+from trio_jobs.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"

@@ -14,8 +14,9 @@ from typing import Any
 
 import trio
 
-from ._cli import CliError, StoreSpec, UsageError, open_storage
-from ._cli_format import (
+from .._records import Job
+from .._runner import JobRunner
+from ._format import (
     argument_type,
     attempts_text,
     format_seconds,
@@ -23,8 +24,7 @@ from ._cli_format import (
     parse_positive_duration,
     parse_positive_int,
 )
-from ._records import Job
-from ._runner import JobRunner
+from ._main import CliError, StoreSpec, UsageError, open_storage
 
 Installer = Callable[[JobRunner], Awaitable[None]]
 

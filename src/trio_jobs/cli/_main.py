@@ -27,7 +27,10 @@ from typing import Any, NoReturn
 import attrs
 import trio
 
-from ._cli_format import (
+from .._client import JobClient
+from .._records import Job
+from ..storage._base import CancelOutcome, JobStorage
+from ._format import (
     argument_type,
     job_details,
     jobs_table,
@@ -40,9 +43,6 @@ from ._cli_format import (
     stats_table,
     to_json,
 )
-from ._client import JobClient
-from ._records import Job
-from .storage._base import CancelOutcome, JobStorage
 
 PROG = "trio-jobs"
 DEFAULT_DB = "trio_jobs.db"
@@ -93,9 +93,9 @@ class StoreSpec:
 
     def create(self, *, lease_duration: float = 30.0, max_connections: int = 10) -> JobStorage:
         """Make the (unopened) store."""
-        from .storage._memory import MemoryStorage
-        from .storage.postgres import PostgresStorage
-        from .storage.sqlite import SQLiteStorage
+        from ..storage._memory import MemoryStorage
+        from ..storage.postgres import PostgresStorage
+        from ..storage.sqlite import SQLiteStorage
 
         if self.kind == "sqlite":
             return SQLiteStorage(self.location, lease_duration=lease_duration)
@@ -277,7 +277,7 @@ async def cmd_migrate(args: argparse.Namespace) -> int:
     """``migrate``: create or update the store's tables; print the schema version."""
     spec: StoreSpec = args.store
     storage = spec.create(max_connections=2)
-    from .storage.postgres import PostgresStorage
+    from ..storage.postgres import PostgresStorage
 
     if isinstance(storage, PostgresStorage):
         try:
@@ -285,7 +285,7 @@ async def cmd_migrate(args: argparse.Namespace) -> int:
         except Exception as exc:
             raise CliError(f"cannot migrate {spec.describe()}: {one_line(str(exc))}") from None
     else:
-        from .storage.sqlite._store import SCHEMA_VERSION
+        from ..storage.sqlite._store import SCHEMA_VERSION
 
         await open_storage(storage, spec)
         await storage.close()
@@ -301,7 +301,7 @@ async def cmd_migrate(args: argparse.Namespace) -> int:
 
 async def cmd_worker(args: argparse.Namespace) -> int:
     """``worker APP``: run jobs until a signal stops it."""
-    from ._cli_worker import run_worker
+    from ._worker import run_worker
 
     return await run_worker(args)
 
@@ -381,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(run=run)
         return sub
 
-    from ._cli_worker import WORKER_HELP, add_worker_arguments
+    from ._worker import WORKER_HELP, add_worker_arguments
 
     worker = command(
         "worker",
