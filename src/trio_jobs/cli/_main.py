@@ -1,67 +1,44 @@
-"""The ``trio-jobs`` command: run workers, submit and inspect jobs, see the demo.
+"""The ``trio-jobs`` command line: its parser, and :func:`main`, which runs a command.
 
-Every command works on one store, chosen the same way:
-
-- ``--db PATH``: an SQLite file (the default: ``./trio_jobs.db``, or ``$TRIO_JOBS_DB``);
-- ``--dsn DSN``: a PostgreSQL database (or ``$TRIO_JOBS_DSN``), its tables in the
-  schema ``--schema`` (default ``trio_jobs``, or ``$TRIO_JOBS_SCHEMA``).
-
-Options on the command line beat the environment; giving both ``--db`` and
-``--dsn`` is a usage error. Output is an aligned table for people, or JSON with
-``--json``. A mistake (bad JSON, unknown id, unopenable database, ...) prints one
-line, ``trio-jobs: error: ...``, and exits with status 2 for a usage error or 1
-for anything else.
+:func:`main` turns every mistake into one line on stderr and an exit status.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-import attrs
 import trio
 
-from .._client import JobClient
-from .._records import Job
-from ..storage._base import CancelOutcome, JobStorage
+from ._commands import (
+    cmd_cancel,
+    cmd_demo,
+    cmd_list,
+    cmd_migrate,
+    cmd_purge,
+    cmd_retry,
+    cmd_show,
+    cmd_stats,
+    cmd_submit,
+    cmd_worker,
+)
+from ._errors import CliError, UsageError
 from ._format import (
     argument_type,
-    job_details,
-    jobs_table,
     one_line,
     parse_duration,
     parse_positive_int,
     parse_priority,
     parse_status,
     parse_timeout,
-    stats_table,
-    to_json,
 )
+from ._store import DEFAULT_DB, DEFAULT_SCHEMA, store_spec
+from ._worker import WORKER_HELP, add_worker_arguments
 
 PROG = "trio-jobs"
-DEFAULT_DB = "trio_jobs.db"
-DEFAULT_SCHEMA = "trio_jobs"
-
-
-class CliError(Exception):
-    """A mistake to report in one line; ``code`` is the exit status."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class UsageError(CliError):
-    """A malformed command line (exit status 2)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, 2)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,264 +47,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         command = self.prog.removeprefix(PROG).strip()
         raise UsageError(f"{command}: {message}" if command else message)
-
-
-# -- choosing the store -------------------------------------------------------------------
-
-
-@attrs.frozen
-class StoreSpec:
-    """Which store a command works on (the DSN is never printed: it may hold a password)."""
-
-    kind: str  # "sqlite", "postgres" or "memory"
-    location: str = ""
-    schema: str = DEFAULT_SCHEMA
-
-    def describe(self) -> str:
-        """Name the store for messages."""
-        if self.kind == "sqlite":
-            return f"SQLite database {self.location}"
-        if self.kind == "postgres":
-            return f"PostgreSQL schema {self.schema}"
-        return "in-memory store"
-
-    def create(self, *, lease_duration: float = 30.0, max_connections: int = 10) -> JobStorage:
-        """Make the (unopened) store."""
-        from ..storage._memory import MemoryStorage
-        from ..storage.postgres import PostgresStorage
-        from ..storage.sqlite import SQLiteStorage
-
-        if self.kind == "sqlite":
-            return SQLiteStorage(self.location, lease_duration=lease_duration)
-        if self.kind == "postgres":
-            try:
-                return PostgresStorage(
-                    self.location,
-                    schema=self.schema,
-                    lease_duration=lease_duration,
-                    max_connections=max_connections,
-                )
-            except ValueError as exc:
-                raise UsageError(str(exc)) from None
-        return MemoryStorage(lease_duration=lease_duration)
-
-
-def store_spec(args: argparse.Namespace, environ: Mapping[str, str]) -> StoreSpec:
-    """Choose the store from ``--db``/``--dsn``, then the environment, then the default.
-
-    Raises:
-        UsageError: both a file and a DSN were given.
-    """
-    schema = args.schema or environ.get("TRIO_JOBS_SCHEMA") or DEFAULT_SCHEMA
-    if args.db is not None and args.dsn is not None:
-        raise UsageError("give either --db (SQLite) or --dsn (PostgreSQL), not both")
-    if args.dsn is not None:
-        return StoreSpec("postgres", args.dsn, schema)
-    if args.db is not None:
-        return StoreSpec("sqlite", args.db)
-    env_db, env_dsn = environ.get("TRIO_JOBS_DB"), environ.get("TRIO_JOBS_DSN")
-    if env_db and env_dsn:
-        raise UsageError(
-            "both TRIO_JOBS_DB and TRIO_JOBS_DSN are set: unset one, or pass --db or --dsn"
-        )
-    if env_dsn:
-        return StoreSpec("postgres", env_dsn, schema)
-    return StoreSpec("sqlite", env_db or DEFAULT_DB)
-
-
-async def open_storage(storage: JobStorage, spec: StoreSpec, *, must_exist: bool = False) -> None:
-    """Open ``storage``, turning any failure into a one-line :class:`CliError`.
-
-    Args:
-        storage: The store ``spec`` made.
-        spec: What it is, for the message.
-        must_exist: Refuse to create a missing SQLite file (commands that only read
-            or change existing jobs: a typo in ``--db`` must not look like an empty
-            queue).
-    """
-    if must_exist and spec.kind == "sqlite" and not await trio.Path(spec.location).exists():
-        raise CliError(
-            f"no database at {spec.location} (nothing was submitted there yet;"
-            " pass --db PATH or set TRIO_JOBS_DB)"
-        )
-    try:
-        await storage.open()
-    except Exception as exc:
-        raise CliError(f"cannot open {spec.describe()}: {one_line(str(exc))}") from None
-
-
-@asynccontextmanager
-async def _client(args: argparse.Namespace, *, must_exist: bool) -> AsyncIterator[JobClient]:
-    spec = args.store
-    storage = spec.create(max_connections=2)
-    await open_storage(storage, spec, must_exist=must_exist)
-    async with JobClient(storage) as client:
-        yield client
-
-
-# -- the commands ---------------------------------------------------------------------------
-
-
-def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
-    """Print ``data`` as JSON with ``--json``, else ``text``."""
-    if args.json:
-        print(json.dumps(to_json(data), indent=2, ensure_ascii=False))
-    else:
-        print(text)
-
-
-async def _find(client: JobClient, job_id: str) -> Job[Any]:
-    job = await client.get_job(job_id)
-    if job is None:
-        raise CliError(f"no job with id {job_id!r}")
-    return job
-
-
-async def cmd_submit(args: argparse.Namespace) -> int:
-    """``submit TYPE [JSON]``: enqueue a job; print its id."""
-    text = sys.stdin.read() if args.payload == "-" else args.payload
-    payload = None
-    if text is not None:
-        try:
-            payload = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"submit: invalid JSON payload: {exc}") from None
-    retry = None if args.max_attempts is None else {"max_attempts": args.max_attempts}
-    async with _client(args, must_exist=False) as client:
-        try:
-            handle = await client.submit(
-                args.type,
-                payload,
-                priority=args.priority,
-                retry=retry,
-                timeout=args.timeout,
-                delay=args.delay,
-            )
-        except (TypeError, ValueError) as exc:
-            raise UsageError(f"submit: {exc}") from None
-        job = await client.get_job(handle.id)
-    _emit(args, job, handle.id)
-    return 0
-
-
-async def cmd_list(args: argparse.Namespace) -> int:
-    """``list``: the newest jobs, filtered by status and type."""
-    async with _client(args, must_exist=True) as client:
-        jobs = await client.storage.list_jobs(
-            status=args.status, job_type=args.type, limit=args.limit
-        )
-    _emit(args, jobs, jobs_table(jobs) if jobs else "no jobs")
-    return 0
-
-
-async def cmd_show(args: argparse.Namespace) -> int:
-    """``show ID``: every field of one job, with its last error's traceback."""
-    async with _client(args, must_exist=True) as client:
-        job = await _find(client, args.id)
-    _emit(args, job, job_details(job))
-    return 0
-
-
-async def cmd_stats(args: argparse.Namespace) -> int:
-    """``stats``: counts by status."""
-    async with _client(args, must_exist=True) as client:
-        stats = await client.stats()
-    _emit(args, stats, stats_table(stats))
-    return 0
-
-
-async def cmd_cancel(args: argparse.Namespace) -> int:
-    """``cancel ID``: cancel a waiting job, or ask a running job's worker to stop it."""
-    async with _client(args, must_exist=True) as client:
-        outcome = await client.storage.request_cancel(args.id)
-        job = await _find(client, args.id)
-    if outcome is CancelOutcome.NOTHING:
-        raise CliError(f"job {args.id} is already {job.status.value}: nothing to cancel")
-    if outcome is CancelOutcome.CANCELLED:
-        text = f"cancelled job {args.id}"
-    else:
-        text = f"job {args.id} is running: its worker was asked to cancel it"
-    _emit(args, {"id": args.id, "outcome": outcome.value, "status": job.status}, text)
-    return 0
-
-
-async def cmd_retry(args: argparse.Namespace) -> int:
-    """``retry ID``: re-queue a failed, timed-out or cancelled job with fresh attempts."""
-    async with _client(args, must_exist=True) as client:
-        requeued = await client.storage.requeue(args.id)
-        job = await _find(client, args.id)
-    if not requeued:
-        raise CliError(
-            f"job {args.id} is {job.status.value}: only failed, timeout and cancelled"
-            " jobs can be retried"
-        )
-    _emit(args, job, f"requeued job {args.id} ({job.type}) with fresh attempts")
-    return 0
-
-
-async def cmd_purge(args: argparse.Namespace) -> int:
-    """``purge --older-than DURATION``: delete final jobs that finished before then."""
-    async with _client(args, must_exist=True) as client:
-        count = await client.storage.purge(args.older_than)
-    _emit(args, {"purged": count}, f"purged {count} job{'' if count == 1 else 's'}")
-    return 0
-
-
-async def cmd_migrate(args: argparse.Namespace) -> int:
-    """``migrate``: create or update the store's tables; print the schema version."""
-    spec: StoreSpec = args.store
-    storage = spec.create(max_connections=2)
-    from ..storage.postgres import PostgresStorage
-
-    if isinstance(storage, PostgresStorage):
-        try:
-            version = await storage.migrate()
-        except Exception as exc:
-            raise CliError(f"cannot migrate {spec.describe()}: {one_line(str(exc))}") from None
-    else:
-        from ..storage.sqlite._store import SCHEMA_VERSION
-
-        await open_storage(storage, spec)
-        await storage.close()
-        version = SCHEMA_VERSION
-    data = {"store": spec.kind, "schema_version": version}
-    if spec.kind == "sqlite":
-        data["path"] = spec.location
-    else:
-        data["schema"] = spec.schema
-    _emit(args, data, f"{spec.describe()} is at schema version {version}")
-    return 0
-
-
-async def cmd_worker(args: argparse.Namespace) -> int:
-    """``worker APP``: run jobs until a signal stops it."""
-    from ._worker import run_worker
-
-    return await run_worker(args)
-
-
-async def cmd_demo(args: argparse.Namespace) -> int:
-    """``demo``: a live tour on a fresh temporary SQLite file (or ``--memory``)."""
-    from ._demo import run_demo
-
-    if args.memory and (args.db is not None or args.dsn is not None):
-        raise UsageError("demo: give --memory, --db or --dsn, not several")
-    if args.memory:
-        spec = StoreSpec("memory")
-    elif args.db is not None or args.dsn is not None:
-        spec = store_spec(args, {})
-    else:
-        with tempfile.TemporaryDirectory(prefix="trio-jobs-demo-") as folder:
-            spec = StoreSpec("sqlite", os.path.join(folder, "demo.db"))
-            return await _demo_on(spec, run_demo)
-    return await _demo_on(spec, run_demo)
-
-
-async def _demo_on(spec: StoreSpec, run_demo: Callable[..., Awaitable[None]]) -> int:
-    storage = spec.create()
-    await open_storage(storage, spec)
-    await run_demo(storage, where=spec.describe())
-    return 0
 
 
 # -- the parser -----------------------------------------------------------------------------
@@ -380,8 +99,6 @@ def build_parser() -> argparse.ArgumentParser:
         _add_store_options(sub, top=False)
         sub.set_defaults(run=run)
         return sub
-
-    from ._worker import WORKER_HELP, add_worker_arguments
 
     worker = command(
         "worker",
@@ -541,4 +258,4 @@ def _single_cli_error(group: BaseExceptionGroup[BaseException]) -> CliError | No
     return None
 
 
-__all__ = ["CliError", "StoreSpec", "UsageError", "build_parser", "main", "open_storage"]
+__all__ = ["PROG", "build_parser", "main"]

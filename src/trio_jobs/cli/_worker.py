@@ -16,6 +16,7 @@ import trio
 
 from .._records import Job
 from .._runner import JobRunner
+from ._errors import CliError, UsageError
 from ._format import (
     argument_type,
     attempts_text,
@@ -24,7 +25,7 @@ from ._format import (
     parse_positive_duration,
     parse_positive_int,
 )
-from ._main import CliError, StoreSpec, UsageError, open_storage
+from ._store import StoreSpec, open_storage
 
 Installer = Callable[[JobRunner], Awaitable[None]]
 
