@@ -97,5 +97,4 @@ async def open_storage(storage: JobStorage, spec: StoreSpec, *, must_exist: bool
         raise CliError(f"cannot open {spec.describe()}: {one_line(str(exc))}") from None
 
 
-
 __all__ = ["DEFAULT_DB", "DEFAULT_SCHEMA", "StoreSpec", "open_storage", "store_spec"]
