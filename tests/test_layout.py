@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "src" / "trio_jobs"
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "src" / "trio_jobs"
+LAYOUT_PAGE = ROOT / "docs" / "explanation" / "layout.rst"
 
 #: The layers, lowest first. A module may import only from its own layer or lower
 #: ones. ``pkg.*`` names the package ``pkg`` and every module under it. Every
@@ -203,6 +205,24 @@ def test_independent_modules_do_not_import_each_other() -> None:
         if matches(target, b)
     ]
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_docs_list_every_module() -> None:
+    """``docs/explanation/layout.rst`` shows the tree: one line per file, nested by indent."""
+    text = LAYOUT_PAGE.read_text()
+    tree = text.partition(".. code-block:: text\n\n")[2].partition("\n\n")[0]
+    listed: set[str] = set()
+    folders: list[str] = []
+    for line in tree.splitlines():
+        depth = (len(line) - len(line.lstrip()) - 3) // 2
+        name = line.split()[0]
+        del folders[depth:]
+        if name.endswith("/"):
+            folders.append(name.rstrip("/"))
+        else:
+            listed.add("/".join([*folders, name]))
+    files = {str(p.relative_to(PACKAGE.parent)) for p in module_files().values()}
+    assert listed == files
 
 
 # -- the checker itself ---------------------------------------------------------------------
