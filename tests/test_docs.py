@@ -36,8 +36,8 @@ import trio.testing
 
 import trio_jobs
 from conftest import PG_DSN
-from trio_jobs._cli import build_parser
-from trio_jobs._cli import main as cli_main
+from trio_jobs.cli import build_parser
+from trio_jobs.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -384,7 +384,7 @@ def test_toml_blocks_parse() -> None:
 
 
 def test_sql_shown_is_the_stores_fence() -> None:
-    source = (ROOT / "src/trio_jobs/storage/_sqlite.py").read_text()
+    source = (ROOT / "src/trio_jobs/storage/sqlite/_store.py").read_text()
     blocks = [lines for p in PAGES for lang, lines in code_blocks(p) if lang == "sql"]
     assert blocks
     for lines in blocks:

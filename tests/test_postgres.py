@@ -29,8 +29,8 @@ import trio
 import trio.testing
 
 from trio_jobs import CancelOutcome, ErrorInfo, Job, JobPriority, JobStatus, PostgresStorage
-from trio_jobs.storage import _postgres_sql
-from trio_jobs.storage._postgres_batch import ClaimRequest, SettleRequest, _settle_record
+from trio_jobs.storage.postgres import _sql
+from trio_jobs.storage.postgres._batch import ClaimRequest, SettleRequest, _settle_record
 
 pytestmark = pytest.mark.slow
 
@@ -151,10 +151,10 @@ async def test_methods_of_an_unopened_store_say_it_is_not_open(pg_schema: str) -
 async def test_migrate_creates_the_schema_at_the_latest_version_once(pg_schema: str) -> None:
     store = PostgresStorage(PG_DSN, schema=pg_schema)
     # The CLI migrates without opening the store.
-    assert await store.migrate() == _postgres_sql.LATEST_VERSION
-    assert await store.migrate() == _postgres_sql.LATEST_VERSION
+    assert await store.migrate() == _sql.LATEST_VERSION
+    assert await store.migrate() == _sql.LATEST_VERSION
     versions = await admin_async(f'SELECT version FROM "{pg_schema}".schema_version')
-    assert versions == [(v,) for v, _ in _postgres_sql.MIGRATIONS]
+    assert versions == [(v,) for v, _ in _sql.MIGRATIONS]
 
 
 async def test_reopening_migrates_nothing_and_keeps_the_jobs(make_store: MakeStore) -> None:
@@ -162,7 +162,7 @@ async def test_reopening_migrates_nothing_and_keeps_the_jobs(make_store: MakeSto
     await first.save(Job(id="kept", type="t", payload={"n": 1}))
     await first.close()
     second = await make_store()
-    assert await second.migrate() == _postgres_sql.LATEST_VERSION
+    assert await second.migrate() == _sql.LATEST_VERSION
     job = await second.get("kept")
     assert job is not None
     assert job.payload == {"n": 1}
@@ -182,7 +182,7 @@ async def test_stores_opening_together_on_a_fresh_schema_all_succeed(
                 nursery.start_soon(open_one)
     assert len(opened) == 4
     versions = await admin_async(f'SELECT version FROM "{pg_schema}".schema_version')
-    assert versions == [(v,) for v, _ in _postgres_sql.MIGRATIONS]
+    assert versions == [(v,) for v, _ in _sql.MIGRATIONS]
     # And they share one queue.
     await opened[0].save(Job(id="shared", type="t"))
     claimed = await opened[3].claim("w", 5)
@@ -291,7 +291,7 @@ async def test_claim_orders_by_priority_then_submission_across_types(
 @pytest.mark.parametrize(
     "limit",
     # Up to LITERAL_LIMIT_MAX the limit is written into the statement; above, a parameter.
-    [1, 7, _postgres_sql.LITERAL_LIMIT_MAX, _postgres_sql.LITERAL_LIMIT_MAX + 1],
+    [1, 7, _sql.LITERAL_LIMIT_MAX, _sql.LITERAL_LIMIT_MAX + 1],
 )
 @pytest.mark.parametrize("typed", [False, True], ids=["any type", "typed"])
 async def test_a_claim_takes_its_limit_in_claim_order_and_no_more(

@@ -19,7 +19,7 @@ import trio
 import trio.testing
 
 from trio_jobs import Job, JobStatus, SQLiteStorage
-from trio_jobs.storage import _sqlite, _sqlite_connect
+from trio_jobs.storage.sqlite import _connect, _store
 
 DEADLINE = 10.0
 
@@ -204,7 +204,7 @@ async def test_another_programs_jobs_table_is_not_touched(sqlite_path: Path) -> 
 async def test_a_lock_held_past_the_busy_timeout_is_a_clear_error(
     store: SQLiteStorage, sqlite_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_sqlite_connect, "BUSY_TIMEOUT", 0.1)
+    monkeypatch.setattr(_connect, "BUSY_TIMEOUT", 0.1)
     impatient = SQLiteStorage(sqlite_path)
     await impatient.open()
     other = raw(sqlite_path)
@@ -253,7 +253,7 @@ async def test_the_schema_is_versioned_and_migrating_again_changes_nothing(
     try:
         assert conn.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall() == schema
         versions = conn.execute("SELECT version FROM schema_version").fetchall()
-        assert versions == [(v,) for v in range(1, _sqlite.SCHEMA_VERSION + 1)]
+        assert versions == [(v,) for v in range(1, _store.SCHEMA_VERSION + 1)]
     finally:
         conn.close()
 
@@ -272,7 +272,7 @@ async def test_a_newer_schema_is_refused(sqlite_path: Path) -> None:
     async with SQLiteStorage(sqlite_path):
         pass
     conn = raw(sqlite_path)
-    conn.execute("INSERT INTO schema_version VALUES (?, 0)", (_sqlite.SCHEMA_VERSION + 1,))
+    conn.execute("INSERT INTO schema_version VALUES (?, 0)", (_store.SCHEMA_VERSION + 1,))
     conn.close()
 
     with pytest.raises(ValueError, match="newer"):
@@ -289,7 +289,7 @@ async def test_concurrent_first_opens_migrate_once(sqlite_path: Path) -> None:
     conn = raw(sqlite_path)
     try:
         assert conn.execute("SELECT COUNT(*) FROM schema_version").fetchone() == (
-            _sqlite.SCHEMA_VERSION,
+            _store.SCHEMA_VERSION,
         )
     finally:
         conn.close()

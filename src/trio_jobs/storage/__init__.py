@@ -4,8 +4,8 @@ from ._base import CancelOutcome as CancelOutcome
 from ._base import Heartbeat as Heartbeat
 from ._base import JobStorage as JobStorage
 from ._memory import MemoryStorage as MemoryStorage
-from ._postgres import PostgresStorage as PostgresStorage
-from ._sqlite import SQLiteStorage as SQLiteStorage
+from .postgres import PostgresStorage as PostgresStorage
+from .sqlite import SQLiteStorage as SQLiteStorage
 
 __all__ = [
     "CancelOutcome",

@@ -14,8 +14,10 @@ from typing import Any
 
 import trio
 
-from ._cli import CliError, StoreSpec, UsageError, open_storage
-from ._cli_format import (
+from .._records import Job
+from .._runner import JobRunner
+from ._errors import CliError, UsageError
+from ._format import (
     argument_type,
     attempts_text,
     format_seconds,
@@ -23,8 +25,7 @@ from ._cli_format import (
     parse_positive_duration,
     parse_positive_int,
 )
-from ._records import Job
-from ._runner import JobRunner
+from ._store import StoreSpec, open_storage
 
 Installer = Callable[[JobRunner], Awaitable[None]]
 

@@ -1,7 +1,7 @@
 """The record-keeping half of :class:`SQLiteStorage`: reads, overwrites and administration.
 
 What a worker does with jobs (claims, fenced settles, leases, wake-ups) lives in
-:mod:`._sqlite`; the queries here read and keep the records: the seed's reads and
+:mod:`._store`; the queries here read and keep the records: the seed's reads and
 overwrites, the statistics, and the administration behind ``trio-jobs list``,
 ``retry`` and ``purge``. :class:`RecordQueries` is a base of :class:`SQLiteStorage`,
 which provides the reads, the group-committed writes and the local wake-ups.
@@ -16,10 +16,10 @@ from typing import Any, Final, TypeVar
 
 import trio
 
-from .._records import Job, JobStats, JobStatus
-from ._base import stats_from_rows
-from ._sqlite_commit import Op
-from ._sqlite_schema import (
+from ..._records import Job, JobStats, JobStatus
+from .._base import stats_from_rows
+from ._commit import Op
+from ._schema import (
     CLAIM_ORDER,
     COLUMN_NAMES,
     INSERT,

@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 
 import attrs
 
-from ._records import ErrorInfo, Job, JobPriority, JobStats, JobStatus
-from ._retry import RetryConfig
+from .._records import ErrorInfo, Job, JobPriority, JobStats, JobStatus
+from .._retry import RetryConfig
 
 T = TypeVar("T")
 

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, Final
 import outcome
 import trio
 
-from ._base import pop_due
+from .._base import pop_due
 
 if TYPE_CHECKING:
-    from .._records import Job
-    from ._postgres_connect import Connection
+    from ..._records import Job
+    from ._connect import Connection
 
 logger = logging.getLogger("trio_jobs.postgres")
 

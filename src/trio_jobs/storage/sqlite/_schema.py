@@ -13,8 +13,15 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from .._records import Job, JobPriority, JobStatus
-from ._codec import decode_error, decode_json, decode_retry, encode_error, encode_json, encode_retry
+from ..._records import Job, JobPriority, JobStatus
+from .._codec import (
+    decode_error,
+    decode_json,
+    decode_retry,
+    encode_error,
+    encode_json,
+    encode_retry,
+)
 
 # Each migration is a list of statements; migration N brings the schema from
 # version N-1 to N. Append new ones, never edit or remove applied ones.

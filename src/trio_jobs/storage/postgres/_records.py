@@ -1,7 +1,7 @@
 """The record-keeping half of :class:`PostgresStorage`: reads, overwrites and administration.
 
 What a worker does with jobs (claims, fenced settles, leases, wake-ups) lives in
-:mod:`._postgres`; the queries here read and keep the records: the seed's reads and
+:mod:`._store`; the queries here read and keep the records: the seed's reads and
 overwrites, the statistics, and the administration behind ``trio-jobs list``,
 ``retry`` and ``purge``. :class:`RecordQueries` is a base of :class:`PostgresStorage`
 and runs every statement through its ``_run``.
@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
-from .._records import Job, JobStats, JobStatus
-from . import _postgres_rows as pg_rows
-from . import _postgres_sql as sql
-from ._base import stats_from_rows
+from ..._records import Job, JobStats, JobStatus
+from .._base import stats_from_rows
+from . import _rows as pg_rows
+from . import _sql as sql
 
 if TYPE_CHECKING:
-    from ._postgres_connect import Connection
-    from ._postgres_listen import Wakeups
+    from ._connect import Connection
+    from ._listen import Wakeups
 
 T = TypeVar("T")
 

@@ -1,7 +1,7 @@
 r"""The table of :class:`PostgresStorage`: its migrations and every statement.
 
 Kept apart from the Python that runs it so each statement can be read whole;
-:mod:`._postgres_rows` turns a :class:`Job` into a row's values and back. Every
+:mod:`._rows` turns a :class:`Job` into a row's values and back. Every
 statement is built once per store for its schema (an identifier validated by the
 store, always double-quoted here) and uses ``%(name)s`` parameters for values.
 

@@ -7,12 +7,12 @@ pool ``LISTEN``\ s for notifications in its own thread and wakes the waiting Tri
 tasks, so a worker starts a submitted job without waiting for its poll.
 
 This module holds the store's methods; the rest lives next to it:
-:mod:`._postgres_sql` (migrations and every statement),
-:mod:`._postgres_rows` (rows <-> jobs, NOTIFY payloads),
-:mod:`._postgres_connect` (connections, the pool's retry, running migrations),
-:mod:`._postgres_listen` (the LISTEN thread and the wake-ups it triggers),
-:mod:`._postgres_batch` (the group commit of saves, settles and claims) and
-:mod:`._postgres_records` (reads, overwrites and administration, a base class).
+:mod:`._sql` (migrations and every statement),
+:mod:`._rows` (rows <-> jobs, NOTIFY payloads),
+:mod:`._connect` (connections, the pool's retry, running migrations),
+:mod:`._listen` (the LISTEN thread and the wake-ups it triggers),
+:mod:`._batch` (the group commit of saves, settles and claims) and
+:mod:`._records` (reads, overwrites and administration, a base class).
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
 import trio
 
-from .._records import ErrorInfo, Job, JobStatus
-from . import _postgres_rows as pg_rows
-from . import _postgres_sql as sql
-from ._base import CancelOutcome, Heartbeat
-from ._codec import decode_json, encode_error, encode_json
-from ._postgres_batch import Batcher, BatchWriters, ClaimRequest, SettleRequest
-from ._postgres_connect import (
+from ..._records import ErrorInfo, Job, JobStatus
+from .._base import CancelOutcome, Heartbeat
+from .._codec import decode_json, encode_error, encode_json
+from . import _rows as pg_rows
+from . import _sql as sql
+from ._batch import Batcher, BatchWriters, ClaimRequest, SettleRequest
+from ._connect import (
     configure_connection,
     connect_listener,
     import_driver,
@@ -40,8 +40,8 @@ from ._postgres_connect import (
     session_kwargs,
     with_connection,
 )
-from ._postgres_listen import Listener, ParkedClaim, Wakeups
-from ._postgres_records import (
+from ._listen import Listener, ParkedClaim, Wakeups
+from ._records import (
     RecordQueries,
     check_limit,
     check_seconds,
@@ -52,7 +52,7 @@ from ._postgres_records import (
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
 
-    from ._postgres_connect import Connection
+    from ._connect import Connection
 
 T = TypeVar("T")
 
@@ -292,7 +292,7 @@ class PostgresStorage(RecordQueries):
 
         Saves made at the same time by many tasks are inserted together, in one
         statement and one commit; then listening workers are notified (in a
-        transaction of its own: see ``BatchWriters`` in ``_postgres_batch``).
+        transaction of its own: see ``BatchWriters`` in ``_batch``).
 
         Raises:
             TypeError: the payload, metadata or result is not JSON-encodable (the

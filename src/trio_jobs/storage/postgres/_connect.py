@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from . import _postgres_sql as sql
+from . import _sql as sql
 
 if TYPE_CHECKING:
     import psycopg

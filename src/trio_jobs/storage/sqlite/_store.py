@@ -21,10 +21,10 @@ Times in the database are wall-clock unix seconds (``REAL``); ``run_at`` is alwa
 set (a job saved without delay is eligible from its save time), so the claim order
 "priority, then ``run_at``, then insertion order" is one index scan.
 
-This module holds the store's worker-side methods; :mod:`._sqlite_connect` opens the
-file and names its errors; :mod:`._sqlite_records` holds the reads,
-overwrites and administration (a base class), :mod:`._sqlite_schema` the migrations,
-column lists and rows <-> jobs, and :mod:`._sqlite_commit` the group commit.
+This module holds the store's worker-side methods; :mod:`._connect` opens the file
+and names its errors; :mod:`._records` holds the reads, overwrites and
+administration (a base class), :mod:`._schema` the migrations, column lists and
+rows <-> jobs, and :mod:`._commit` the group commit.
 """
 
 from __future__ import annotations
@@ -42,13 +42,13 @@ from typing import Any, Final, Self, TypeVar
 
 import trio
 
-from .._records import ErrorInfo, Job, JobStatus
-from ._base import CancelOutcome, Heartbeat, pop_due
-from ._codec import decode_json, encode_error, encode_json
-from ._sqlite_commit import GroupCommit, Op
-from ._sqlite_connect import connect, translate_error
-from ._sqlite_records import RecordQueries, type_filter
-from ._sqlite_schema import (
+from ..._records import ErrorInfo, Job, JobStatus
+from .._base import CancelOutcome, Heartbeat, pop_due
+from .._codec import decode_json, encode_error, encode_json
+from ._commit import GroupCommit, Op
+from ._connect import connect, translate_error
+from ._records import RecordQueries, type_filter
+from ._schema import (
     CLAIM_ORDER,
     COLUMNS,
     INSERT,
@@ -56,7 +56,7 @@ from ._sqlite_schema import (
     encode_record,
     job_from_row,
 )
-from ._sqlite_schema import SCHEMA_VERSION as SCHEMA_VERSION
+from ._schema import SCHEMA_VERSION as SCHEMA_VERSION
 
 T = TypeVar("T")
 

@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import trio
 
-from .._records import JobStatus
-from . import _postgres_rows as pg_rows
-from . import _postgres_sql as sql
+from ..._records import JobStatus
+from . import _rows as pg_rows
+from . import _sql as sql
 
 if TYPE_CHECKING:
     from psycopg import Cursor as _Cursor
 
-    from .._records import Job
-    from ._postgres_connect import Connection
+    from ..._records import Job
+    from ._connect import Connection
 
     Cursor = _Cursor[tuple[Any, ...]]
 
@@ -199,7 +199,7 @@ class BatchWriters:
 
     A batch goes in one round trip (a pipeline): its own transaction, then, in a
     second one that does not wait for the disk, the notifications it owes (see
-    ``notify_many`` in ``_postgres_sql``). Every row a batch writes carries the
+    ``notify_many`` in ``_sql``). Every row a batch writes carries the
     batch's token, so when the connection dies under it, the retry on a fresh
     connection first asks what the first try wrote, and never applies a write
     twice nor reports one that committed as failed.

@@ -1,6 +1,6 @@
 """Rows of :class:`PostgresStorage`'s table <-> :class:`Job` records, and NOTIFY payloads.
 
-The statements live in :mod:`._postgres_sql`; these functions make their
+The statements live in :mod:`._sql`; these functions make their
 parameters and read their results. JSON columns are ``text`` (see there why).
 """
 
@@ -11,13 +11,20 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from .._records import Job, JobStatus
-from ._codec import decode_error, decode_json, decode_retry, encode_error, encode_json, encode_retry
+from ..._records import Job, JobStatus
+from .._codec import (
+    decode_error,
+    decode_json,
+    decode_retry,
+    encode_error,
+    encode_json,
+    encode_retry,
+)
 
 #: NOTIFY payloads stay below this many bytes (PostgreSQL refuses 8000).
 MAX_PAYLOAD: Final = 7000
 _MAX_ID_IN_PAYLOAD: Final = 500
-#: Number of columns in ``JOB_COLUMNS`` (see :mod:`._postgres_sql`) that belong to the
+#: Number of columns in ``JOB_COLUMNS`` (see :mod:`._sql`) that belong to the
 #: :class:`Job`; a claim's rows carry two more, which it sorts by.
 JOB_FIELD_COUNT: Final = 20
 

@@ -21,12 +21,12 @@ from typing import Any, TextIO
 
 import trio
 
-from ._cli_format import format_seconds, one_line, render_table
-from ._context import JobContext
-from ._records import Job, JobPriority, JobStatus, utcnow
-from ._retry import RetryConfig
-from ._runner import JobRunner
-from .storage._base import JobStorage
+from .._context import JobContext
+from .._records import Job, JobPriority, JobStatus, utcnow
+from .._retry import RetryConfig
+from .._runner import JobRunner
+from ..storage._base import JobStorage
+from ._format import format_seconds, one_line, render_table
 
 #: Slots of the demo's runner: few, so that a queue forms and priorities show.
 CONCURRENCY = 3

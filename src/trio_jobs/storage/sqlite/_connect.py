@@ -12,7 +12,7 @@ import sqlite3
 import time
 from typing import Final
 
-from ._sqlite_schema import migrate
+from ._schema import migrate
 
 #: How long a writer waits for another connection's write lock before giving up.
 BUSY_TIMEOUT: Final = 5.0

@@ -1,0 +1,203 @@
+"""What each ``trio-jobs`` command does, given its parsed arguments (the parser is in ``_main``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from .._client import JobClient
+from .._records import Job
+from ..storage._base import CancelOutcome
+from ._errors import CliError, UsageError
+from ._format import job_details, jobs_table, one_line, stats_table, to_json
+from ._store import StoreSpec, open_storage, store_spec
+from ._worker import run_worker
+
+
+@asynccontextmanager
+async def _client(args: argparse.Namespace, *, must_exist: bool) -> AsyncIterator[JobClient]:
+    spec = args.store
+    storage = spec.create(max_connections=2)
+    await open_storage(storage, spec, must_exist=must_exist)
+    async with JobClient(storage) as client:
+        yield client
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    """Print ``data`` as JSON with ``--json``, else ``text``."""
+    if args.json:
+        print(json.dumps(to_json(data), indent=2, ensure_ascii=False))
+    else:
+        print(text)
+
+
+async def _find(client: JobClient, job_id: str) -> Job[Any]:
+    job = await client.get_job(job_id)
+    if job is None:
+        raise CliError(f"no job with id {job_id!r}")
+    return job
+
+
+async def cmd_submit(args: argparse.Namespace) -> int:
+    """``submit TYPE [JSON]``: enqueue a job; print its id."""
+    text = sys.stdin.read() if args.payload == "-" else args.payload
+    payload = None
+    if text is not None:
+        try:
+            payload = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"submit: invalid JSON payload: {exc}") from None
+    retry = None if args.max_attempts is None else {"max_attempts": args.max_attempts}
+    async with _client(args, must_exist=False) as client:
+        try:
+            handle = await client.submit(
+                args.type,
+                payload,
+                priority=args.priority,
+                retry=retry,
+                timeout=args.timeout,
+                delay=args.delay,
+            )
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"submit: {exc}") from None
+        job = await client.get_job(handle.id)
+    _emit(args, job, handle.id)
+    return 0
+
+
+async def cmd_list(args: argparse.Namespace) -> int:
+    """``list``: the newest jobs, filtered by status and type."""
+    async with _client(args, must_exist=True) as client:
+        jobs = await client.storage.list_jobs(
+            status=args.status, job_type=args.type, limit=args.limit
+        )
+    _emit(args, jobs, jobs_table(jobs) if jobs else "no jobs")
+    return 0
+
+
+async def cmd_show(args: argparse.Namespace) -> int:
+    """``show ID``: every field of one job, with its last error's traceback."""
+    async with _client(args, must_exist=True) as client:
+        job = await _find(client, args.id)
+    _emit(args, job, job_details(job))
+    return 0
+
+
+async def cmd_stats(args: argparse.Namespace) -> int:
+    """``stats``: counts by status."""
+    async with _client(args, must_exist=True) as client:
+        stats = await client.stats()
+    _emit(args, stats, stats_table(stats))
+    return 0
+
+
+async def cmd_cancel(args: argparse.Namespace) -> int:
+    """``cancel ID``: cancel a waiting job, or ask a running job's worker to stop it."""
+    async with _client(args, must_exist=True) as client:
+        outcome = await client.storage.request_cancel(args.id)
+        job = await _find(client, args.id)
+    if outcome is CancelOutcome.NOTHING:
+        raise CliError(f"job {args.id} is already {job.status.value}: nothing to cancel")
+    if outcome is CancelOutcome.CANCELLED:
+        text = f"cancelled job {args.id}"
+    else:
+        text = f"job {args.id} is running: its worker was asked to cancel it"
+    _emit(args, {"id": args.id, "outcome": outcome.value, "status": job.status}, text)
+    return 0
+
+
+async def cmd_retry(args: argparse.Namespace) -> int:
+    """``retry ID``: re-queue a failed, timed-out or cancelled job with fresh attempts."""
+    async with _client(args, must_exist=True) as client:
+        requeued = await client.storage.requeue(args.id)
+        job = await _find(client, args.id)
+    if not requeued:
+        raise CliError(
+            f"job {args.id} is {job.status.value}: only failed, timeout and cancelled"
+            " jobs can be retried"
+        )
+    _emit(args, job, f"requeued job {args.id} ({job.type}) with fresh attempts")
+    return 0
+
+
+async def cmd_purge(args: argparse.Namespace) -> int:
+    """``purge --older-than DURATION``: delete final jobs that finished before then."""
+    async with _client(args, must_exist=True) as client:
+        count = await client.storage.purge(args.older_than)
+    _emit(args, {"purged": count}, f"purged {count} job{'' if count == 1 else 's'}")
+    return 0
+
+
+async def cmd_migrate(args: argparse.Namespace) -> int:
+    """``migrate``: create or update the store's tables; print the schema version."""
+    spec: StoreSpec = args.store
+    storage = spec.create(max_connections=2)
+    from ..storage.postgres import PostgresStorage
+
+    if isinstance(storage, PostgresStorage):
+        try:
+            version = await storage.migrate()
+        except Exception as exc:
+            raise CliError(f"cannot migrate {spec.describe()}: {one_line(str(exc))}") from None
+    else:
+        from ..storage.sqlite._store import SCHEMA_VERSION
+
+        await open_storage(storage, spec)
+        await storage.close()
+        version = SCHEMA_VERSION
+    data = {"store": spec.kind, "schema_version": version}
+    if spec.kind == "sqlite":
+        data["path"] = spec.location
+    else:
+        data["schema"] = spec.schema
+    _emit(args, data, f"{spec.describe()} is at schema version {version}")
+    return 0
+
+
+async def cmd_worker(args: argparse.Namespace) -> int:
+    """``worker APP``: run jobs until a signal stops it."""
+    return await run_worker(args)
+
+
+async def cmd_demo(args: argparse.Namespace) -> int:
+    """``demo``: a live tour on a fresh temporary SQLite file (or ``--memory``)."""
+    from ._demo import run_demo
+
+    if args.memory and (args.db is not None or args.dsn is not None):
+        raise UsageError("demo: give --memory, --db or --dsn, not several")
+    if args.memory:
+        spec = StoreSpec("memory")
+    elif args.db is not None or args.dsn is not None:
+        spec = store_spec(args, {})
+    else:
+        with tempfile.TemporaryDirectory(prefix="trio-jobs-demo-") as folder:
+            spec = StoreSpec("sqlite", os.path.join(folder, "demo.db"))
+            return await _demo_on(spec, run_demo)
+    return await _demo_on(spec, run_demo)
+
+
+async def _demo_on(spec: StoreSpec, run_demo: Callable[..., Awaitable[None]]) -> int:
+    storage = spec.create()
+    await open_storage(storage, spec)
+    await run_demo(storage, where=spec.describe())
+    return 0
+
+
+__all__ = [
+    "cmd_cancel",
+    "cmd_demo",
+    "cmd_list",
+    "cmd_migrate",
+    "cmd_purge",
+    "cmd_retry",
+    "cmd_show",
+    "cmd_stats",
+    "cmd_submit",
+    "cmd_worker",
+]

@@ -1,0 +1,261 @@
+"""The ``trio-jobs`` command line: its parser, and :func:`main`, which runs a command.
+
+:func:`main` turns every mistake into one line on stderr and an exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+import trio
+
+from ._commands import (
+    cmd_cancel,
+    cmd_demo,
+    cmd_list,
+    cmd_migrate,
+    cmd_purge,
+    cmd_retry,
+    cmd_show,
+    cmd_stats,
+    cmd_submit,
+    cmd_worker,
+)
+from ._errors import CliError, UsageError
+from ._format import (
+    argument_type,
+    one_line,
+    parse_duration,
+    parse_positive_int,
+    parse_priority,
+    parse_status,
+    parse_timeout,
+)
+from ._store import DEFAULT_DB, DEFAULT_SCHEMA, store_spec
+from ._worker import WORKER_HELP, add_worker_arguments
+
+PROG = "trio-jobs"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that reports mistakes as :class:`UsageError`, in one line."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix(PROG).strip()
+        raise UsageError(f"{command}: {message}" if command else message)
+
+
+# -- the parser -----------------------------------------------------------------------------
+
+
+def _add_store_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    # Options are accepted before and after the command; after it, absent ones must
+    # not overwrite what was given before (hence SUPPRESS).
+    default = None if top else argparse.SUPPRESS
+    group = parser.add_argument_group("store")
+    group.add_argument(
+        "--db",
+        metavar="PATH",
+        default=default,
+        help=f"SQLite file (default: $TRIO_JOBS_DB or ./{DEFAULT_DB})",
+    )
+    group.add_argument(
+        "--dsn", default=default, help="PostgreSQL connection string (default: $TRIO_JOBS_DSN)"
+    )
+    group.add_argument(
+        "--schema",
+        default=default,
+        help=f"PostgreSQL schema (default: $TRIO_JOBS_SCHEMA or {DEFAULT_SCHEMA})",
+    )
+
+
+def _add_json_option(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="print JSON instead of a table",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the ``trio-jobs`` argument parser."""
+    parser = _Parser(
+        prog=PROG,
+        description="Run trio_jobs workers and manage their queue (SQLite or PostgreSQL).",
+        epilog="Start with: trio-jobs demo",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_store_options(parser, top=True)
+    _add_json_option(parser, top=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, run: Callable[..., Any], help: str, **kwargs: Any) -> Any:
+        sub = commands.add_parser(name, help=help, description=help, **kwargs)
+        _add_store_options(sub, top=False)
+        sub.set_defaults(run=run)
+        return sub
+
+    worker = command(
+        "worker",
+        cmd_worker,
+        "run jobs with the handlers of APP until stopped",
+        epilog=WORKER_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_worker_arguments(worker)
+
+    submit = command("submit", cmd_submit, "enqueue a job and print its id")
+    _add_json_option(submit, top=False)
+    submit.add_argument("type", metavar="TYPE", help="the job type")
+    submit.add_argument(
+        "payload", metavar="JSON", nargs="?", help="the payload as JSON ('-' reads stdin)"
+    )
+    submit.add_argument(
+        "--priority",
+        type=argument_type(parse_priority),
+        default="normal",
+        help="low, normal, high, critical, or 0-3 (default normal)",
+    )
+    submit.add_argument(
+        "--delay",
+        type=argument_type(parse_duration),
+        default=0.0,
+        metavar="S",
+        help="run no sooner than this",
+    )
+    submit.add_argument(
+        "--timeout",
+        type=argument_type(parse_timeout),
+        default=None,
+        metavar="S",
+        help="seconds each attempt may run, or 'none' (default 300)",
+    )
+    submit.add_argument(
+        "--max-attempts",
+        type=argument_type(parse_positive_int),
+        default=None,
+        metavar="N",
+        help="default 3",
+    )
+
+    listing = command("list", cmd_list, "list jobs, newest first")
+    _add_json_option(listing, top=False)
+    listing.add_argument("--status", type=argument_type(parse_status), default=None)
+    listing.add_argument("--type", default=None, help="only jobs of this type")
+    listing.add_argument(
+        "--limit",
+        type=argument_type(parse_positive_int),
+        default=100,
+        metavar="N",
+        help="default 100",
+    )
+
+    show = command("show", cmd_show, "show every field of one job")
+    _add_json_option(show, top=False)
+    show.add_argument("id", metavar="ID")
+
+    stats = command("stats", cmd_stats, "count jobs by status")
+    _add_json_option(stats, top=False)
+
+    cancel = command("cancel", cmd_cancel, "cancel a job (a running one is stopped by its worker)")
+    _add_json_option(cancel, top=False)
+    cancel.add_argument("id", metavar="ID")
+
+    retry = command("retry", cmd_retry, "re-queue a failed, timeout or cancelled job")
+    _add_json_option(retry, top=False)
+    retry.add_argument("id", metavar="ID")
+
+    purge = command("purge", cmd_purge, "delete final jobs that finished long enough ago")
+    _add_json_option(purge, top=False)
+    purge.add_argument(
+        "--older-than",
+        type=argument_type(parse_duration),
+        required=True,
+        metavar="DURATION",
+        help="e.g. 30s, 15m, 12h, 7d",
+    )
+
+    migrate = command("migrate", cmd_migrate, "create or update the store's tables")
+    _add_json_option(migrate, top=False)
+
+    demo = command(
+        "demo", cmd_demo, "watch a mix of jobs run live (on a fresh temporary SQLite file)"
+    )
+    demo.add_argument("--memory", action="store_true", help="use the in-memory store")
+    return parser
+
+
+# -- running ------------------------------------------------------------------------------
+
+
+async def _run(args: argparse.Namespace) -> int:
+    result: int = await args.run(args)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``trio-jobs`` command; return its exit status.
+
+    Args:
+        argv: The arguments (``sys.argv[1:]`` when ``None``).
+    """
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command != "demo":
+            args.store = store_spec(args, os.environ)
+        code = trio.run(_run, args)
+        sys.stdout.flush()  # here, where a closed pipe is still ours to handle
+    except CliError as exc:
+        return _fail(exc)
+    except BaseExceptionGroup as group:
+        leaf = _single_cli_error(group)
+        if leaf is None:
+            raise
+        return _fail(leaf)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`trio-jobs list | head`): stop quietly, and keep
+        # Python from complaining again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except Exception as exc:
+        if os.environ.get("TRIO_JOBS_DEBUG"):
+            raise
+        print(
+            f"{PROG}: error: unexpected {type(exc).__name__}: {one_line(str(exc))}"
+            " (set TRIO_JOBS_DEBUG=1 to see the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+    return code
+
+
+def _fail(error: CliError) -> int:
+    print(f"{PROG}: error: {one_line(str(error))}", file=sys.stderr)
+    return error.code
+
+
+def _single_cli_error(group: BaseExceptionGroup[BaseException]) -> CliError | None:
+    leaves: list[BaseException] = []
+
+    def collect(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                collect(inner)
+        else:
+            leaves.append(exc)
+
+    collect(group)
+    if len(leaves) == 1 and isinstance(leaves[0], CliError):
+        return leaves[0]
+    return None
+
+
+__all__ = ["PROG", "build_parser", "main"]
