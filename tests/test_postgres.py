@@ -505,6 +505,139 @@ async def test_cancelled_settles_leave_the_others_to_be_written(make_store: Make
         assert stored.status is (JobStatus.RUNNING if job in doomed else JobStatus.COMPLETED)
 
 
+# -- requests cancelled after another task's batch took them ----------------------
+
+
+class NotedBatches:
+    """Notes each settle-and-claim batch and the task writing it; can hold it in its thread.
+
+    While ``hold`` is set, a batch's thread waits (at most ``DEADLINE``) before
+    writing, after setting ``entered``: the batch is in flight, its statement
+    not yet sent.
+    """
+
+    def __init__(self, store: PostgresStorage, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.batches: list[tuple[trio.lowlevel.Task, list[Any]]] = []
+        self.entered = trio.Event()
+        self.hold = False
+        self.release = threading.Event()
+        self._token = trio.lowlevel.current_trio_token()
+        self._make_writer = store._cycle._make_writer
+        monkeypatch.setattr(store._cycle, "_make_writer", self._writer)
+
+    def _writer(self, batch: list[Any]) -> Callable[[Any], list[Any]]:
+        self.batches.append((trio.lowlevel.current_task(), batch))
+        write = self._make_writer(batch)
+        hold = self.hold
+
+        def held(conn: Any) -> list[Any]:
+            if hold:
+                self._token.run_sync_soon(self.entered.set)
+                self.release.wait(DEADLINE)
+            return write(conn)
+
+        return held
+
+
+async def test_a_claim_cancelled_while_another_task_writes_it_gives_its_jobs_back(
+    make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two claims go in one batch, written by the task that queued first. The other
+    # is cancelled while that batch is in flight: its statement runs anyway, and
+    # the job it claims must go back to PENDING, its attempt uncounted, not stay
+    # RUNNING for a worker that will never run it (until its lease expires).
+    store = await make_store()
+    ids = await save_jobs(store, 2)
+    noted = NotedBatches(store, monkeypatch)
+    noted.hold = True
+    scopes: dict[trio.lowlevel.Task, trio.CancelScope] = {}
+    workers: dict[trio.lowlevel.Task, str] = {}
+    claimed: dict[str, list[Job[Any]]] = {}
+
+    async def claim(worker_id: str) -> None:
+        with trio.CancelScope() as scope:
+            scopes[trio.lowlevel.current_task()] = scope
+            workers[trio.lowlevel.current_task()] = worker_id
+            claimed[worker_id] = await store.claim(worker_id, 1)
+
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(claim, "a")
+            nursery.start_soon(claim, "b")
+            await noted.entered.wait()
+            [(flusher, batch)] = noted.batches
+            assert len(batch) == 2  # the flusher's claim carries the other's
+            noted.hold = False
+            [carried] = [task for task in scopes if task is not flusher]
+            scopes[carried].cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            noted.release.set()
+    assert scopes[carried].cancelled_caught
+    assert not scopes[flusher].cancelled_caught
+    [kept] = claimed[workers[flusher]]
+    assert (kept.status, kept.attempts) == (JobStatus.RUNNING, 1)
+    assert not (await store.heartbeat(workers[flusher], [kept.id])).lost
+    [given_back] = set(ids) - {kept.id}
+    stored = await store.get(given_back)
+    assert stored is not None
+    assert (stored.status, stored.attempts) == (JobStatus.PENDING, 0)
+    assert [job.id for job in await store.claim("c", 5)] == [given_back]
+
+
+@pytest.mark.parametrize("kind", ["claim", "settle"])
+async def test_requests_of_a_batch_cancelled_before_it_was_sent_are_never_written(
+    make_store: MakeStore, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    # Two requests go in one batch, which waits for a connection (all busy). The
+    # task it carries is cancelled, then the one writing it: nothing was sent, and
+    # neither request may linger in the queue for the next batch to write behind
+    # its caller's back (a claim taking jobs nobody runs, a settle nobody awaits).
+    store = await make_store(max_connections=1)
+    ids = await save_jobs(store, 2)
+    running = await store.claim("w", 2) if kind == "settle" else []
+    noted = NotedBatches(store, monkeypatch)
+    scopes: dict[trio.lowlevel.Task, trio.CancelScope] = {}
+
+    async def request(n: int) -> None:
+        with trio.CancelScope() as scope:
+            scopes[trio.lowlevel.current_task()] = scope
+            if kind == "claim":
+                await store.claim(f"w{n}", 1)
+            else:
+                await store.settle(
+                    running[n].id, worker_id="w", attempt=1, status=JobStatus.COMPLETED
+                )
+
+    busy = object()
+    await store._limiter.acquire_on_behalf_of(busy)
+    try:
+        with trio.fail_after(DEADLINE):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(request, 0)
+                nursery.start_soon(request, 1)
+                await trio.testing.wait_all_tasks_blocked()
+                [(flusher, batch)] = noted.batches
+                assert len(batch) == 2
+                assert store._limiter.statistics().tasks_waiting == 1
+                [carried] = [task for task in scopes if task is not flusher]
+                scopes[carried].cancel()
+                await trio.testing.wait_all_tasks_blocked()
+                scopes[flusher].cancel()
+    finally:
+        store._limiter.release_on_behalf_of(busy)
+    assert all(scope.cancelled_caught for scope in scopes.values())
+    claimed = await store.claim("next", 5)  # the next batch: its own request alone
+    if kind == "claim":
+        assert sorted(job.id for job in claimed) == ids
+    else:
+        assert claimed == []
+        for job in running:
+            stored = await store.get(job.id)
+            assert stored is not None
+            assert (stored.status, stored.attempts) == (JobStatus.RUNNING, 1)
+        assert not (await store.heartbeat("w", [job.id for job in running])).lost
+
+
 @pytest.mark.parametrize("plan", ["custom", "generic"])
 async def test_a_settle_reads_its_own_rows_not_every_running_one(
     make_store: MakeStore, pg_schema: str, plan: str

@@ -86,8 +86,16 @@ class Batcher:
         self._gathering = False  # a task is waiting for the burst before it writes
         self._flushed = trio.Event()
 
-    async def submit(self, item: Any) -> Any:
+    async def submit(
+        self, item: Any, *, orphaned: Callable[[Any], Awaitable[object]] | None = None
+    ) -> Any:
         """Write ``item`` with whatever else is queued; return its answer.
+
+        A write can be cancelled until a batch takes it. After that its statement
+        runs whatever the caller does, so a cancelled caller waits for the answer
+        (a statement's time, shielded) and hands it to ``orphaned`` before the
+        cancellation goes on: an answer is never dropped (a claim's jobs are
+        given back), and a cancelled write is never left queued for a later batch.
 
         Raises:
             Exception: the batch's statement failed (every write in it gets the error).
@@ -104,8 +112,15 @@ class Batcher:
                 else:
                     await self._flushed.wait()
         except BaseException:
-            if entry.queued:
-                self._queue.remove(entry)
+            with trio.CancelScope(shield=True):
+                # Another task's batch took it: wait until that batch was written,
+                # or was cancelled before its statement went and put it back.
+                while not (entry.queued or entry.done):
+                    await self._flushed.wait()
+                if entry.queued:
+                    self._queue.remove(entry)
+                elif entry.failure is None and orphaned is not None:
+                    await orphaned(entry.answer)
             raise
         if entry.failure is not None:
             raise entry.failure

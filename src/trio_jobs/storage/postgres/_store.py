@@ -326,7 +326,10 @@ class PostgresStorage(RecordQueries):
             await trio.lowlevel.checkpoint()
             return []
         request = ClaimRequest(worker_id=worker_id, limit=limit, types=types, lease=self._lease)
-        jobs: list[Job[Any]] = await self._cycle.submit(request)
+        # Cancelled once its batch took it, the claim still runs: its jobs go back.
+        jobs: list[Job[Any]] = await self._cycle.submit(
+            request, orphaned=partial(self._give_back, worker_id)
+        )
         return jobs
 
     async def settle(
