@@ -46,6 +46,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "trio_jobs._events",
             "trio_jobs._handle",
             "trio_jobs._submit",
+            "trio_jobs._outcome",
             "trio_jobs._scheduler",
             "trio_jobs._runner",
             "trio_jobs._client",

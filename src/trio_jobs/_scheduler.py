@@ -96,6 +96,8 @@ class Attempt:
     unsaved: JobContext[Any] | None = None
     #: Set when the task writing progress finishes; None while none is writing.
     writer: trio.Event | None = None
+    #: Whether the attempt task has ended (given back all it held).
+    ended: bool = False
     #: Set when the attempt task ends; created only when a successor waits for it.
     done: trio.Event | None = None
     #: The shielded scope of an outcome write in progress (it lasts while the lease does).
@@ -351,6 +353,7 @@ class Scheduler:
             # Our older attempt of this job (its lease lost) is still winding down:
             # two attempts of one job never run at once.
             await self._wait_for(attempt.previous)
+            attempt.previous = None
         if attempt.reason == "stop" and not self.accepting:
             self._release_slot(attempt)
             await self._write(attempt, JobStatus.PENDING)
@@ -432,12 +435,15 @@ class Scheduler:
                     )
                     self._events.emit("job:completed", done, result=result)
             return
-        if reason == "lost":
-            # The store says the claim is gone (rescued, deleted): not ours to write.
+        if reason == "lost" or fenced:
+            # The store says the claim is gone (rescued, deleted), or we could not
+            # renew it: either way not ours to write. A lease left to run out is
+            # rescued with the attempt counted, as for a worker that died; a give-back
+            # would let a store that cannot renew leases loop a job forever.
             attempt.settled = True
             return
-        if fenced or (reason == "stop" and (interrupted or error is not None)):
-            # An orderly shutdown, or a lease we could not renew: not the job's fault.
+        if reason == "stop" and (interrupted or error is not None):
+            # An orderly shutdown is not the job's fault: back to PENDING, uncounted.
             await self._write(attempt, JobStatus.PENDING)
             return
         timed_out = False
@@ -596,6 +602,7 @@ class Scheduler:
             del self._attempts[attempt.job.id]
         self._live -= 1
         self.busy.value -= 1
+        attempt.ended = True
         if attempt.done is not None:
             attempt.done.set()
         if self._slot_freed:
@@ -606,6 +613,9 @@ class Scheduler:
             self._services_scope.cancel()
 
     async def _wait_for(self, attempt: Attempt) -> None:
+        if attempt.ended:
+            await trio.lowlevel.checkpoint()
+            return
         if attempt.done is None:
             attempt.done = trio.Event()
         await attempt.done.wait()

@@ -222,9 +222,16 @@ class MemoryStorage:
             self._enqueue(job, delay, wake=wake or delay > 0)
 
     async def update(self, job: Job[Any]) -> None:
-        """Overwrite a job's record (administrative; not fenced)."""
+        """Overwrite a job's record (administrative; not fenced).
+
+        A job that is no longer RUNNING loses its lease and any cancel request, so
+        rescue never brings a job an operator finished back to life.
+        """
         await trio.lowlevel.checkpoint()
         self._unqueue(job.id)
+        if job.status is not _RUNNING:
+            self._leases.pop(job.id, None)
+            self._cancel_requested.discard(job.id)
         self._put(job)
         if job.status in _WAITING:
             delay = 0.0

@@ -1,0 +1,361 @@
+"""The engine's promises under faults (API.md), one regression test per defect of issue 11.
+
+Each of these failed on the scheduler before the redesign (the defect number is in
+the test's docstring). The randomized fault-injection test is in test_faults.py.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import weakref
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from conftest import PG_DSN
+from trio_jobs import (
+    Job,
+    JobContext,
+    JobFailedError,
+    JobRunner,
+    JobStatus,
+    MemoryStorage,
+    PostgresStorage,
+    RetryConfig,
+    RetryStrategy,
+    SQLiteStorage,
+)
+from trio_jobs.storage import Heartbeat
+
+_IN_PROCESS_ONLY = {"claim_nowait", "settle_nowait", "save_nowait", "wake"}
+
+
+class Durable:
+    """MemoryStorage seen by the runner as a durable store, with faults one can switch on.
+
+    Hiding the in-process fast path sends every call through the async protocol, where
+    the runner keeps leases, fences and retried writes as for SQLite and PostgreSQL;
+    the Trio clock still drives everything (``autojump_clock``).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.inner = MemoryStorage(**kwargs)
+        self.heartbeat_fails = False
+        self.settle_failures = 0
+        self.settles: list[JobStatus] = []
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _IN_PROCESS_ONLY:
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    async def heartbeat(self, worker_id: str, job_ids: Any) -> Heartbeat:
+        if self.heartbeat_fails:
+            await trio.lowlevel.checkpoint()
+            raise OSError("connection reset (injected)")
+        return await self.inner.heartbeat(worker_id, job_ids)
+
+    async def settle(self, job_id: str, **kwargs: Any) -> bool:
+        self.settles.append(kwargs["status"])
+        if self.settle_failures:
+            self.settle_failures -= 1
+            await trio.lowlevel.checkpoint()
+            raise OSError("server closed the connection unexpectedly (injected)")
+        return await self.inner.settle(job_id, **kwargs)
+
+
+class LiveAttempts:
+    """A handler's bookkeeping of its own attempts: how many of one job run at once."""
+
+    def __init__(self) -> None:
+        self.now: Counter[str] = Counter()
+        self.most = 0
+        self.spans: list[tuple[int, float, float]] = []
+
+    async def run(self, job: Job[Any], ctx: JobContext[Any], body: Any) -> Any:
+        self.now[job.id] += 1
+        self.most = max(self.most, self.now[job.id])
+        start = trio.current_time()
+        try:
+            return await body()
+        finally:
+            self.now[job.id] -= 1
+            self.spans.append((ctx.attempt, start, trio.current_time()))
+
+
+async def sleep_long() -> None:
+    await trio.sleep(100.0)
+
+
+# -- 2: one live attempt per job -------------------------------------------------
+
+
+async def test_an_attempt_whose_lease_cannot_be_renewed_is_cancelled_before_it_expires(
+    autojump_clock: Any,
+) -> None:
+    """Defect 2: renewals failed, the lease ran out, the job was rescued and ran twice."""
+    store = Durable(lease_duration=3.0)
+    live = LiveAttempts()
+
+    async def work(job: Job[Any], ctx: JobContext[Any]) -> None:
+        await live.run(job, ctx, sleep_long)
+
+    async with JobRunner(storage=store, poll_interval=0.5) as runner:  # type: ignore[arg-type]
+        runner.register_handler("w", work)
+        handle = await runner.submit("w")
+        await trio.sleep(0.1)
+        store.heartbeat_fails = True
+        with pytest.raises(JobFailedError) as info:
+            await handle.wait()
+    assert live.most == 1
+    # Three attempts, each cancelled by the runner itself before its 3 s lease could
+    # run out (at 80 % of it), none overlapping the next.
+    assert [attempt for attempt, _, _ in live.spans] == [1, 2, 3]
+    for (_, _start, end), (_, next_start, _) in zip(live.spans, live.spans[1:], strict=False):
+        assert end <= next_start
+    assert all(end - start < 3.0 for _, start, end in live.spans)
+    # Nothing was written for them: the store's rescue counted each, as for a lost worker.
+    assert store.settles == []
+    assert info.value.error_info.type == "WorkerLostError"
+    assert (await handle.get_status()).attempts == 3
+
+
+async def test_a_second_attempt_in_one_runner_waits_for_the_first_to_end(
+    autojump_clock: Any,
+) -> None:
+    """Defect 2: the index was keyed by job id, so a re-claim overwrote the old attempt."""
+    store = Durable(lease_duration=3.0)
+    live = LiveAttempts()
+
+    async def stubborn(job: Job[Any], ctx: JobContext[Any]) -> str:
+        async def body() -> str:
+            if ctx.attempt == 1:
+                with trio.CancelScope(shield=True):  # ignores its fence for 10 s
+                    await trio.sleep(10.0)
+            return f"attempt {ctx.attempt}"
+
+        return await live.run(job, ctx, body)
+
+    async with JobRunner(storage=store, poll_interval=0.5) as runner:  # type: ignore[arg-type]
+        runner.register_handler("w", stubborn)
+        handle = await runner.submit("w")
+        await trio.sleep(0.1)
+        store.heartbeat_fails = True
+        await trio.sleep(4.0)  # the lease ran out; the store rescued the job
+        store.heartbeat_fails = False
+        assert await handle.wait() == "attempt 2"
+    assert live.most == 1
+    assert [attempt for attempt, _, _ in live.spans] == [1, 2]
+    (_, _, first_end), (_, second_start, _) = live.spans
+    assert first_end == second_start == 10.0
+
+
+# -- 3: PostgreSQL, an immediate retry while the first settle is in flight ----------
+
+
+@pytest.mark.slow
+async def test_an_immediate_retry_on_postgres_never_crashes_the_runner(pg_schema: str) -> None:
+    """Defect 3: the retry was claimed while the first settle was written (KeyError)."""
+
+    async def fail(job: Job[Any], ctx: JobContext[Any]) -> None:
+        raise ConnectionError("upstream is down")
+
+    store = PostgresStorage(PG_DSN, schema=pg_schema)
+    policy = RetryConfig(max_attempts=2, strategy=RetryStrategy.IMMEDIATE)
+    with trio.fail_after(60):
+        async with JobRunner(storage=store, poll_interval=0.05, default_retry=policy) as runner:
+            runner.register_handler("fail", fail)
+            handles = [await runner.submit("fail", i) for i in range(40)]
+        async with PostgresStorage(PG_DSN, schema=pg_schema) as check:
+            jobs = [await check.get(h.id) for h in handles]
+    assert [(j.status, j.attempts) for j in jobs if j is not None] == [(JobStatus.FAILED, 2)] * 40
+
+
+# -- 7: bounded memory -----------------------------------------------------------
+
+
+async def test_a_failed_jobs_kept_error_keeps_no_frames_alive(autojump_clock: Any) -> None:
+    """Defect 7: the kept exception's traceback held every frame's locals."""
+
+    class Buffer:
+        pass
+
+    refs: list[weakref.ref[Buffer]] = []
+
+    async def fail(job: Job[Any], ctx: JobContext[Any]) -> None:
+        buffer = Buffer()  # a large local, in real life
+        refs.append(weakref.ref(buffer))
+        raise ValueError("invalid input")
+
+    async with JobRunner() as runner:
+        runner.register_handler("fail", fail)
+        handle = await runner.submit("fail")
+        with pytest.raises(JobFailedError) as info:
+            await handle.wait()
+    assert isinstance(info.value.__cause__, ValueError)  # still the original error
+    assert info.value.error_info.traceback is not None
+    assert "raise ValueError" in info.value.error_info.traceback  # its text is kept
+    del info
+    gc.collect()
+    assert refs[0]() is None
+
+
+async def test_retry_predicates_are_not_kept_once_jobs_are_final(tmp_path: Path) -> None:
+    """Defect 7: a predicate policy was kept for every job submitted, forever."""
+
+    def predicate(error: BaseException) -> bool:
+        return True
+
+    async def work(job: Job[Any], ctx: JobContext[Any]) -> int:
+        await trio.lowlevel.checkpoint()
+        return 1
+
+    ref = weakref.ref(predicate)
+    store = SQLiteStorage(tmp_path / "jobs.db")
+    with trio.fail_after(30):
+        async with JobRunner(storage=store, poll_interval=0.05) as runner:
+            runner.register_handler("w", work)
+            for _ in range(20):
+                await runner.submit("w", retry={"is_retryable": predicate})
+    assert (await runner.stats()).completed == 20
+    del predicate
+    gc.collect()
+    assert ref() is None  # the runner (still referenced here) let go of it
+
+
+# -- 11: an operator's update of a running job -----------------------------------
+
+
+async def test_a_running_job_updated_to_final_is_not_rescued(autojump_clock: Any) -> None:
+    """Defect 11: MemoryStorage.update left the lease behind; rescue resurrected the job."""
+    store = MemoryStorage(lease_duration=5.0)
+    await store.save(Job(id="j", type="t"))
+    [running] = await store.claim("worker", 1)
+    from trio_jobs._records import replace
+
+    await store.update(replace(running, status=JobStatus.COMPLETED, result="by hand"))
+    await trio.sleep(10.0)
+    assert await store.rescue_expired() == []
+    job = await store.get("j")
+    assert job is not None
+    assert (job.status, job.result) == (JobStatus.COMPLETED, "by hand")
+
+
+# -- 12: update_metadata is not progress ------------------------------------------
+
+
+async def test_update_metadata_emits_no_progress_event(autojump_clock: Any) -> None:
+    """Defect 12: ctx.update_metadata emitted job:progress (API.md: no event)."""
+    seen: list[tuple[float | None, dict[str, Any]]] = []
+
+    async def work(job: Job[Any], ctx: JobContext[Any]) -> None:
+        ctx.update_metadata({"step": 1})
+        ctx.report_progress(50.0)
+        ctx.update_metadata({"step": 2})
+
+    async with JobRunner() as runner:
+        runner.register_handler("w", work)
+        runner.on("job:progress", lambda job: seen.append((job.progress, dict(job.metadata))))
+        handle = await runner.submit("w")
+        await handle.wait()
+    assert seen == [(50.0, {"step": 1})]
+    assert (await handle.get_status()).metadata == {"step": 2}
+
+
+# -- store errors are retried, not dropped ---------------------------------------
+
+
+async def test_a_settle_that_fails_is_retried_while_the_lease_holds(autojump_clock: Any) -> None:
+    store = Durable()
+    store.settle_failures = 3
+    runs = 0
+
+    async def work(job: Job[Any], ctx: JobContext[Any]) -> str:
+        nonlocal runs
+        runs += 1
+        await trio.sleep(1.0)
+        return "done"
+
+    async with JobRunner(storage=store) as runner:  # type: ignore[arg-type]
+        runner.register_handler("w", work)
+        handle = await runner.submit("w")
+        assert await handle.wait() == "done"
+    assert runs == 1
+    assert store.settles == [JobStatus.COMPLETED] * 4
+    # Backoff 0.05, 0.1 and 0.2 s after the handler's 1 s.
+    assert trio.current_time() == pytest.approx(1.0 + 0.35)
+
+
+async def test_a_settle_that_keeps_failing_leaves_the_job_to_rescue(autojump_clock: Any) -> None:
+    store = Durable(lease_duration=3.0)
+    store.settle_failures = 10_000
+    runs = 0
+
+    async def work(job: Job[Any], ctx: JobContext[Any]) -> str:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            store.heartbeat_fails = True  # the store is going away: no renewals either
+        return "done"
+
+    with trio.fail_after(60):
+        async with JobRunner(storage=store, poll_interval=0.5) as runner:  # type: ignore[arg-type]
+            runner.register_handler("w", work)
+            handle = await runner.submit("w")
+            await trio.sleep(5.0)
+            # Tried while the lease held, then given up: the attempt task ended and
+            # the block is not held up by it.
+            assert 3 <= len(store.settles) < 20
+            store.settle_failures = 0
+            store.heartbeat_fails = False
+            assert await handle.wait() == "done"
+    job = await handle.get_status()
+    # The store rescued the job (the first attempt counted) and it ran again.
+    assert (job.status, job.attempts, runs) == (JobStatus.COMPLETED, 2, 2)
+
+
+# -- user callbacks cannot break the runner --------------------------------------
+
+
+async def test_a_raising_retry_predicate_is_logged_and_the_heuristics_decide(
+    autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(error: BaseException) -> bool:
+        raise AttributeError("predicate bug")
+
+    async def fail(job: Job[Any], ctx: JobContext[Any]) -> None:
+        raise ValueError(job.payload)
+
+    reported: list[BaseException] = []
+    policy = RetryConfig(base_delay=1.0, jitter=False, is_retryable=broken)
+    async with JobRunner(default_retry=policy) as runner:
+        runner.register_handler("fail", fail)
+        runner.on("runner:error", reported.append)
+        transient = await runner.submit("fail", "service unavailable")
+        permanent = await runner.submit("fail", "invalid input")
+        for handle in (transient, permanent):
+            with pytest.raises(JobFailedError):
+                await handle.wait()
+    # The heuristics: "service unavailable" is retried, "invalid input" is not.
+    assert (await transient.get_status()).attempts == 3
+    assert (await permanent.get_status()).attempts == 1
+    assert len(reported) == 4
+    assert all(isinstance(e, AttributeError) for e in reported)
+    assert "predicate bug" in caplog.text
+
+
+async def test_stop_timing_is_unaffected_by_deadlines(autojump_clock: Any) -> None:
+    # A guard for the fence: on an in-process store attempts have none, so a long job
+    # is never cancelled by lease bookkeeping.
+    async def long(job: Job[Any], ctx: JobContext[Any]) -> float:
+        await trio.sleep(1000.0)
+        return ctx.deadline
+
+    async with JobRunner(default_timeout=None) as runner:
+        runner.register_handler("long", long)
+        assert await (await runner.submit("long")).wait() == math.inf
+    assert trio.current_time() == 1000.0
