@@ -340,16 +340,13 @@ class JobRunner:
         )
         if self._in_process is None:
             await self._storage.save(job, delay=delay)
+            self._scheduler.remember_policy(job)
         else:
             await trio.lowlevel.checkpoint()
-            # Claim it here if a slot is free, as the scheduler would: that spares
-            # waking the scheduler task for every job.
-            self._in_process.save_nowait(job, delay=delay, wake=False)
-        self._scheduler.remember_policy(job)
+            # Started here if a slot is free (its task runs after this returns).
+            self._scheduler.submit_in_process(self._in_process, job, delay)
         if self._events.active:
             self._events.emit("job:submitted", job)
-        if self._in_process is not None and not delay:
-            self._scheduler.dispatch(self._in_process)
         return JobHandle(job.id, job_type, self)
 
     @asynccontextmanager

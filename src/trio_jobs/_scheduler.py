@@ -37,6 +37,7 @@ from contextvars import ContextVar
 from typing import Any, final
 
 import attrs
+import outcome
 import trio
 from trio_util import AsyncValue
 
@@ -164,6 +165,8 @@ class Scheduler:
         self._scheduler_done: trio.Event | None = None
         self._services_scope = trio.CancelScope()
         self._services_wanted = True
+        #: In-process stores: attempt tasks parked between attempts, ready for the next.
+        self._idle_tasks: list[trio.lowlevel.Task] = []
         self._local_errors: dict[str, BaseException] = {}
         self._retry_policies: dict[str, RetryConfig] = {}
 
@@ -200,6 +203,9 @@ class Scheduler:
         """Start nothing new; a claim in flight gives its jobs back."""
         self.accepting = False
         self._scheduler_scope.cancel()
+        idle, self._idle_tasks = self._idle_tasks, []
+        for task in idle:
+            trio.lowlevel.reschedule(task, outcome.Value(None))  # "no more work": exit
 
     def force_stop(self) -> None:
         """Cancel every running attempt; their jobs go back to PENDING, uncounted."""
@@ -293,20 +299,30 @@ class Scheduler:
                 sent = trio.current_time()
                 jobs = await wait_and_claim(self._worker_id, free, self.types, idle_wait) or []
             if jobs:
-                self._start_all(jobs, sent)
+                self._start_all(jobs, None if claim_nowait is not None else sent)
             elif wait_and_claim is None:
                 await storage.wait_for_work(idle_wait)
 
-    def dispatch(self, store: InProcessStorage) -> None:
-        """Start the best ready jobs in the free slots, or leave the scheduler a wake-up."""
-        free = self._free_slots()
-        if free > 0 and self.accepting:
-            self._start_all(store.claim_nowait(self._worker_id, free, self.types), None)
+    @trio.lowlevel.enable_ki_protection
+    def submit_in_process(self, store: InProcessStorage, job: Job[Any], delay: float) -> None:
+        """Save a job submitted here; start it at once if a slot is free and it is the best.
+
+        That spares waking the scheduler task for every job submitted.
+        """
+        if delay or not self.accepting or self._free_slots() <= 0:
+            store.save_nowait(job, delay=delay, wake=False)
+            if not delay:
+                store.wake()  # for the scheduler task, when a slot frees
+            return
+        running = store.save_and_claim_nowait(job, self._worker_id, self.types)
+        if running is None:
+            # Queued behind better jobs: start those (the scheduler would).
+            self._start_all(store.claim_nowait(self._worker_id, self._free_slots(), self.types))
         else:
-            store.wake()
+            self._start_all([running])
 
     @trio.lowlevel.enable_ki_protection
-    def _start_all(self, jobs: list[Job[Any]], sent: float | None) -> None:
+    def _start_all(self, jobs: list[Job[Any]], sent: float | None = None) -> None:
         """Hand each claimed job to its own attempt task (which owns it from here on).
 
         ``sent`` is when the claim was sent (the lease started no earlier); None for
@@ -314,38 +330,99 @@ class Scheduler:
         """
         assert self.nursery is not None
         now = trio.current_time() if sent is None else sent
-        lease_until = now + self._lease
+        idle = self._idle_tasks
         for job in jobs:
-            timeout = job.timeout
-            scope = trio.CancelScope(deadline=math.inf if timeout is None else now + timeout)
-            fence = None if sent is None else trio.CancelScope(deadline=lease_until - self._margin)
-            attempt = Attempt(job, scope, fence, lease_until, self._attempts.get(job.id))
-            self._attempts[job.id] = attempt
-            self._live += 1
-            self._in_handlers += 1
-            self.busy.value += 1
-            if self._force or not self.accepting:
-                # Claimed after stop: the attempt task gives the job back.
-                attempt.reason = "stop"
-                scope.cancel()
-            self.nursery.start_soon(self._attempt_task, attempt)
+            attempt = self._new_attempt(job, now, sent is not None)
+            if idle:
+                # A parked attempt task takes it: cheaper than a new task.
+                trio.lowlevel.reschedule(idle.pop(), outcome.Value(attempt))
+            else:
+                self.nursery.start_soon(self._attempt_task, attempt)
+
+    def _new_attempt(self, job: Job[Any], now: float, fenced: bool) -> Attempt:
+        """Take a claimed job into the bookkeeping: its slot, its index entry, the counts."""
+        timeout = job.timeout
+        lease_until = now + self._lease
+        scope = trio.CancelScope(deadline=math.inf if timeout is None else now + timeout)
+        fence = trio.CancelScope(deadline=lease_until - self._margin) if fenced else None
+        attempt = Attempt(job, scope, fence, lease_until, self._attempts.get(job.id))
+        self._attempts[job.id] = attempt
+        self._live += 1
+        self._in_handlers += 1
+        self.busy.value += 1
+        if self._force or not self.accepting:
+            # Claimed after stop: the attempt task gives the job back.
+            attempt.reason = "stop"
+            scope.cancel()
+        return attempt
+
+    def _may_claim_next(self) -> bool:
+        store = self._in_process
+        return (
+            store is not None
+            and self.accepting
+            and self._free_slots() > 0
+            and store.has_ready(self.types)
+        )
+
+    @trio.lowlevel.enable_ki_protection
+    def _claim_next(self) -> Attempt | None:
+        """In-process stores: the best ready job for a slot just freed, as an attempt.
+
+        The task whose attempt just ended owns the next one, sparing a task spawn
+        and a trip through the scheduler task per job.
+        """
+        store = self._in_process
+        if store is None or not self._may_claim_next():
+            return None
+        jobs = store.claim_nowait(self._worker_id, 1, self.types)
+        return self._new_attempt(jobs[0], trio.current_time(), False) if jobs else None
 
     # -- one attempt -----------------------------------------------------------------
 
-    async def _attempt_task(self, attempt: Attempt) -> None:
-        """Own ``attempt`` from claim to settle; release all it holds in ``finally``."""
+    async def _attempt_task(self, attempt: Attempt | None) -> None:
+        """Own each attempt from claim to settle; release all it holds in ``finally``.
+
+        On an in-process store the task then takes the next ready job, if a slot is
+        free, and owns that attempt in turn; with none ready it parks until it is
+        handed one (or the runner stops claiming). It holds nothing while parked.
+        """
         _RUNNING_IN.set(self)
-        try:
-            await self._run_attempt(attempt)
-        except BaseException:
-            # The handler raised KeyboardInterrupt/SystemExit, or something outside it
-            # did (a callback, a Cancelled from outside the attempt): write what the
-            # attempt leaves behind before letting the exception through.
-            if not attempt.settled:
-                await self._write_abandoned(attempt)
-            raise
-        finally:
-            self._end(attempt)
+        while attempt is not None:
+            try:
+                await self._run_attempt(attempt)
+            except BaseException:
+                # The handler raised KeyboardInterrupt/SystemExit, or something outside
+                # it did (a callback, a Cancelled from outside the attempt): write what
+                # the attempt leaves behind before letting the exception through.
+                if not attempt.settled:
+                    await self._write_abandoned(attempt)
+                raise
+            finally:
+                self._end(attempt)
+            if self._may_claim_next():
+                # Every loop checkpoints, whatever the handlers do; before claiming,
+                # so that a cancellation here leaves no claimed job without an owner.
+                await trio.lowlevel.checkpoint()
+                attempt = self._claim_next()
+            else:
+                attempt = await self._park()
+
+    async def _park(self) -> Attempt | None:
+        """Wait to be handed an attempt; None: exit (not in-process, or stopping)."""
+        if self._in_process is None or not self.accepting:
+            return None
+        task = trio.lowlevel.current_task()
+        self._idle_tasks.append(task)
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self._idle_tasks.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        # Handed over by reschedule(): from that moment the attempt is this task's,
+        # and nothing can come between (a rescheduled task is not cancelled).
+        handed: Attempt | None = await trio.lowlevel.wait_task_rescheduled(abort)
+        return handed
 
     async def _run_attempt(self, attempt: Attempt) -> None:
         job = attempt.job

@@ -256,7 +256,7 @@ class InProcessStorage(JobStorage, Protocol):
 
     It sees every change (nothing happens to its jobs elsewhere), so the runner
     waits on it without polling, and it offers checkpoint-free variants of the
-    two calls on the runner's hot path. :class:`MemoryStorage` is one.
+    calls on the runner's hot path. :class:`MemoryStorage` is one.
     """
 
     def save_nowait(self, job: Job[Any], *, delay: float = 0.0, wake: bool = True) -> None:
@@ -286,6 +286,19 @@ class InProcessStorage(JobStorage, Protocol):
 
     def wake(self) -> None:
         """Wake tasks in :meth:`wait_for_work` (e.g. a runner gained a handler)."""
+        ...
+
+    def has_ready(self, job_types: Collection[str] | None = None) -> bool:
+        """Whether :meth:`claim_nowait` would find a job of ``job_types`` now."""
+        ...
+
+    def save_and_claim_nowait(
+        self, job: Job[Any], worker_id: str, job_types: Collection[str] | None = None
+    ) -> Job[Any] | None:
+        """Save a new job; claim it at once if no ready job would go before it.
+
+        Returns the claimed (RUNNING) snapshot, or None when the job was queued.
+        """
         ...
 
 

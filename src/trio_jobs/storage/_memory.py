@@ -355,6 +355,38 @@ class MemoryStorage:
             self._work = trio.Event()
         return claimed
 
+    def has_ready(self, job_types: Collection[str] | None = None) -> bool:
+        """Whether :meth:`claim_nowait` would find a job of ``job_types`` now."""
+        if self._delayed:
+            self._release_due()
+        return self._best_queue(job_types) is not None
+
+    def save_and_claim_nowait(
+        self, job: Job[Any], worker_id: str, job_types: Collection[str] | None = None
+    ) -> Job[Any] | None:
+        """Save a new job and claim it at once if it is the best ready job; else queue it.
+
+        The runner's fast path for a job submitted while a slot is free: when no
+        ready job of ``job_types`` would be claimed before it, the job goes straight
+        to RUNNING, as :meth:`save_nowait` then :meth:`claim_nowait` would leave it.
+
+        Returns:
+            The claimed snapshot, or None when the job was queued instead.
+
+        Raises:
+            ValueError: a job with this id exists already.
+        """
+        if job.id in self._jobs:
+            raise ValueError(f"a job with id {job.id!r} exists already")
+        if (job_types is not None and job.type not in job_types) or self.has_ready(job_types):
+            self.save_nowait(job, wake=False)
+            return None
+        self._seq += 1  # the sequence number it would have queued under
+        running = replace(job, status=_RUNNING, attempts=job.attempts + 1, started_at=utcnow())
+        self._put(running)
+        self._leases[job.id] = (worker_id, trio.current_time() + self._lease_duration)
+        return running
+
     def _held(self, job_id: str, worker_id: str, attempt: int) -> Job[Any] | None:
         job = self._jobs.get(job_id)
         lease = self._leases.get(job_id)
