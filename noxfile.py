@@ -12,7 +12,15 @@ nox.options.reuse_existing_virtualenvs = True
 
 ROOT = Path(__file__).parent
 # Libraries the benchmarks compare against; never dependencies of the package.
-BENCH_PEERS = ["tenacity", "stamina", "backoff", "huey", "procrastinate", "saq[postgres]"]
+BENCH_PEERS = [
+    "tenacity",
+    "stamina",
+    "backoff",
+    "huey",
+    "procrastinate",
+    "saq[postgres]",
+    "aiojobs",
+]
 
 
 @nox.session

@@ -188,6 +188,46 @@ def _make_replace() -> Any:
 
 _replace = _make_replace()
 
+#: The fields :func:`new_job` takes; every other field starts at its default.
+_NEW_JOB_FIELDS = (
+    "id",
+    "type",
+    "payload",
+    "priority",
+    "max_attempts",
+    "created_at",
+    "run_at",
+    "timeout",
+    "metadata",
+    "tenant_id",
+    "retry",
+)
+
+
+def _make_new_job() -> Any:
+    # ``submit`` builds one record per job: like ``_replace``, a generated plain
+    # constructor (values already validated) instead of the frozen __init__.
+    namespace: dict[str, Any] = {"new_job": object.__new__, "Job": Job}
+    lines = [f"def new_pending({', '.join(_NEW_JOB_FIELDS)}):", "    new = new_job(Job)"]
+    fields: tuple[attrs.Attribute[Any], ...] = attrs.fields(Job)
+    for i, field in enumerate(fields):
+        namespace[f"set_{i}"] = Job.__dict__[field.name].__set__
+        if field.name in _NEW_JOB_FIELDS:
+            value = field.name
+        else:
+            assert not isinstance(field.default, attrs.Factory)  # type: ignore[arg-type]
+            namespace[f"default_{i}"] = field.default
+            value = f"default_{i}"
+        lines.append(f"    set_{i}(new, {value})")
+    lines.append("    return new")
+    exec("\n".join(lines), namespace)
+    return namespace["new_pending"]
+
+
+#: ``new_job(id, type, payload, priority, max_attempts, created_at, run_at, timeout,
+#: metadata, tenant_id, retry)``: a new PENDING record from validated values.
+new_job: Any = _make_new_job()
+
 
 def replace(job: Job[P], **changes: Any) -> Job[P]:
     """Return a copy of ``job`` with ``changes`` (like :func:`attrs.evolve`, faster)."""

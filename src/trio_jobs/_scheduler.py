@@ -607,6 +607,21 @@ class Scheduler:
         """
         attempt.settled = True
         job = attempt.job
+        if self._in_process is not None:
+            try:
+                return self._in_process.settle_nowait(
+                    job.id,
+                    worker_id=self._worker_id,
+                    attempt=job.attempts,
+                    status=status,
+                    result=result,
+                    error=error,
+                    delay=delay,
+                    execution_time=execution_time,
+                )
+            except Exception as exc:
+                self._report_error(f"recording job {job.id} as {status} failed", exc)
+                return False
         fields: dict[str, Any] = {
             "worker_id": self._worker_id,
             "attempt": job.attempts,
@@ -616,12 +631,6 @@ class Scheduler:
             "delay": delay,
             "execution_time": execution_time,
         }
-        if self._in_process is not None:
-            try:
-                return bool(self._in_process.settle_nowait(job.id, **fields))
-            except Exception as exc:
-                self._report_error(f"recording job {job.id} as {status} failed", exc)
-                return False
         with trio.CancelScope(shield=True, deadline=attempt.lease_until) as scope:
             attempt.write_scope = scope
             wait, factor, cap = _WRITE_RETRY

@@ -10,7 +10,7 @@ from typing import Any
 
 import attrs
 
-from ._records import Job, JobPriority, utcnow
+from ._records import Job, JobPriority, new_job, utcnow
 from ._retry import RetryConfig
 
 _RETRY_FIELDS = frozenset(a.name for a in attrs.fields(RetryConfig))
@@ -22,7 +22,7 @@ def check_seconds(
     """Raise unless ``value`` is a non-negative number of seconds (naming ``name``)."""
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, got {value!r}")
     if math.isnan(value) or value < 0 or (not allow_inf and math.isinf(value)):
         raise ValueError(f"{name} must be a non-negative number of seconds, got {value!r}")
@@ -71,8 +71,10 @@ def build_job(
         raise TypeError(f"priority must be a JobPriority, got {priority!r}")
     if not 0 <= priority <= 3:
         raise ValueError(f"priority must be a JobPriority (0..3), got {priority!r}")
-    check_seconds("delay", delay, allow_inf=False)
-    check_seconds("timeout", timeout, allow_none=True)
+    if delay != 0.0 or type(delay) is not float:  # (the default needs no check)
+        check_seconds("delay", delay, allow_inf=False)
+    if timeout is not None:
+        check_seconds("timeout", timeout)
     if metadata is not None and not isinstance(metadata, Mapping):
         raise TypeError(f"metadata must be a mapping, got {metadata!r}")
     if tenant_id is not None and not isinstance(tenant_id, str):
@@ -83,16 +85,17 @@ def build_job(
     if timeout is not None and math.isinf(timeout):
         timeout = None
     now = utcnow()
-    return Job(
-        id=os.urandom(16).hex(),
-        type=job_type,
-        payload=payload,
-        priority=priority if type(priority) is JobPriority else JobPriority(priority),
-        max_attempts=config.max_attempts,
-        created_at=now,
-        run_at=now + timedelta(seconds=delay) if delay else None,
-        timeout=timeout,
-        metadata=dict(metadata) if metadata else {},
-        tenant_id=tenant_id,
-        retry=config,
+    job: Job[Any] = new_job(
+        os.urandom(16).hex(),
+        job_type,
+        payload,
+        priority if type(priority) is JobPriority else JobPriority(priority),
+        config.max_attempts,
+        now,
+        now + timedelta(seconds=delay) if delay else None,
+        timeout,
+        dict(metadata) if metadata else {},
+        tenant_id,
+        config,
     )
+    return job
