@@ -762,10 +762,11 @@ class Scheduler:
     async def _flush_progress(self, attempt: Attempt) -> None:
         """Let the last progress land before the outcome, through the one writer.
 
-        Two concurrent writes could land in either order. A writer that stalls is
-        waited for only while the lease holds; the outcome is written regardless.
+        Two concurrent writes could land in either order. Shielded like the outcome
+        write that follows (the handler has returned: its result must be written),
+        but only while the lease holds; the outcome is written regardless.
         """
-        with trio.move_on_at(attempt.lease_until):
+        with trio.CancelScope(shield=True, deadline=attempt.lease_until):
             while attempt.writer is not None or attempt.unsaved is not None:
                 if attempt.writer is not None:
                     await attempt.writer.wait()

@@ -356,7 +356,7 @@ class MemoryStorage:
         return claimed
 
     def has_ready(self, job_types: Collection[str] | None = None) -> bool:
-        """Whether :meth:`claim_nowait` would find a job of ``job_types`` now."""
+        """Whether ``claim_nowait`` would find a job of ``job_types`` now."""
         if self._delayed:
             self._release_due()
         return self._best_queue(job_types) is not None
@@ -368,7 +368,7 @@ class MemoryStorage:
 
         The runner's fast path for a job submitted while a slot is free: when no
         ready job of ``job_types`` would be claimed before it, the job goes straight
-        to RUNNING, as :meth:`save_nowait` then :meth:`claim_nowait` would leave it.
+        to RUNNING, as ``save_nowait`` then ``claim_nowait`` would leave it.
 
         Returns:
             The claimed snapshot, or None when the job was queued instead.
