@@ -359,3 +359,66 @@ async def test_stop_timing_is_unaffected_by_deadlines(autojump_clock: Any) -> No
         runner.register_handler("long", long)
         assert await (await runner.submit("long")).wait() == math.inf
     assert trio.current_time() == 1000.0
+
+
+# -- one scope per attempt: timeout, fence and write ----------------------------
+
+
+async def test_on_a_durable_store_ctx_deadline_is_the_timeout_not_the_lease(
+    autojump_clock: Any,
+) -> None:
+    store = Durable(lease_duration=3.0)
+    seen: list[float] = []
+
+    async def long(job: Job[Any], ctx: JobContext[Any]) -> str:
+        seen.append(ctx.deadline - trio.current_time())
+        await trio.sleep(20.0)  # far past the 3 s lease: renewals keep it held
+        seen.append(ctx.deadline)
+        return "done"
+
+    async with JobRunner(storage=store, poll_interval=0.5) as runner:  # type: ignore[arg-type]
+        runner.register_handler("long", long)
+        handle = await runner.submit("long", timeout=100.0)
+        assert await handle.wait() == "done"
+    assert seen[0] == 100.0
+    assert seen[1] == seen[0] + (trio.current_time() - 20.0)  # unchanged by renewals
+    assert (await handle.get_status()).attempts == 1
+
+
+async def test_a_handler_that_moves_its_deadline_keeps_it_across_renewals(
+    autojump_clock: Any,
+) -> None:
+    store = Durable(lease_duration=3.0)
+
+    async def extend(job: Job[Any], ctx: JobContext[Any]) -> float:
+        ctx.cancel_scope.deadline += 10.0  # 5 s timeout -> 15 s
+        await trio.sleep(12.0)
+        return ctx.deadline
+
+    async with JobRunner(storage=store, poll_interval=0.5) as runner:  # type: ignore[arg-type]
+        runner.register_handler("extend", extend)
+        handle = await runner.submit("extend", timeout=5.0)
+        deadline = await handle.wait()
+    assert deadline == 15.0
+    assert (await handle.get_status()).status is JobStatus.COMPLETED
+
+
+@pytest.mark.parametrize("durable", [False, True], ids=["memory", "durable"])
+async def test_a_handler_that_cancels_itself_then_raises_fails_rather_than_times_out(
+    durable: bool, autojump_clock: Any
+) -> None:
+    async def give_up(job: Job[Any], ctx: JobContext[Any]) -> None:
+        ctx.cancel_scope.cancel()
+        try:
+            await trio.sleep(1.0)
+        finally:
+            raise ValueError("invalid input: gave up")
+
+    store: Any = Durable() if durable else MemoryStorage()
+    async with JobRunner(storage=store) as runner:
+        runner.register_handler("w", give_up)
+        handle = await runner.submit("w")
+        with pytest.raises(JobFailedError) as info:
+            await handle.wait()
+    assert info.value.error_info.type == "ValueError"
+    assert (await handle.get_status()).status is JobStatus.FAILED

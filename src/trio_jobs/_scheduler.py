@@ -72,10 +72,15 @@ class Attempt:
     Identified by the object itself (and in the store by ``(job id, attempt)``):
     an older attempt of the same job still winding down is another object and
     never touches this one's bookkeeping.
+
+    On a durable store the attempt's scope (``ctx.cancel_scope``, deadline: the
+    job's timeout) runs inside a private *fence* whose deadline is the lease's
+    expiry less a margin. Once the handler has returned, the fence becomes the
+    shield of the outcome write, with the lease's expiry as its deadline: one
+    scope fewer per job than a shield of its own (each costs microseconds).
     """
 
     job: Job[Any]
-    #: The attempt's scope, handed to the handler as ``ctx.cancel_scope``.
     scope: trio.CancelScope
     #: Durable stores only: cancelled when the lease would run out unrenewed.
     fence: trio.CancelScope | None
@@ -89,7 +94,9 @@ class Attempt:
     holds_slot: bool = True
     #: Whether the handler is still to return (a cancel after it changes nothing).
     handler_running: bool = True
-    #: Whether the outcome write has begun (from then on it is shielded).
+    #: The shielded scope the outcome is being written in, once there is one.
+    write_scope: trio.CancelScope | None = None
+    #: Whether the outcome write has begun.
     settled: bool = False
     #: The handler's own KeyboardInterrupt/SystemExit: it counts as a failed attempt.
     fatal: BaseException | None = None
@@ -101,17 +108,38 @@ class Attempt:
     ended: bool = False
     #: Set when the attempt task ends; created only when a successor waits for it.
     done: trio.Event | None = None
-    #: The shielded scope of an outcome write in progress (it lasts while the lease does).
-    write_scope: trio.CancelScope | None = None
 
     def renewed(self, until: float, margin: float) -> None:
         """The store holds the lease until ``until``: push the fence and writes back."""
-        if until > self.lease_until:
-            self.lease_until = until
-            if self.fence is not None:
-                self.fence.deadline = until - margin
-            if self.write_scope is not None:
-                self.write_scope.deadline = until
+        if until <= self.lease_until:
+            return
+        self.lease_until = until
+        if self.write_scope is not None:
+            self.write_scope.deadline = until
+        elif self.fence is not None:
+            self.fence.deadline = until - margin
+
+    def shield_for_writing(self, scope: trio.CancelScope) -> trio.CancelScope:
+        """Make ``scope`` (live, not cancelled) the write's shield, bounded by the lease."""
+        scope.shield = True
+        scope.deadline = self.lease_until
+        self.write_scope = scope
+        return scope
+
+    def cause(self, ended: float) -> str | None:
+        """Why the attempt was cancelled by the time its handler ended, if it was.
+
+        The runner's reason ("cancel", "stop", "lost"), else "fence" (the lease
+        could not be renewed), "timeout", or "self" (the handler cancelled it).
+        """
+        scope = self.scope
+        if self.reason is not None and scope.cancel_called:
+            return self.reason
+        if self.fence is not None and self.fence.cancel_called:
+            return "fence"
+        if not scope.cancel_called:
+            return None
+        return "timeout" if ended >= scope.deadline else "self"
 
 
 @final
@@ -444,29 +472,72 @@ class Scheduler:
             on_update=lambda ctx, progress: self._context_updated(attempt, ctx, progress),
         )
         handler = self._handlers[job.type]
-        error: BaseException | None = None
+        outer = attempt.fence or attempt.scope  # the scope to turn into the write's shield
+        returned = False  # the handler returned or raised an Exception (not cancelled)
         result: Any = None
+        error: BaseException | None = None
         started = trio.current_time()
-        try:
+        with outer:
             if attempt.fence is None:
-                with attempt.scope:
+                try:
                     result = await handler(job, ctx)
+                except Exception as exc:
+                    error = exc
+                except BaseException as exc:
+                    self._handler_raised(attempt, exc)
+                    raise
+                finally:
+                    attempt.handler_running = False
+                    self._release_slot(attempt)
             else:
-                with attempt.fence, attempt.scope:
-                    result = await handler(job, ctx)
-        except Exception as exc:
-            error = exc
-        except BaseException as exc:
-            if not isinstance(exc, trio.Cancelled):
-                attempt.fatal = exc  # the handler's own KeyboardInterrupt/SystemExit
-            raise
-        finally:
-            attempt.handler_running = False
-            self._release_slot(attempt)
-        elapsed = trio.current_time() - started
-        if attempt.writer is not None or attempt.unsaved is not None:
-            await self._flush_progress(attempt)
-        await self._conclude(attempt, ctx, result, error, elapsed)
+                with attempt.scope:
+                    try:
+                        result = await handler(job, ctx)
+                    except Exception as exc:
+                        error = exc
+                    except BaseException as exc:
+                        self._handler_raised(attempt, exc)
+                        raise
+                    finally:
+                        attempt.handler_running = False
+                        self._release_slot(attempt)
+            returned = not attempt.scope.cancelled_caught
+            ended = trio.current_time()
+            if attempt.fence is None and not attempt.scope.cancel_called:
+                cause = None  # (the common case, without a method call)
+            else:
+                cause = attempt.cause(ended)
+            if cause is None:
+                # The common path. Whatever happens to the runner now, the outcome is
+                # written while the lease holds: the outer scope, turned into a
+                # shield (in-process, only where a progress flush can wait).
+                if attempt.fence is not None or attempt.writer is not None or attempt.unsaved:
+                    attempt.shield_for_writing(outer)
+                await self._conclude(attempt, ctx, result, error, ended - started, None)
+                return
+        if attempt.write_scope is not None:
+            # The lease ran out while the outcome was being written.
+            self._logger.error(
+                "recording job %s timed out; its lease will run out and the store will rescue it",
+                job.id,
+            )
+            return
+        ended = trio.current_time()
+        cause = attempt.cause(ended)
+        # (A cancelled scope cannot become a shield: the write gets a scope of its own.)
+        with self._shield_for_writing(attempt):
+            await self._conclude(
+                attempt, ctx, result, error, ended - started, cause, interrupted=not returned
+            )
+
+    @staticmethod
+    def _handler_raised(attempt: Attempt, exc: BaseException) -> None:
+        if not isinstance(exc, trio.Cancelled):
+            attempt.fatal = exc  # the handler's own KeyboardInterrupt/SystemExit
+
+    def _shield_for_writing(self, attempt: Attempt) -> trio.CancelScope:
+        """A scope of its own shielding a write from outside cancellation (rare paths)."""
+        return attempt.shield_for_writing(trio.CancelScope())
 
     async def _conclude(
         self,
@@ -475,16 +546,15 @@ class Scheduler:
         result: Any,
         error: BaseException | None,
         elapsed: float,
+        cause: str | None,
+        *,
+        interrupted: bool = False,
     ) -> None:
         """Judge how the handler ended and write it; then tell the listeners."""
         job = attempt.job
-        scope = attempt.scope
-        reason = attempt.reason
-        fenced = attempt.fence is not None and attempt.fence.cancelled_caught
-        interrupted = scope.cancelled_caught or fenced
-        if reason == "cancel" or (
-            reason is None and scope.cancelled_caught and trio.current_time() < scope.deadline
-        ):
+        if attempt.writer is not None or attempt.unsaved is not None:
+            await self._flush_progress(attempt)
+        if cause == "cancel" or (cause == "self" and interrupted):
             # Cancelled by a request that came while the handler ran (cancel() said
             # True), or by the handler itself (``ctx.cancel_scope.cancel()``).
             if await self._write(attempt, JobStatus.CANCELLED, execution_time=elapsed):
@@ -495,8 +565,9 @@ class Scheduler:
                     )
             return
         if error is None and not interrupted:
-            # The handler returned: its result stands (a stop or a lost lease asked
-            # meanwhile changes nothing; a cancel after it returned is refused).
+            # The handler returned: its result stands (a stop, a timeout or a lost
+            # lease that came meanwhile changes nothing; a cancel after it returned
+            # is refused).
             if await self._write(
                 attempt, JobStatus.COMPLETED, result=result, execution_time=elapsed
             ):
@@ -512,20 +583,19 @@ class Scheduler:
                     )
                     self._events.emit("job:completed", done, result=result)
             return
-        if reason == "lost" or fenced:
+        if cause in ("lost", "fence"):
             # The store says the claim is gone (rescued, deleted), or we could not
-            # renew it: either way not ours to write. A lease left to run out is
-            # rescued with the attempt counted, as for a worker that died; a give-back
+            # renew it: either way not ours to write. The job is rescued, its attempt
+            # counted, once the lease runs out, as for a worker that died; a give-back
             # would let a store that cannot renew leases loop a job forever.
             attempt.settled = True
             return
-        if reason == "stop" and (interrupted or error is not None):
+        if cause == "stop":
             # An orderly shutdown is not the job's fault: back to PENDING, uncounted.
             await self._write(attempt, JobStatus.PENDING)
             return
-        timed_out = False
-        if scope.cancel_called:
-            timed_out = True
+        timed_out = cause == "timeout"
+        if timed_out:
             error = JobTimeoutError(
                 f"job {job.id} attempt {job.attempts} timed out after {job.timeout} s"
             )
@@ -570,6 +640,10 @@ class Scheduler:
 
     async def _write_abandoned(self, attempt: Attempt) -> None:
         """Write the end of an attempt left by a BaseException (shielded, bounded)."""
+        with self._shield_for_writing(attempt):
+            await self._write_abandoned_unshielded(attempt)
+
+    async def _write_abandoned_unshielded(self, attempt: Attempt) -> None:
         fatal = attempt.fatal
         self._release_slot(attempt)
         if fatal is None:
@@ -600,10 +674,12 @@ class Scheduler:
     ) -> bool:
         """Settle ``attempt`` as ``status`` in the store; True if the store applied it.
 
-        Shielded: once a handler is done its outcome is written even if the runner
-        is being cancelled. A write that fails is tried again with backoff while the
-        lease holds; after that the lease runs out and the store's rescue takes the
-        job (its attempt counted), so nothing is lost either way.
+        Called inside a shield (the attempt's scope turned into one, or a scope of
+        its own) whose deadline is the lease's expiry: once a handler is done its
+        outcome is written even if the runner is being cancelled. A write that fails
+        is tried again with backoff while the lease holds; after that the lease runs
+        out and the store's rescue takes the job (its attempt counted), so nothing
+        is lost either way.
         """
         attempt.settled = True
         job = attempt.job
@@ -631,46 +707,38 @@ class Scheduler:
             "delay": delay,
             "execution_time": execution_time,
         }
-        with trio.CancelScope(shield=True, deadline=attempt.lease_until) as scope:
-            attempt.write_scope = scope
-            wait, factor, cap = _WRITE_RETRY
-            while True:
-                try:
-                    return await self._storage.settle(job.id, **fields)
-                except TypeError as exc:
-                    if fields["status"] is not JobStatus.COMPLETED:
-                        raise
-                    # The result cannot be stored (a durable store needs JSON): the
-                    # job fails with that error rather than vanish.
-                    fields |= {
-                        "status": JobStatus.FAILED,
-                        "result": None,
-                        "error": error_info(exc, job.attempts, retryable=False),
-                    }
-                except Exception as exc:
-                    # Keep trying while the lease is ours (renewals push it back).
-                    if trio.current_time() + wait >= scope.deadline:
-                        self._report_error(
-                            f"recording job {job.id} as {status} failed; its lease will "
-                            "run out and the store will rescue it",
-                            exc,
-                        )
-                        return False
-                    self._logger.warning(
-                        "recording job %s as %s failed (%r); trying again in %.2f s",
-                        job.id,
-                        status,
+        wait, factor, cap = _WRITE_RETRY
+        while True:
+            try:
+                return await self._storage.settle(job.id, **fields)
+            except TypeError as exc:
+                if fields["status"] is not JobStatus.COMPLETED:
+                    raise
+                # The result cannot be stored (a durable store needs JSON): the job
+                # fails with that error rather than vanish.
+                fields |= {
+                    "status": JobStatus.FAILED,
+                    "result": None,
+                    "error": error_info(exc, job.attempts, retryable=False),
+                }
+            except Exception as exc:
+                # Keep trying while the lease is ours (renewals push it back).
+                if trio.current_time() + wait >= attempt.lease_until:
+                    self._report_error(
+                        f"recording job {job.id} as {status} failed; its lease will "
+                        "run out and the store will rescue it",
                         exc,
-                        wait,
                     )
-                    await trio.sleep(wait)
-                    wait = min(wait * factor, cap)
-        self._logger.error(
-            "recording job %s as %s timed out; its lease will run out and the store will rescue it",
-            job.id,
-            status,
-        )
-        return False
+                    return False
+                self._logger.warning(
+                    "recording job %s as %s failed (%r); trying again in %.2f s",
+                    job.id,
+                    status,
+                    exc,
+                    wait,
+                )
+                await trio.sleep(wait)
+                wait = min(wait * factor, cap)
 
     @trio.lowlevel.enable_ki_protection
     def _release_slot(self, attempt: Attempt) -> None:
@@ -707,6 +775,8 @@ class Scheduler:
         await attempt.done.wait()
 
     def _cancel_attempt(self, attempt: Attempt, reason: str) -> None:
+        if not attempt.handler_running:
+            return  # its scope now shields the outcome write
         if attempt.reason is None:
             attempt.reason = reason
         attempt.scope.cancel()
@@ -762,17 +832,15 @@ class Scheduler:
     async def _flush_progress(self, attempt: Attempt) -> None:
         """Let the last progress land before the outcome, through the one writer.
 
-        Two concurrent writes could land in either order. Shielded like the outcome
-        write that follows (the handler has returned: its result must be written),
-        but only while the lease holds; the outcome is written regardless.
+        Two concurrent writes could land in either order. Called inside the shield
+        of the outcome write that follows, bounded by the lease like it.
         """
-        with trio.CancelScope(shield=True, deadline=attempt.lease_until):
-            while attempt.writer is not None or attempt.unsaved is not None:
-                if attempt.writer is not None:
-                    await attempt.writer.wait()
-                else:
-                    attempt.writer = trio.Event()
-                    await self._write_progress(attempt)
+        while attempt.writer is not None or attempt.unsaved is not None:
+            if attempt.writer is not None:
+                await attempt.writer.wait()
+            else:
+                attempt.writer = trio.Event()
+                await self._write_progress(attempt)
 
     # -- leases, cancellation requests, rescue ---------------------------------------
 
