@@ -22,6 +22,7 @@ from ._exceptions import (
     UnknownJobTypeError,
 )
 from ._handle import JobHandle
+from ._outcome import unwrap
 from ._records import Job, JobPriority, JobStats, RunnerEvent
 from ._retry import RetryConfig
 from ._scheduler import Handler, Scheduler
@@ -243,8 +244,8 @@ class JobRunner:
             # Handlers' errors never reach the nursery; what does is a
             # KeyboardInterrupt/SystemExit from a handler, or a runner bug. Raise a
             # lone one bare, as the user would have seen it without us.
-            single = _single_exception(group)
-            if single is not None:
+            single = unwrap(group)
+            if single is not group:
                 raise single from None
             raise
 
@@ -493,21 +494,6 @@ class JobRunner:
 
     def _local_error(self, job_id: str) -> BaseException | None:
         return self._scheduler.local_error(job_id)
-
-
-def _single_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """Return the one exception inside ``group`` (however nested), or None if several."""
-    leaves: list[BaseException] = []
-
-    def collect(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                collect(inner)
-        else:
-            leaves.append(exc)
-
-    collect(group)
-    return leaves[0] if len(leaves) == 1 else None
 
 
 __all__ = ["JobRunner", "RunnerEvent"]

@@ -30,6 +30,7 @@ protected from ``KeyboardInterrupt``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -59,6 +60,9 @@ _POLICIES_KEPT = 10_000
 _FENCE_MARGIN = 0.2
 #: Backoff between tries of an outcome write that failed: first, factor, cap (seconds).
 _WRITE_RETRY = (0.05, 2.0, 2.0)
+
+#: A reusable no-op context manager, where an attempt has no fence to nest its scope in.
+_NO_SCOPE = contextlib.nullcontext()
 
 #: The scheduler whose attempt the current task runs (inherited by a handler's tasks):
 #: how ``stop()`` called from inside a handler knows not to wait for its caller.
@@ -478,29 +482,19 @@ class Scheduler:
         error: BaseException | None = None
         started = trio.current_time()
         with outer:
-            if attempt.fence is None:
+            # (Without a fence, ``outer`` is the attempt's scope: nothing to nest.)
+            with attempt.scope if attempt.fence is not None else _NO_SCOPE:
                 try:
                     result = await handler(job, ctx)
                 except Exception as exc:
                     error = exc
                 except BaseException as exc:
-                    self._handler_raised(attempt, exc)
+                    if not isinstance(exc, trio.Cancelled):
+                        attempt.fatal = exc  # the handler's own KeyboardInterrupt/SystemExit
                     raise
                 finally:
                     attempt.handler_running = False
                     self._release_slot(attempt)
-            else:
-                with attempt.scope:
-                    try:
-                        result = await handler(job, ctx)
-                    except Exception as exc:
-                        error = exc
-                    except BaseException as exc:
-                        self._handler_raised(attempt, exc)
-                        raise
-                    finally:
-                        attempt.handler_running = False
-                        self._release_slot(attempt)
             returned = not attempt.scope.cancelled_caught
             ended = trio.current_time()
             if attempt.fence is None and not attempt.scope.cancel_called:
@@ -529,11 +523,6 @@ class Scheduler:
             await self._conclude(
                 attempt, ctx, result, error, ended - started, cause, interrupted=not returned
             )
-
-    @staticmethod
-    def _handler_raised(attempt: Attempt, exc: BaseException) -> None:
-        if not isinstance(exc, trio.Cancelled):
-            attempt.fatal = exc  # the handler's own KeyboardInterrupt/SystemExit
 
     def _shield_for_writing(self, attempt: Attempt) -> trio.CancelScope:
         """A scope of its own shielding a write from outside cancellation (rare paths)."""

@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 import trio
 
+from .._outcome import unwrap
 from ._commands import (
     cmd_cancel,
     cmd_demo,
@@ -243,19 +244,8 @@ def _fail(error: CliError) -> int:
 
 
 def _single_cli_error(group: BaseExceptionGroup[BaseException]) -> CliError | None:
-    leaves: list[BaseException] = []
-
-    def collect(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                collect(inner)
-        else:
-            leaves.append(exc)
-
-    collect(group)
-    if len(leaves) == 1 and isinstance(leaves[0], CliError):
-        return leaves[0]
-    return None
+    single = unwrap(group)
+    return single if isinstance(single, CliError) else None
 
 
 __all__ = ["PROG", "build_parser", "main"]
