@@ -21,6 +21,7 @@ EXPECTED = {
     "JobStats",
     "JobStatus",
     "RunnerEvent",
+    "WorkerInfo",
     # errors
     "JobCancelledError",
     "JobError",
@@ -41,6 +42,7 @@ EXPECTED = {
     "CancelOutcome",
     "Heartbeat",
     "JobStorage",
+    "WorkerRegistry",
     "MemoryStorage",
     "PostgresStorage",
     "SQLiteStorage",

@@ -23,6 +23,7 @@ from ._records import JobPriority as JobPriority
 from ._records import JobStats as JobStats
 from ._records import JobStatus as JobStatus
 from ._records import RunnerEvent as RunnerEvent
+from ._records import WorkerInfo as WorkerInfo
 from ._retry import RetryConfig as RetryConfig
 from ._retry import RetryStrategy as RetryStrategy
 from ._retry import compute_delay as compute_delay
@@ -36,6 +37,7 @@ from .storage import JobStorage as JobStorage
 from .storage import MemoryStorage as MemoryStorage
 from .storage import PostgresStorage as PostgresStorage
 from .storage import SQLiteStorage as SQLiteStorage
+from .storage import WorkerRegistry as WorkerRegistry
 
 __version__ = "0.1.0"
 
@@ -52,6 +54,7 @@ __all__ = [
     "JobStats",
     "JobStatus",
     "RunnerEvent",
+    "WorkerInfo",
     # errors
     "JobCancelledError",
     "JobError",
@@ -72,6 +75,7 @@ __all__ = [
     "CancelOutcome",
     "Heartbeat",
     "JobStorage",
+    "WorkerRegistry",
     "MemoryStorage",
     "PostgresStorage",
     "SQLiteStorage",

@@ -147,6 +147,31 @@ class JobStats:
 
 
 @attrs.frozen
+class WorkerInfo:
+    """One live runner on a store, as ``workers()`` reports it (runner or client).
+
+    Attributes:
+        worker_id: The runner's :attr:`JobRunner.worker_id` (``host:pid:random``).
+        hostname: The machine it runs on.
+        pid: Its process id there.
+        started_at: When it entered its ``async with`` block (UTC).
+        last_seen: Its last heartbeat (UTC).
+        concurrency: How many handlers it runs at once at most.
+        running: How many attempts it held at its last heartbeat.
+        job_types: The job types it has handlers for (the ones it claims).
+    """
+
+    worker_id: str
+    hostname: str
+    pid: int
+    started_at: datetime
+    last_seen: datetime
+    concurrency: int
+    running: int
+    job_types: frozenset[str]
+
+
+@attrs.frozen
 class RunnerEvent:
     """One lifecycle event, as delivered by :meth:`JobRunner.subscribe`.
 

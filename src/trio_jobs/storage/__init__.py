@@ -3,6 +3,7 @@
 from ._base import CancelOutcome as CancelOutcome
 from ._base import Heartbeat as Heartbeat
 from ._base import JobStorage as JobStorage
+from ._base import WorkerRegistry as WorkerRegistry
 from ._memory import MemoryStorage as MemoryStorage
 from .postgres import PostgresStorage as PostgresStorage
 from .sqlite import SQLiteStorage as SQLiteStorage
@@ -11,6 +12,7 @@ __all__ = [
     "CancelOutcome",
     "Heartbeat",
     "JobStorage",
+    "WorkerRegistry",
     "MemoryStorage",
     "PostgresStorage",
     "SQLiteStorage",

@@ -30,7 +30,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
-from .._records import ErrorInfo, Job, JobStats, JobStatus
+from .._records import ErrorInfo, Job, JobStats, JobStatus, WorkerInfo
 
 
 class CancelOutcome(enum.Enum):
@@ -247,6 +247,39 @@ class JobStorage(Protocol):
 
     async def purge(self, older_than: float) -> int:
         """Delete final jobs completed more than ``older_than`` seconds ago; return how many."""
+        ...
+
+
+@runtime_checkable
+class WorkerRegistry(Protocol):
+    """What a store with a workers table adds: one row per live runner.
+
+    Optional: the runner uses it when its store has it (all three built-in stores
+    do). With it, liveness is judged per worker, not per job:
+
+    - :meth:`register_worker` writes the runner's row at start (and again when its
+      job types change); from then on :meth:`JobStorage.heartbeat` renews that
+      one row (``last_seen``, ``running``, and an expiry ``lease_duration`` ahead,
+      by the heartbeating process's own ``lease_duration``) instead of every job
+      it holds, and still reports the cancel requests and lost claims among the
+      ids it is given;
+    - :meth:`JobStorage.rescue_expired` rescues the running jobs of workers whose
+      row expired (and drops those rows), and, as before, running jobs claimed by
+      a worker without a row whose own lease expired. Its cost depends on the
+      stale workers' jobs, not on how many jobs live workers run;
+    - :meth:`unregister_worker` drops the row when the runner leaves its block.
+    """
+
+    async def register_worker(self, info: WorkerInfo) -> None:
+        """Insert or replace the row of ``info.worker_id``; its lease starts now."""
+        ...
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        """Delete the worker's row (its runner stopped cleanly). Idempotent."""
+        ...
+
+    async def workers(self) -> list[WorkerInfo]:
+        """Return the live workers (whose row has not expired), oldest start first."""
         ...
 
 
