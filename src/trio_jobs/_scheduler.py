@@ -17,9 +17,9 @@ waits on bookkeeping that only the happy path keeps.
   shielded and retried with backoff while the lease holds.
 - The **services task** (:meth:`Scheduler.run_services`) renews leases, relays
   cancellation requests, and rescues other workers' expired leases. On a durable
-  store each attempt also runs inside a *fence*: a cancel scope whose deadline is
-  its lease's expiry less a safety margin, pushed back by every renewal. A runner
-  that cannot renew a lease so cancels the attempt itself before anyone could
+  store a watchdog beside it, the *fence* (:meth:`Scheduler._run_fences`),
+  cancels any attempt whose lease would run out unrenewed, before it does: a
+  runner that cannot renew a lease stops that attempt itself before anyone could
   rescue and rerun the job.
 
 "Idle" is :attr:`Scheduler.busy`, a count of live attempt tasks one can wait on
@@ -30,7 +30,6 @@ protected from ``KeyboardInterrupt``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -61,9 +60,6 @@ _FENCE_MARGIN = 0.2
 #: Backoff between tries of an outcome write that failed: first, factor, cap (seconds).
 _WRITE_RETRY = (0.05, 2.0, 2.0)
 
-#: A reusable no-op context manager, where an attempt has no fence to nest its scope in.
-_NO_SCOPE = contextlib.nullcontext()
-
 #: The scheduler whose attempt the current task runs (inherited by a handler's tasks):
 #: how ``stop()`` called from inside a handler knows not to wait for its caller.
 _RUNNING_IN: ContextVar[Scheduler | None] = ContextVar("trio_jobs_running_in", default=None)
@@ -77,22 +73,22 @@ class Attempt:
     an older attempt of the same job still winding down is another object and
     never touches this one's bookkeeping.
 
-    On a durable store the attempt's scope (``ctx.cancel_scope``, deadline: the
-    job's timeout) runs inside a private *fence* whose deadline is the lease's
-    expiry less a margin. Once the handler has returned, the fence becomes the
-    shield of the outcome write, with the lease's expiry as its deadline: one
-    scope fewer per job than a shield of its own (each costs microseconds).
+    Its scope (``ctx.cancel_scope``, deadline: the job's timeout) is also how the
+    runner cancels it: by request, on a forced stop, when the claim was lost, or
+    when its lease would run out unrenewed (the *fence*, see
+    :meth:`Scheduler._run_fences`). Once the handler has returned, the same scope
+    becomes the shield of the outcome write, with the lease's expiry as its
+    deadline: one scope per attempt (each costs microseconds per job).
     """
 
     job: Job[Any]
     scope: trio.CancelScope
-    #: Durable stores only: cancelled when the lease would run out unrenewed.
-    fence: trio.CancelScope | None
     #: Trio-clock time until which the store holds our lease (an underestimate).
     lease_until: float
     #: An older attempt of the same job still live in this runner: wait for it.
     previous: Attempt | None = None
-    #: Why the runner cancelled the scope: "cancel" (user), "stop" (forced), "lost".
+    #: Why the runner cancelled the scope: "cancel" (user), "stop" (forced), "lost"
+    #: (the store says the claim is gone), "fence" (the lease could not be renewed).
     reason: str | None = None
     #: Whether the attempt still holds a concurrency slot (until its handler ends).
     holds_slot: bool = True
@@ -113,15 +109,13 @@ class Attempt:
     #: Set when the attempt task ends; created only when a successor waits for it.
     done: trio.Event | None = None
 
-    def renewed(self, until: float, margin: float) -> None:
-        """The store holds the lease until ``until``: push the fence and writes back."""
+    def renewed(self, until: float) -> None:
+        """The store holds the lease until ``until``: the fence and the write wait longer."""
         if until <= self.lease_until:
             return
         self.lease_until = until
         if self.write_scope is not None:
             self.write_scope.deadline = until
-        elif self.fence is not None:
-            self.fence.deadline = until - margin
 
     def shield_for_writing(self, scope: trio.CancelScope) -> trio.CancelScope:
         """Make ``scope`` (live, not cancelled) the write's shield, bounded by the lease."""
@@ -133,16 +127,14 @@ class Attempt:
     def cause(self, ended: float) -> str | None:
         """Why the attempt was cancelled by the time its handler ended, if it was.
 
-        The runner's reason ("cancel", "stop", "lost"), else "fence" (the lease
-        could not be renewed), "timeout", or "self" (the handler cancelled it).
+        The runner's reason ("cancel", "stop", "lost", "fence"), else "timeout",
+        or "self" (the handler cancelled it).
         """
         scope = self.scope
-        if self.reason is not None and scope.cancel_called:
-            return self.reason
-        if self.fence is not None and self.fence.cancel_called:
-            return "fence"
         if not scope.cancel_called:
             return None
+        if self.reason is not None:
+            return self.reason
         return "timeout" if ended >= scope.deadline else "self"
 
 
@@ -357,27 +349,25 @@ class Scheduler:
     def _start_all(self, jobs: list[Job[Any]], sent: float | None = None) -> None:
         """Hand each claimed job to its own attempt task (which owns it from here on).
 
-        ``sent`` is when the claim was sent (the lease started no earlier); None for
-        an in-process store, whose attempts need no fence.
+        ``sent`` is when the claim was sent (the lease started no earlier); None
+        means now.
         """
         assert self.nursery is not None
         now = trio.current_time() if sent is None else sent
         idle = self._idle_tasks
         for job in jobs:
-            attempt = self._new_attempt(job, now, sent is not None)
+            attempt = self._new_attempt(job, now)
             if idle:
                 # A parked attempt task takes it: cheaper than a new task.
                 trio.lowlevel.reschedule(idle.pop(), outcome.Value(attempt))
             else:
                 self.nursery.start_soon(self._attempt_task, attempt)
 
-    def _new_attempt(self, job: Job[Any], now: float, fenced: bool) -> Attempt:
+    def _new_attempt(self, job: Job[Any], now: float) -> Attempt:
         """Take a claimed job into the bookkeeping: its slot, its index entry, the counts."""
         timeout = job.timeout
-        lease_until = now + self._lease
         scope = trio.CancelScope(deadline=math.inf if timeout is None else now + timeout)
-        fence = trio.CancelScope(deadline=lease_until - self._margin) if fenced else None
-        attempt = Attempt(job, scope, fence, lease_until, self._attempts.get(job.id))
+        attempt = Attempt(job, scope, now + self._lease, self._attempts.get(job.id))
         self._attempts[job.id] = attempt
         self._live += 1
         self._in_handlers += 1
@@ -408,7 +398,7 @@ class Scheduler:
         if store is None or not self._may_claim_next():
             return None
         jobs = store.claim_nowait(self._worker_id, 1, self.types)
-        return self._new_attempt(jobs[0], trio.current_time(), False) if jobs else None
+        return self._new_attempt(jobs[0], trio.current_time()) if jobs else None
 
     # -- one attempt -----------------------------------------------------------------
 
@@ -476,37 +466,33 @@ class Scheduler:
             on_update=lambda ctx, progress: self._context_updated(attempt, ctx, progress),
         )
         handler = self._handlers[job.type]
-        outer = attempt.fence or attempt.scope  # the scope to turn into the write's shield
+        scope = attempt.scope
         returned = False  # the handler returned or raised an Exception (not cancelled)
         result: Any = None
         error: BaseException | None = None
         started = trio.current_time()
-        with outer:
-            # (Without a fence, ``outer`` is the attempt's scope: nothing to nest.)
-            with attempt.scope if attempt.fence is not None else _NO_SCOPE:
-                try:
-                    result = await handler(job, ctx)
-                except Exception as exc:
-                    error = exc
-                except BaseException as exc:
-                    if not isinstance(exc, trio.Cancelled):
-                        attempt.fatal = exc  # the handler's own KeyboardInterrupt/SystemExit
-                    raise
-                finally:
-                    attempt.handler_running = False
-                    self._release_slot(attempt)
-            returned = not attempt.scope.cancelled_caught
+        with scope:
+            try:
+                result = await handler(job, ctx)
+            except Exception as exc:
+                error = exc
+            except BaseException as exc:
+                if not isinstance(exc, trio.Cancelled):
+                    attempt.fatal = exc  # the handler's own KeyboardInterrupt/SystemExit
+                raise
+            finally:
+                attempt.handler_running = False
+                self._release_slot(attempt)
+            returned = True
             ended = trio.current_time()
-            if attempt.fence is None and not attempt.scope.cancel_called:
-                cause = None  # (the common case, without a method call)
-            else:
-                cause = attempt.cause(ended)
+            cause = attempt.cause(ended) if scope.cancel_called else None
             if cause is None:
                 # The common path. Whatever happens to the runner now, the outcome is
-                # written while the lease holds: the outer scope, turned into a
-                # shield (in-process, only where a progress flush can wait).
-                if attempt.fence is not None or attempt.writer is not None or attempt.unsaved:
-                    attempt.shield_for_writing(outer)
+                # written while the lease holds: the same scope, turned into a shield
+                # (in-process, only where a progress flush can wait: the write itself
+                # does not).
+                if self._in_process is None or attempt.writer is not None or attempt.unsaved:
+                    attempt.shield_for_writing(scope)
                 await self._conclude(attempt, ctx, result, error, ended - started, None)
                 return
         if attempt.write_scope is not None:
@@ -839,15 +825,47 @@ class Scheduler:
         """The services task: renew leases, relay cancel requests, rescue expired leases."""
         interval = min(self._lease / 3, self._poll_interval)
         with self._services_scope:
-            task_status.started()
-            while True:
-                await self._wait_for_cancel_requests(interval)
-                await self._renew_leases()
-                try:
-                    if await self._storage.rescue_expired() and self.settled:
-                        self.settled.unpark_all()
-                except Exception as exc:
-                    self._report_error("rescuing expired leases failed", exc)
+            async with trio.open_nursery() as nursery:
+                if self._in_process is None:
+                    # (An in-process store's leases cannot fail to renew.)
+                    nursery.start_soon(self._run_fences, interval)
+                task_status.started()
+                while True:
+                    await self._wait_for_cancel_requests(interval)
+                    await self._renew_leases()
+                    try:
+                        if await self._storage.rescue_expired() and self.settled:
+                            self.settled.unpark_all()
+                    except Exception as exc:
+                        self._report_error("rescuing expired leases failed", exc)
+
+    async def _run_fences(self, interval: float) -> None:
+        """Cancel each attempt whose lease would run out unrenewed, before it does.
+
+        The *fence*: an attempt is cancelled (reason "fence") once its lease has
+        less than a fifth of ``lease_duration`` left without a renewal (the
+        database is unreachable, a heartbeat stalls), so no other worker can rescue
+        and rerun the job while it still runs here. A task of its own, so that a
+        stalled heartbeat call cannot hold it up; it wakes at the earliest fence or
+        every ``interval``, and costs nothing per job.
+        """
+        while True:
+            now = trio.current_time()
+            wake = now + interval
+            for attempt in self._attempts.values():
+                if not attempt.handler_running:
+                    continue
+                due = attempt.lease_until - self._margin
+                if due <= now:
+                    self._logger.warning(
+                        "could not renew the lease on job %s; cancelling its attempt before "
+                        "the lease runs out",
+                        attempt.job.id,
+                    )
+                    self._cancel_attempt(attempt, "fence")
+                else:
+                    wake = min(wake, due)
+            await trio.sleep_until(wake)
 
     async def _renew_leases(self) -> None:
         held = dict(self._attempts)  # the attempts this renewal speaks for
@@ -869,7 +887,7 @@ class Scheduler:
                 self._cancel_attempt(attempt, "lost")
         for job_id, attempt in held.items():
             if job_id not in beat.lost:
-                attempt.renewed(sent + self._lease, self._margin)
+                attempt.renewed(sent + self._lease)
 
     async def _wait_for_cancel_requests(self, timeout: float) -> None:
         wait = getattr(self._storage, "wait_for_cancel_request", None)
