@@ -10,10 +10,10 @@ import trio
 
 from ._exceptions import JobNotFoundError, RunnerClosedError
 from ._handle import JobHandle
-from ._records import Job, JobPriority, JobStats
+from ._records import Job, JobPriority, JobStats, WorkerInfo
 from ._retry import RetryConfig
 from ._submit import build_job, check_seconds
-from .storage._base import CancelOutcome, JobStorage
+from .storage._base import CancelOutcome, JobStorage, list_workers
 
 
 @final
@@ -138,6 +138,14 @@ class JobClient:
             unknown or already final job.
         """
         return await self._storage.request_cancel(job_id) is not CancelOutcome.NOTHING
+
+    async def workers(self) -> list[WorkerInfo]:
+        """Return the live runners on the store (see :meth:`JobRunner.workers`).
+
+        Raises:
+            NotImplementedError: the store keeps no workers table.
+        """
+        return await list_workers(self._storage)
 
     async def stats(self) -> JobStats:
         """Return counts of jobs by status."""

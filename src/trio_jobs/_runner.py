@@ -23,11 +23,11 @@ from ._exceptions import (
 )
 from ._handle import JobHandle
 from ._outcome import unwrap
-from ._records import Job, JobPriority, JobStats, RunnerEvent
+from ._records import Job, JobPriority, JobStats, RunnerEvent, WorkerInfo
 from ._retry import RetryConfig
 from ._scheduler import Handler, Scheduler
 from ._submit import build_job, check_seconds
-from .storage._base import CancelOutcome, InProcessStorage, JobStorage
+from .storage._base import CancelOutcome, InProcessStorage, JobStorage, list_workers
 from .storage._memory import MemoryStorage
 
 H = TypeVar("H", bound=Handler)
@@ -97,7 +97,8 @@ class JobRunner:
         self._logger = logger or logging.getLogger("trio_jobs")
         self._events = EventHub(self._logger)
         self._handlers: dict[str, Handler] = {}
-        self._worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        hostname, pid = socket.gethostname(), os.getpid()
+        self._worker_id = f"{hostname}:{pid}:{uuid.uuid4().hex[:8]}"
         self._scheduler = Scheduler(
             storage=self._storage,
             handlers=self._handlers,
@@ -107,6 +108,8 @@ class JobRunner:
             events=self._events,
             logger=self._logger,
             worker_id=self._worker_id,
+            hostname=hostname,
+            pid=pid,
         )
 
         self._state = "new"  # new -> running -> stopping -> stopped
@@ -174,6 +177,12 @@ class JobRunner:
             raise RuntimeError("a JobRunner can be entered only once")
         self._state = "starting"
         await self._storage.open()
+        try:
+            await self._scheduler.register()
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._storage.close()
+            raise
         self._nursery_manager = trio.open_nursery()
         try:
             nursery = await self._nursery_manager.__aenter__()
@@ -187,6 +196,7 @@ class JobRunner:
                 await self._exit_nursery(exc)
             finally:
                 with trio.CancelScope(shield=True):
+                    await self._scheduler.unregister()
                     await self._storage.close()
             raise
         self._state = "running"
@@ -226,6 +236,7 @@ class JobRunner:
             return await self._exit_nursery(exc)
         finally:
             with trio.CancelScope(shield=True):
+                await self._scheduler.unregister()
                 await self._storage.close()
 
     async def _exit_nursery(self, exc: BaseException | None) -> bool:
@@ -382,6 +393,20 @@ class JobRunner:
         if job is None:
             raise JobNotFoundError(job_id)
         return JobHandle(job.id, job.type, self)
+
+    async def workers(self) -> list[WorkerInfo]:
+        """Return the live runners on this runner's store, this one included.
+
+        From the store's workers table: a runner's row is written when it enters
+        its block, renewed by its heartbeats, and removed when it leaves; a runner
+        that died disappears once its lease would have expired.
+
+        Raises:
+            NotImplementedError: the store keeps no workers table (a custom store
+                without :class:`WorkerRegistry`).
+        """
+        async with self._store() as store:
+            return await list_workers(store)
 
     async def stats(self) -> JobStats:
         """Return counts of jobs by status, from the store."""

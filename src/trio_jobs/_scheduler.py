@@ -45,9 +45,9 @@ from ._context import JobContext
 from ._events import EventHub
 from ._exceptions import JobTimeoutError
 from ._outcome import drop_frames, error_info, judge, unwrap
-from ._records import ErrorInfo, Job, JobStatus, replace, utcnow
+from ._records import ErrorInfo, Job, JobStatus, WorkerInfo, replace, utcnow
 from ._retry import RetryConfig, compute_delay
-from .storage._base import InProcessStorage, JobStorage
+from .storage._base import InProcessStorage, JobStorage, WorkerRegistry
 
 Handler = Callable[[Job[Any], JobContext[Any]], Awaitable[Any]]
 
@@ -153,8 +153,18 @@ class Scheduler:
         events: EventHub,
         logger: logging.Logger,
         worker_id: str,
+        hostname: str,
+        pid: int,
     ) -> None:
         self._storage = storage
+        self._registry = storage if isinstance(storage, WorkerRegistry) else None
+        self._hostname = hostname
+        self._pid = pid
+        self._started_at = utcnow()
+        #: The job types in our workers-table row (None: no row written).
+        self._registered: frozenset[str] | None = None
+        #: Claims we may have left RUNNING in the store (a write given up, a fence).
+        self._unsettled_claims = 0
         # An in-process store sees every change and never blocks: the scheduler waits
         # on it without polling, writes through its checkpoint-free calls, and needs
         # no fence (its leases cannot fail to renew).
@@ -269,6 +279,52 @@ class Scheduler:
             self._services_scope.cancel()
         if self.settled:
             self.settled.unpark_all()
+
+    # -- the workers table -----------------------------------------------------------
+
+    def _worker_info(self, running: int) -> WorkerInfo:
+        return WorkerInfo(
+            worker_id=self._worker_id,
+            hostname=self._hostname,
+            pid=self._pid,
+            started_at=self._started_at,
+            last_seen=utcnow(),
+            concurrency=self._concurrency,
+            running=running,
+            job_types=self.types,
+        )
+
+    async def register(self) -> None:
+        """Write this runner's row in the store's workers table, if the store keeps one."""
+        if self._registry is not None:
+            self._started_at = utcnow()
+            types = self.types
+            await self._registry.register_worker(self._worker_info(0))
+            self._registered = types
+
+    async def unregister(self) -> None:
+        """Drop this runner's row (at exit, once no attempt is alive); never raises.
+
+        A row is left to expire instead when a claim may still be RUNNING in the
+        store (a write given up, a fenced attempt): the store's rescue then takes
+        those jobs, as for a worker that died.
+        """
+        if self._registry is None or self._registered is None:
+            return
+        if self._unsettled_claims:
+            self._logger.warning(
+                "leaving this worker's row to expire: %d claim(s) may still be running "
+                "in the store; they will be rescued",
+                self._unsettled_claims,
+            )
+            return
+        with trio.move_on_after(self._lease) as scope:
+            try:
+                await self._registry.unregister_worker(self._worker_id)
+            except Exception as exc:
+                self._logger.warning("removing this worker's row failed: %r", exc)
+        if scope.cancelled_caught:
+            self._logger.warning("removing this worker's row timed out; it will expire")
 
     # -- the scheduler ---------------------------------------------------------------
 
@@ -497,6 +553,7 @@ class Scheduler:
                 return
         if attempt.write_scope is not None:
             # The lease ran out while the outcome was being written.
+            self._unsettled_claims += 1
             self._logger.error(
                 "recording job %s timed out; its lease will run out and the store will rescue it",
                 job.id,
@@ -564,6 +621,7 @@ class Scheduler:
             # counted, once the lease runs out, as for a worker that died; a give-back
             # would let a store that cannot renew leases loop a job forever.
             attempt.settled = True
+            self._unsettled_claims += 1
             return
         if cause == "stop":
             # An orderly shutdown is not the job's fault: back to PENDING, uncounted.
@@ -699,6 +757,7 @@ class Scheduler:
             except Exception as exc:
                 # Keep trying while the lease is ours (renewals push it back).
                 if trio.current_time() + wait >= attempt.lease_until:
+                    self._unsettled_claims += 1
                     self._report_error(
                         f"recording job {job.id} as {status} failed; its lease will "
                         "run out and the store will rescue it",
@@ -871,11 +930,21 @@ class Scheduler:
         held = dict(self._attempts)  # the attempts this renewal speaks for
         sent = trio.current_time()
         try:
+            if self._registered is not None and self._registered != self.types:
+                # Handlers were registered since: the row says which types we claim.
+                await self._reregister(len(held))
             beat = await self._storage.heartbeat(self._worker_id, list(held))
         except Exception as exc:
             # The fences cancel attempts whose leases run out before a renewal works.
             self._report_error("renewing leases failed", exc)
             return
+        if beat.lost and self._registered is not None:
+            # Claims lost: another worker may have found our row stale and removed
+            # it with our jobs. Write it again, so that workers() shows us.
+            try:
+                await self._reregister(len(held) - len(beat.lost))
+            except Exception as exc:
+                self._report_error("writing this worker's row failed", exc)
         for job_id in beat.cancel_requested:
             attempt = held.get(job_id)
             if attempt is not None and attempt.handler_running:
@@ -888,6 +957,12 @@ class Scheduler:
         for job_id, attempt in held.items():
             if job_id not in beat.lost:
                 attempt.renewed(sent + self._lease)
+
+    async def _reregister(self, running: int) -> None:
+        assert self._registry is not None
+        types = self.types
+        await self._registry.register_worker(self._worker_info(running))
+        self._registered = types
 
     async def _wait_for_cancel_requests(self, timeout: float) -> None:
         wait = getattr(self._storage, "wait_for_cancel_request", None)

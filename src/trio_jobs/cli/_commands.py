@@ -15,7 +15,7 @@ from .._client import JobClient
 from .._records import Job
 from ..storage._base import CancelOutcome
 from ._errors import CliError, UsageError
-from ._format import job_details, jobs_table, one_line, stats_table, to_json
+from ._format import job_details, jobs_table, one_line, stats_table, to_json, workers_table
 from ._store import StoreSpec, open_storage, store_spec
 from ._worker import run_worker
 
@@ -94,6 +94,14 @@ async def cmd_stats(args: argparse.Namespace) -> int:
     async with _client(args, must_exist=True) as client:
         stats = await client.stats()
     _emit(args, stats, stats_table(stats))
+    return 0
+
+
+async def cmd_workers(args: argparse.Namespace) -> int:
+    """``workers``: the live runners on the store, from its workers table."""
+    async with _client(args, must_exist=True) as client:
+        workers = await client.workers()
+    _emit(args, workers, workers_table(workers))
     return 0
 
 
@@ -198,6 +206,7 @@ __all__ = [
     "cmd_retry",
     "cmd_show",
     "cmd_stats",
+    "cmd_workers",
     "cmd_submit",
     "cmd_worker",
 ]

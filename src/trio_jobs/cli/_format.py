@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from .._records import ErrorInfo, Job, JobPriority, JobStats, JobStatus
+from .._records import ErrorInfo, Job, JobPriority, JobStats, JobStatus, WorkerInfo
 from .._retry import RetryConfig
 
 T = TypeVar("T")
@@ -209,6 +209,10 @@ def to_json(value: Any) -> Any:
         return {a.name: to_json(getattr(value, a.name)) for a in attrs.fields(ErrorInfo)}
     if isinstance(value, JobStats):
         return {a.name: getattr(value, a.name) for a in attrs.fields(JobStats)}
+    if isinstance(value, WorkerInfo):
+        return {a.name: to_json(getattr(value, a.name)) for a in attrs.fields(WorkerInfo)}
+    if isinstance(value, frozenset):
+        return sorted(to_json(v) for v in value)
     if isinstance(value, RetryConfig):
         return {
             a.name: to_json(getattr(value, a.name))
@@ -312,6 +316,27 @@ def job_details(job: Job[Any]) -> str:
     if error.traceback:
         text += "\n\ntraceback of the last error:\n" + error.traceback.rstrip("\n")
     return text
+
+
+def workers_table(workers: Sequence[WorkerInfo], now: datetime | None = None) -> str:
+    """Render :class:`WorkerInfo` rows for the ``workers`` command."""
+    if not workers:
+        return "no live workers"
+    now = now or datetime.now(UTC)
+    rows = [
+        (
+            w.worker_id,
+            w.hostname,
+            str(w.pid),
+            format_age(w.started_at, now),
+            format_age(w.last_seen, now),
+            f"{w.running}/{w.concurrency}",
+            ", ".join(sorted(w.job_types)) or "-",
+        )
+        for w in workers
+    ]
+    headers = ("worker", "host", "pid", "started", "last seen", "running", "types")
+    return render_table(headers, rows, right=("pid", "running"))
 
 
 def stats_table(stats: JobStats) -> str:

@@ -25,6 +25,7 @@ from ._commands import (
     cmd_stats,
     cmd_submit,
     cmd_worker,
+    cmd_workers,
 )
 from ._errors import CliError, UsageError
 from ._format import (
@@ -162,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     stats = command("stats", cmd_stats, "count jobs by status")
     _add_json_option(stats, top=False)
+
+    workers = command("workers", cmd_workers, "list the live workers and what they run")
+    _add_json_option(workers, top=False)
 
     cancel = command("cancel", cmd_cancel, "cancel a job (a running one is stopped by its worker)")
     _add_json_option(cancel, top=False)

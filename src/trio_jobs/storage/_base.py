@@ -335,6 +335,20 @@ class InProcessStorage(JobStorage, Protocol):
         ...
 
 
+async def list_workers(store: JobStorage) -> list[WorkerInfo]:
+    """``store.workers()`` for a store with a workers table.
+
+    Raises:
+        NotImplementedError: the store is no :class:`WorkerRegistry`.
+    """
+    if not isinstance(store, WorkerRegistry):
+        raise NotImplementedError(
+            f"{type(store).__name__} keeps no workers table (it does not implement "
+            "trio_jobs.WorkerRegistry)"
+        )
+    return await store.workers()
+
+
 def stats_from_rows(rows: Iterable[Sequence[Any]]) -> JobStats:
     """Build :class:`JobStats` from ``(status, count, average execution time)`` rows."""
     counts: dict[str, int] = {}

@@ -11,9 +11,10 @@ from types import TracebackType
 from typing import Any, Self, final
 
 import trio
+from attrs import evolve
 
 from .._priority_channel import PriorityReceiveChannel, PrioritySendChannel, open_priority_channel
-from .._records import ErrorInfo, Job, JobStats, JobStatus, replace, utcnow
+from .._records import ErrorInfo, Job, JobStats, JobStatus, WorkerInfo, replace, utcnow
 from ._base import CancelOutcome, Heartbeat
 
 _WAITING = (JobStatus.PENDING, JobStatus.RETRYING)
@@ -80,6 +81,8 @@ class MemoryStorage:
         self._work = trio.Event()
         self._cancel_signal = trio.Event()
         self._watchers: dict[str, trio.Event] = {}
+        # The workers table: each registered worker's row and its expiry (Trio clock).
+        self._workers: dict[str, tuple[WorkerInfo, float]] = {}
 
     @property
     def lease_duration(self) -> float:
@@ -507,9 +510,18 @@ class MemoryStorage:
         return True
 
     async def heartbeat(self, worker_id: str, job_ids: Collection[str]) -> Heartbeat:
-        """Renew the leases of ``job_ids`` still held by ``worker_id``; report the rest."""
+        """Renew the leases of ``job_ids`` still held by ``worker_id``; report the rest.
+
+        A registered worker's row is renewed too. (Here the per-job leases are dict
+        entries, renewed alongside: cheap in memory, and the same outcome as the
+        durable stores' one-row renewal.)
+        """
         await trio.lowlevel.checkpoint()
         expires = trio.current_time() + self._lease_duration
+        row = self._workers.get(worker_id)
+        if row is not None:
+            info = evolve(row[0], last_seen=utcnow(), running=len(job_ids))
+            self._workers[worker_id] = (info, expires)
         held: set[str] = set()
         for job_id in job_ids:
             lease = self._leases.get(job_id)
@@ -525,6 +537,9 @@ class MemoryStorage:
         """Recover jobs whose lease expired; see :meth:`JobStorage.rescue_expired`."""
         await trio.lowlevel.checkpoint()
         now = trio.current_time()
+        for worker_id, (_, expires) in list(self._workers.items()):
+            if expires < now:
+                del self._workers[worker_id]  # its jobs' leases expired with it
         rescued: list[Job[Any]] = []
         for job_id, (owner, expires) in list(self._leases.items()):
             if expires >= now:
@@ -557,6 +572,26 @@ class MemoryStorage:
             return CancelOutcome.REQUESTED
         self._finish(job, status=JobStatus.CANCELLED, completed_at=utcnow())
         return CancelOutcome.CANCELLED
+
+    # -- the workers table (WorkerRegistry) ------------------------------------------
+
+    async def register_worker(self, info: WorkerInfo) -> None:
+        """Insert or replace the worker's row; its lease starts now (Trio clock)."""
+        await trio.lowlevel.checkpoint()
+        row = evolve(info, last_seen=utcnow())
+        self._workers[info.worker_id] = (row, trio.current_time() + self._lease_duration)
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        """Delete the worker's row."""
+        await trio.lowlevel.checkpoint()
+        self._workers.pop(worker_id, None)
+
+    async def workers(self) -> list[WorkerInfo]:
+        """Return the live workers (row not expired), oldest start first."""
+        await trio.lowlevel.checkpoint()
+        now = trio.current_time()
+        live = [info for info, expires in self._workers.values() if expires >= now]
+        return sorted(live, key=lambda info: (info.started_at, info.worker_id))
 
     # -- waiting ---------------------------------------------------------------------
 
