@@ -422,3 +422,47 @@ async def test_a_handler_that_cancels_itself_then_raises_fails_rather_than_times
             await handle.wait()
     assert info.value.error_info.type == "ValueError"
     assert (await handle.get_status()).status is JobStatus.FAILED
+
+
+# -- 8: stop() from inside a handler ---------------------------------------------
+
+
+@pytest.mark.parametrize("graceful", [True, False], ids=["graceful", "forced"])
+async def test_stop_from_a_handler_while_the_block_drains_ends_the_block(
+    graceful: bool, autojump_clock: Any
+) -> None:
+    """Found by the fault-injection test: the drain waited for a job given back by stop."""
+    runner = JobRunner()
+    other_done = trio.Event()
+
+    async def stopper(job: Job[Any], ctx: JobContext[Any]) -> str:
+        await trio.sleep(1.0)
+        await runner.stop(graceful=graceful)  # a forced stop cancels this attempt too
+        return "stopped"
+
+    async def other(job: Job[Any], ctx: JobContext[Any]) -> None:
+        await trio.sleep(2.0)
+        other_done.set()
+
+    with trio.fail_after(100):
+        async with runner:
+            runner.register_handler("stop", stopper)
+            runner.register_handler("other", other)
+            first = await runner.submit("stop")
+            second = await runner.submit("other")
+            waiting = await runner.submit("other", delay=50.0)
+    stopped = await first.get_status()
+    if graceful:
+        # It waited for the other running attempt, not for itself, then returned.
+        assert other_done.is_set()
+        assert trio.current_time() == 2.0
+        assert (stopped.status, await first.wait()) == (JobStatus.COMPLETED, "stopped")
+        assert (await second.get_status()).status is JobStatus.COMPLETED
+    else:
+        assert trio.current_time() == 1.0
+        assert (stopped.status, stopped.attempts) == (JobStatus.PENDING, 0)
+        assert ((await second.get_status()).status, other_done.is_set()) == (
+            JobStatus.PENDING,
+            False,
+        )
+    assert (await waiting.get_status()).status is JobStatus.PENDING

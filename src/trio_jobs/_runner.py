@@ -286,6 +286,7 @@ class JobRunner:
         if self._state in ("running", "starting"):
             self._state = "stopping"
             self._scheduler.stop_claiming()
+            self._scheduler.settled.unpark_all()  # join() and the drain notice at once
         if not graceful:
             self._scheduler.force_stop()
 
@@ -458,7 +459,10 @@ class JobRunner:
             idle = idle and (self._in_process is not None or scheduler.store_dry)
             if idle and not await self._storage.count_unfinished(scheduler.types):
                 return True
-            if self._state == "stopped":
+            if self._state == "stopped" or (self._state == "stopping" and not scheduler.busy.value):
+                # Stopped, or stopping with nothing left running here (a stop from
+                # inside a handler is completed by the block's exit): no job of
+                # ours will reach a final status in this runner any more.
                 return False
             with trio.move_on_after(self._poll_interval):
                 await scheduler.settled.park()
