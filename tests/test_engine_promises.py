@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from conftest import PG_DSN
 from trio_jobs import (
@@ -47,6 +48,18 @@ class Durable:
         self.heartbeat_fails = False
         self.settle_failures = 0
         self.settles: list[JobStatus] = []
+        #: When set, claims wait for it uncancellably (like a claim in a worker thread).
+        self.claim_gate: trio.Event | None = None
+        self.claim_in_flight = trio.Event()
+
+    async def claim(self, worker_id: str, limit: int, job_types: Any = None) -> list[Job[Any]]:
+        gate = self.claim_gate
+        if gate is not None:
+            with trio.CancelScope(shield=True):
+                self.claim_in_flight.set()
+                await gate.wait()
+                return await self.inner.claim(worker_id, limit, job_types)
+        return await self.inner.claim(worker_id, limit, job_types)
 
     def __getattr__(self, name: str) -> Any:
         if name in _IN_PROCESS_ONLY:
@@ -466,3 +479,37 @@ async def test_stop_from_a_handler_while_the_block_drains_ends_the_block(
             False,
         )
     assert (await waiting.get_status()).status is JobStatus.PENDING
+
+
+# -- 4: a claim answered as the runner goes down gives its jobs back ----------------
+
+
+async def test_a_claim_answered_while_the_runner_is_cancelled_gives_its_job_back(
+    autojump_clock: Any,
+) -> None:
+    """Found by the fault-injection test: that give-back was written unshielded."""
+    store = Durable()
+    ran: list[str] = []
+
+    async def work(job: Job[Any], ctx: JobContext[Any]) -> None:
+        ran.append(job.id)
+
+    async def answer_the_claim_once_all_wait() -> None:
+        await trio.testing.wait_all_tasks_blocked()
+        assert store.claim_gate is not None
+        store.claim_gate.set()
+
+    async with trio.open_nursery() as nursery:
+        with trio.CancelScope() as outer:
+            async with JobRunner(storage=store, poll_interval=0.5) as runner:  # type: ignore[arg-type]
+                runner.register_handler("w", work)
+                await trio.testing.wait_all_tasks_blocked()  # its first claim found nothing
+                store.claim_gate = trio.Event()
+                handle = await runner.submit("w")  # wakes the scheduler: its claim stalls
+                await store.claim_in_flight.wait()
+                nursery.start_soon(answer_the_claim_once_all_wait)
+                outer.cancel()
+                await trio.sleep_forever()
+    assert ran == []
+    job = await handle.get_status()
+    assert (job.status, job.attempts) == (JobStatus.PENDING, 0)

@@ -510,8 +510,11 @@ class Scheduler:
             await self._wait_for(attempt.previous)
             attempt.previous = None
         if attempt.reason == "stop" and not self.accepting:
+            # Claimed as the runner stopped: give it back unstarted, even if the
+            # runner is being cancelled meanwhile.
             self._release_slot(attempt)
-            await self._write(attempt, JobStatus.PENDING)
+            with self._shield_for_writing(attempt):
+                await self._write(attempt, JobStatus.PENDING)
             return
         if self._events.active:
             self._events.emit("job:started", job)
