@@ -513,3 +513,29 @@ async def test_a_claim_answered_while_the_runner_is_cancelled_gives_its_job_back
     assert ran == []
     job = await handle.get_status()
     assert (job.status, job.attempts) == (JobStatus.PENDING, 0)
+
+
+async def test_a_claim_slower_than_its_lease_is_still_given_back_at_stop(
+    autojump_clock: Any,
+) -> None:
+    """Found by fault injection: the give-back's deadline (our estimate of the lease,
+    counted from when the claim was sent) had passed before the claim even landed."""
+    store = Durable(lease_duration=3.0)
+    ran: list[str] = []
+
+    async def work(job: Job[Any], ctx: JobContext[Any]) -> None:
+        ran.append(job.id)
+
+    async with JobRunner(storage=store, poll_interval=0.5) as runner:  # type: ignore[arg-type]
+        runner.register_handler("w", work)
+        await trio.testing.wait_all_tasks_blocked()
+        gate = store.claim_gate = trio.Event()
+        handle = await runner.submit("w")
+        await store.claim_in_flight.wait()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(runner.stop)
+            await trio.sleep(5.0)  # longer than the lease: the store applies it now
+            gate.set()
+    assert ran == []
+    job = await handle.get_status()
+    assert (job.status, job.attempts) == (JobStatus.PENDING, 0)

@@ -117,10 +117,16 @@ class Attempt:
         if self.write_scope is not None:
             self.write_scope.deadline = until
 
-    def shield_for_writing(self, scope: trio.CancelScope) -> trio.CancelScope:
-        """Make ``scope`` (live, not cancelled) the write's shield, bounded by the lease."""
+    def shield_for_writing(self, scope: trio.CancelScope, grace: float) -> trio.CancelScope:
+        """Make ``scope`` (live, not cancelled) the write's shield, bounded by the lease.
+
+        At least ``grace`` seconds from now, even where our estimate of the lease
+        (counted from when the claim was sent) has run out: the deadline only
+        bounds how long a write may wait; the store's fenced write is what refuses
+        a claim that is no longer ours.
+        """
         scope.shield = True
-        scope.deadline = self.lease_until
+        scope.deadline = max(self.lease_until, trio.current_time() + grace)
         self.write_scope = scope
         return scope
 
@@ -551,7 +557,7 @@ class Scheduler:
                 # (in-process, only where a progress flush can wait: the write itself
                 # does not).
                 if self._in_process is None or attempt.writer is not None or attempt.unsaved:
-                    attempt.shield_for_writing(scope)
+                    attempt.shield_for_writing(scope, self._margin)
                 await self._conclude(attempt, ctx, result, error, ended - started, None)
                 return
         if attempt.write_scope is not None:
@@ -572,7 +578,7 @@ class Scheduler:
 
     def _shield_for_writing(self, attempt: Attempt) -> trio.CancelScope:
         """A scope of its own shielding a write from outside cancellation (rare paths)."""
-        return attempt.shield_for_writing(trio.CancelScope())
+        return attempt.shield_for_writing(trio.CancelScope(), self._margin)
 
     async def _conclude(
         self,
