@@ -259,13 +259,12 @@ async def test_a_runner_works_through_the_wrapper(autojump_clock: Any) -> None:
 # -- one regression test per known defect (issue 11) ----------------------------------
 #
 # Each runs the scenario in ``run_trio``, so that a hang fails the test instead of
-# hanging the session. Those that fail on the current scheduler are marked xfail
-# (strict): remove the mark when the rewrite lands.
+# hanging the session. Each failed on d3a16c1, the scheduler before the redesign.
 
 HANG = 3600.0  # virtual seconds: far beyond anything these scenarios need
 
 
-@pytest.mark.xfail(strict=True, reason="defect 1 of issue 11")
+# Regression: defect 1 of issue 11 (failed on d3a16c1, before the engine redesign).
 def test_a_started_callback_raising_systemexit_does_not_hang_the_runner() -> None:
     boom = SystemExit(3)
 
@@ -284,7 +283,7 @@ def test_a_started_callback_raising_systemexit_does_not_hang_the_runner() -> Non
     run_trio(scenario, clock=virtual(), hang_after=HANG).unwrap()
 
 
-@pytest.mark.xfail(strict=True, reason="defect 1 of issue 11")
+# Regression: defect 1 of issue 11 (failed on d3a16c1, before the engine redesign).
 def test_an_is_retryable_predicate_that_raises_does_not_hang_the_runner() -> None:
     def broken(error: BaseException) -> bool:
         raise RuntimeError("a bug in the predicate")
@@ -303,7 +302,7 @@ def test_an_is_retryable_predicate_that_raises_does_not_hang_the_runner() -> Non
     run_trio(scenario, clock=virtual(), hang_after=HANG).unwrap()
 
 
-@pytest.mark.xfail(strict=True, reason="defect 1 of issue 11")
+# Regression: defect 1 of issue 11 (failed on d3a16c1, before the engine redesign).
 def test_a_cancelled_wait_for_the_last_progress_write_does_not_hang_the_runner() -> None:
     async def scenario() -> None:
         faulty = FaultyStorage(MemoryStorage())
@@ -330,7 +329,7 @@ def test_a_cancelled_wait_for_the_last_progress_write_does_not_hang_the_runner()
     run_trio(scenario, clock=virtual(), hang_after=HANG).unwrap()
 
 
-@pytest.mark.xfail(strict=True, reason="defect 2 of issue 11")
+# Regression: defect 2 of issue 11 (failed on d3a16c1, before the engine redesign).
 def test_an_attempt_whose_lease_lapsed_is_not_run_twice_at_once() -> None:
     async def scenario() -> None:
         inner = MemoryStorage(lease_duration=3.0)
@@ -361,7 +360,7 @@ def test_an_attempt_whose_lease_lapsed_is_not_run_twice_at_once() -> None:
     run_trio(scenario, clock=virtual(), hang_after=HANG).unwrap()
 
 
-@pytest.mark.xfail(strict=True, reason="defect 4 of issue 11")
+# Regression: defect 4 of issue 11 (failed on d3a16c1, before the engine redesign).
 def test_a_claim_in_flight_when_stop_returns_starts_no_handler() -> None:
     async def scenario() -> None:
         faulty = FaultyStorage(MemoryStorage())
@@ -374,15 +373,22 @@ def test_a_claim_in_flight_when_stop_returns_starts_no_handler() -> None:
         async def note(job: Job[Any], ctx: JobContext[Any]) -> None:
             started_after_stop.append(stopped)
 
+        async def answer_the_claim() -> None:
+            # stop() waits for the scheduler task, and so for the claim in flight:
+            # it lands while stop() waits.
+            await trio.testing.wait_all_tasks_blocked()
+            slow_claims.on = False
+            faulty.release()
+
         async with JobRunner(storage=faulty, logger=QUIET) as runner:
             runner.register_handler("x", note)
             slow_claims.on = True
             handle = await runner.submit("x")
             await faulty.wait_stalled("claim")
-            await runner.stop()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(answer_the_claim)
+                await runner.stop()
             stopped = True
-            slow_claims.on = False
-            faulty.release()  # the claim lands now, after stop() returned
             await trio.sleep(1)
         assert started_after_stop == []
         job = await handle.get_status()
@@ -391,7 +397,7 @@ def test_a_claim_in_flight_when_stop_returns_starts_no_handler() -> None:
     run_trio(scenario, clock=virtual(), hang_after=HANG).unwrap()
 
 
-@pytest.mark.xfail(strict=True, reason="defect 6 of issue 11")
+# Regression: defect 6 of issue 11 (failed on d3a16c1, before the engine redesign).
 def test_a_cancel_after_the_handler_returned_keeps_the_result() -> None:
     async def scenario() -> None:
         faulty = FaultyStorage(MemoryStorage())
@@ -416,7 +422,7 @@ def test_a_cancel_after_the_handler_returned_keeps_the_result() -> None:
     run_trio(scenario, clock=virtual(), hang_after=HANG).unwrap()
 
 
-@pytest.mark.xfail(strict=True, reason="defect 8 of issue 11")
+# Regression: defect 8 of issue 11 (failed on d3a16c1, before the engine redesign).
 def test_stop_called_inside_a_handler_does_not_deadlock() -> None:
     async def scenario() -> None:
         runner = JobRunner(logger=QUIET)
@@ -434,7 +440,7 @@ def test_stop_called_inside_a_handler_does_not_deadlock() -> None:
     run_trio(scenario, clock=virtual(), hang_after=HANG).unwrap()
 
 
-@pytest.mark.xfail(strict=True, reason="defect 9 of issue 11")
+# Regression: defect 9 of issue 11 (failed on d3a16c1, before the engine redesign).
 @pytest.mark.parametrize("max_attempts", [1, 3])
 def test_a_handler_raising_systemexit_counts_its_attempt(tmp_path: Path, max_attempts: int) -> None:
     async def dies(job: Job[Any], ctx: JobContext[Any]) -> None:
@@ -457,7 +463,7 @@ def test_a_handler_raising_systemexit_counts_its_attempt(tmp_path: Path, max_att
     run_trio(scenario, hang_after=60.0).unwrap()
 
 
-@pytest.mark.xfail(strict=True, reason="defect 10 of issue 11")
+# Regression: defect 10 of issue 11 (failed on d3a16c1, before the engine redesign).
 def test_a_group_of_one_forbidden_error_is_not_retried() -> None:
     forbidden = PermissionError("403 forbidden")
 
@@ -483,7 +489,7 @@ def test_a_group_of_one_forbidden_error_is_not_retried() -> None:
     run_trio(scenario, clock=virtual(), hang_after=HANG).unwrap()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: found by the randomized test below")
+# Regression: found by the randomized test below on d3a16c1 (issue 11).
 def test_a_result_whose_settle_is_interrupted_by_cancellation_still_lands() -> None:
     async def scenario() -> None:
         faulty = FaultyStorage(MemoryStorage())
@@ -1234,13 +1240,9 @@ def play_example(plan: Plan, store: str) -> Run:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-#: The randomized tests fail on the current (old) scheduler: they find defects of
-#: issue 11 (see the xfail tests above). Until the rewrite lands they only run when
-#: asked to; remove this mark then, so that CI runs them.
-RANDOMIZED = pytest.mark.skipif(
-    not (os.environ.get("TRIO_JOBS_FAULT_RANDOMIZED") or EXAMPLES),
-    reason="fails on the old scheduler (issue 11); set TRIO_JOBS_FAULT_RANDOMIZED=1 to run",
-)
+#: On d3a16c1, the scheduler before the redesign, the randomized tests found
+#: defects 1, 2, 4, 6, 8, 9 and 10 of issue 11 within 1,600 examples.
+RANDOMIZED = pytest.mark.slow
 
 
 def fault_settings(default_examples: int, *, share: float = 1.0) -> settings:

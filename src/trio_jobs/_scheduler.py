@@ -475,10 +475,16 @@ class Scheduler:
         while attempt is not None:
             try:
                 await self._run_attempt(attempt)
-            except BaseException:
+            except BaseException as exc:
                 # The handler raised KeyboardInterrupt/SystemExit, or something outside
                 # it did (a callback, a Cancelled from outside the attempt): write what
                 # the attempt leaves behind before letting the exception through.
+                if not isinstance(exc, trio.Cancelled):
+                    # The runner is going down with it: from now on nothing starts
+                    # (a job given back here must not be claimed again meanwhile), and
+                    # the other attempts are cancelled, as on a forced stop.
+                    self.stop_claiming()
+                    self.force_stop()
                 if not attempt.settled:
                     await self._write_abandoned(attempt)
                 raise
