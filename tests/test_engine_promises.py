@@ -539,3 +539,16 @@ async def test_a_claim_slower_than_its_lease_is_still_given_back_at_stop(
     assert ran == []
     job = await handle.get_status()
     assert (job.status, job.attempts) == (JobStatus.PENDING, 0)
+
+
+async def test_join_from_a_handler_says_it_would_wait_for_itself(autojump_clock: Any) -> None:
+    runner = JobRunner()
+
+    async def joiner(job: Job[Any], ctx: JobContext[Any]) -> None:
+        await runner.join()
+
+    async with runner:
+        runner.register_handler("j", joiner)
+        handle = await runner.submit("j", retry={"max_attempts": 1})
+        with pytest.raises(JobFailedError, match="would wait for its own job"):
+            await handle.wait()

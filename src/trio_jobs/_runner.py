@@ -445,7 +445,14 @@ class JobRunner:
 
         Raises:
             RunnerStoppedError: the runner stopped while jobs were unfinished.
+            RuntimeError: called from inside a handler of this runner (it would wait
+                for its own job).
         """
+        if self._scheduler.called_from_an_attempt():
+            raise RuntimeError(
+                "join() called from inside a handler of this runner would wait for its "
+                "own job forever; use stop() to end the runner from a handler"
+            )
         if not await self._drain():
             raise RunnerStoppedError("the runner stopped before its jobs were done")
 

@@ -263,13 +263,17 @@ class Scheduler:
         if self._scheduler_done is not None:
             await self._scheduler_done.wait()
 
+    def called_from_an_attempt(self) -> bool:
+        """Whether the calling task runs (inside) one of this scheduler's attempts."""
+        return _RUNNING_IN.get() is self
+
     async def wait_until_idle(self) -> None:
         """Wait until no attempt task is alive, except the caller's own.
 
         Called from inside a handler (``stop()`` from a job), the calling attempt
         does not count, or it would wait for itself.
         """
-        inside = _RUNNING_IN.get() is self
+        inside = self.called_from_an_attempt()
         if inside:
             self.busy.value -= 1
         try:
