@@ -552,3 +552,28 @@ async def test_join_from_a_handler_says_it_would_wait_for_itself(autojump_clock:
         handle = await runner.submit("j", retry={"max_attempts": 1})
         with pytest.raises(JobFailedError, match="would wait for its own job"):
             await handle.wait()
+
+
+async def test_a_give_back_that_fails_once_is_retried_even_past_the_lease_estimate(
+    autojump_clock: Any,
+) -> None:
+    """Found by fault injection: the retry gave up at once against the expired estimate."""
+    store = Durable(lease_duration=3.0)
+
+    async def work(job: Job[Any], ctx: JobContext[Any]) -> None:
+        raise AssertionError("never started")
+
+    async with JobRunner(storage=store, poll_interval=0.5) as runner:  # type: ignore[arg-type]
+        runner.register_handler("w", work)
+        await trio.testing.wait_all_tasks_blocked()
+        gate = store.claim_gate = trio.Event()
+        handle = await runner.submit("w")
+        await store.claim_in_flight.wait()
+        store.settle_failures = 1
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(runner.stop)
+            await trio.sleep(5.0)
+            gate.set()
+    assert store.settles == [JobStatus.PENDING, JobStatus.PENDING]
+    job = await handle.get_status()
+    assert (job.status, job.attempts) == (JobStatus.PENDING, 0)

@@ -774,8 +774,10 @@ class Scheduler:
                     "error": error_info(exc, job.attempts, retryable=False),
                 }
             except Exception as exc:
-                # Keep trying while the lease is ours (renewals push it back).
-                if trio.current_time() + wait >= attempt.lease_until:
+                # Keep trying while the write's window lasts: the lease (renewals push
+                # it back), or the short grace a write always gets.
+                window = attempt.write_scope.deadline if attempt.write_scope else math.inf
+                if trio.current_time() + wait >= window:
                     self._unsettled_claims += 1
                     self._report_error(
                         f"recording job {job.id} as {status} failed; its lease will "
