@@ -1169,8 +1169,11 @@ async def check_run(
             if job.status is JobStatus.RUNNING:
                 assert faults_fired & (LEASE_METHODS | {"claim"}), f"left RUNNING: {job}"
             # Attempts counted by the store were started (unless a claim's answer was lost,
-            # or a job:started callback raised, which it does before the handler starts).
-            if not claims_lost and not run.started_callback_raised:
+            # or a job:started callback raised, which it does before the handler starts,
+            # or a fault on the lease's calls let a claim's lease run out before the
+            # runner could give the job back: then the store's rescue counts the
+            # attempt, as for a worker that died).
+            if not claims_lost and not run.started_callback_raised and lease_safe:
                 assert job.attempts <= len({a.number for a in mine}), (job, mine)
             # A handler's SystemExit/KeyboardInterrupt counts its attempt.
             for attempt in mine:
