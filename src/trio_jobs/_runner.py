@@ -462,11 +462,11 @@ class JobRunner:
         while True:
             # Ask the store only when nothing here runs and the scheduler found it dry:
             # otherwise the answer is "not yet" and the query would slow the work down.
-            idle = scheduler.busy.value == 0
+            idle = scheduler.busy == 0
             idle = idle and (self._in_process is not None or scheduler.store_dry)
             if idle and not await self._storage.count_unfinished(scheduler.types):
                 return True
-            if self._state == "stopped" or (self._state == "stopping" and not scheduler.busy.value):
+            if self._state == "stopped" or (self._state == "stopping" and not scheduler.busy):
                 # Stopped, or stopping with nothing left running here (a stop from
                 # inside a handler is completed by the block's exit): no job of
                 # ours will reach a final status in this runner any more.

@@ -23,9 +23,9 @@ waits on bookkeeping that only the happy path keeps.
   rescue and rerun the job.
 
 "Idle" is :attr:`Scheduler.busy`, a count of live attempt tasks one can wait on
-(a trio-util ``AsyncValue``). User code — handlers, event callbacks, retry
-predicates — never runs inside the synchronous bookkeeping, which is short and
-protected from ``KeyboardInterrupt``.
+(a trio-util ``AsyncValue``, kept in step while anyone waits on it). User code
+(handlers, event callbacks, retry predicates) never runs inside the synchronous
+bookkeeping, which is short and protected from ``KeyboardInterrupt``.
 """
 
 from __future__ import annotations
@@ -190,7 +190,11 @@ class Scheduler:
         #: Whether new attempts may start.
         self.accepting = True
         #: Live attempt tasks, less those waiting inside ``stop()``: "idle" is 0.
-        self.busy: AsyncValue[int] = AsyncValue(0)
+        self.busy = 0
+        # The same count, to wait on; updated only while someone waits (two setter
+        # calls per job on the hot path otherwise, for nobody).
+        self._busy_value: AsyncValue[int] = AsyncValue(0)
+        self._busy_waiters = 0
         self._live = 0  # every live attempt task, for when services may stop
         self._in_handlers = 0  # attempts holding a slot
         #: The newest live attempt of each job, by job id (an older one is its ``previous``).
@@ -274,13 +278,17 @@ class Scheduler:
         does not count, or it would wait for itself.
         """
         inside = self.called_from_an_attempt()
+        self._busy_waiters += 1
         if inside:
-            self.busy.value -= 1
+            self.busy -= 1
+        self._busy_value.value = self.busy
         try:
-            await self.busy.wait_value(0)
+            await self._busy_value.wait_value(0)
         finally:
+            self._busy_waiters -= 1
             if inside:
-                self.busy.value += 1
+                self.busy += 1
+            self._busy_value.value = self.busy
 
     def stop_services(self) -> None:
         """Stop renewing leases once no attempt is alive (at once if none is)."""
@@ -437,7 +445,9 @@ class Scheduler:
         self._attempts[job.id] = attempt
         self._live += 1
         self._in_handlers += 1
-        self.busy.value += 1
+        self.busy += 1
+        if self._busy_waiters:
+            self._busy_value.value = self.busy
         if self._force or not self.accepting:
             # Claimed after stop: the attempt task gives the job back.
             attempt.reason = "stop"
@@ -810,7 +820,9 @@ class Scheduler:
         if self._attempts.get(attempt.job.id) is attempt:
             del self._attempts[attempt.job.id]
         self._live -= 1
-        self.busy.value -= 1
+        self.busy -= 1
+        if self._busy_waiters:
+            self._busy_value.value = self.busy
         attempt.ended = True
         if attempt.done is not None:
             attempt.done.set()
