@@ -211,7 +211,9 @@ def _rescue(jobs: str, returning: str, victims: str, why: str) -> str:
                 worker_id = NULL,
                 lease_expires_at = NULL,
                 delayed = false
-            FROM expired WHERE j.id = expired.id
+            -- The array makes the planner find each row by primary key, whatever
+            -- it guesses of ``expired`` (a guess of thousands once read them all).
+            FROM expired WHERE j.id = expired.id AND j.id = ANY(ARRAY(SELECT id FROM expired))
             RETURNING {returning}
         ),
         notes AS (
