@@ -436,6 +436,26 @@ async def test_a_registered_worker_gives_up_jobs_it_holds_without_naming_them(
         assert (await store.get(job_id)).status is JobStatus.RUNNING  # type: ignore[union-attr]
 
 
+async def test_a_failed_rescue_of_unnamed_jobs_does_not_fail_the_heartbeat(
+    make_store: MakeStore, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A heartbeat that raises makes the runner fence (cancel) its attempts.
+    store = await make_store()
+    await fill(pg_schema, 2)
+    await store.register_worker(info("w"))
+    named, forgotten = (job.id for job in await store.claim("w", 2))
+    await expire_leases(pg_schema, "w")
+
+    async def broken(*args: Any, **kwargs: Any) -> list[Job[Any]]:
+        raise psycopg.OperationalError("the database went away")
+
+    monkeypatch.setattr(store, "_rescue", broken)
+    assert await store.heartbeat("w", [named]) == Heartbeat()
+    monkeypatch.undo()
+    await store.heartbeat("w", [named])  # the next one rescues it
+    assert (await store.get(forgotten)).status is JobStatus.PENDING  # type: ignore[union-attr]
+
+
 # -- delayed jobs -----------------------------------------------------------------
 
 

@@ -468,7 +468,14 @@ class PostgresStorage(RecordQueries):
         held = {row[0] for row in rows if not row[2]}
         orphans = [row[0] for row in rows if row[2]]
         if orphans:
-            await self._rescue(self._sql.rescue_orphans, orphans=orphans, worker_id=worker_id)
+            # The renewal is done; a failure here must not make it look failed
+            # (the runner would fence its attempts). The next heartbeat retries.
+            try:
+                await self._rescue(self._sql.rescue_orphans, orphans=orphans, worker_id=worker_id)
+            except Exception:
+                logger.exception(
+                    "could not rescue jobs %s that %s no longer holds", orphans, worker_id
+                )
         return Heartbeat(
             cancel_requested=frozenset(row[0] for row in rows if row[1]),
             lost=frozenset(ids) - held,
