@@ -2,17 +2,23 @@ r"""How a :class:`PostgresStorage` hears of work: the LISTEN thread and the wake
 
 A dedicated connection outside the pool ``LISTEN``\ s on the store's channels in a
 thread of its own (:class:`Listener`), reconnecting with exponential backoff when
-the connection drops. Each notification is handed to the Trio thread, where
-:class:`Wakeups` sets the events that ``wait_for_work``, ``wait_for_cancel_request``
-and ``wait_for_change`` wait on; the store's own writes set them directly, without
-waiting for their notification to come back.
+the connection drops. The thread sleeps in ``select`` on the connection's socket
+and on a socket pair of its own (rung to stop it or to make it listen on one more
+channel): an idle store costs no CPU and never wakes Trio. Each notification that
+can wake someone is handed to the Trio thread, where :class:`Wakeups` sets the
+events that ``wait_for_work``, ``wait_for_cancel_request`` and ``wait_for_change``
+wait on; the store's own writes set them directly, without waiting for their
+notification to come back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import math
+import selectors
+import socket
 import threading
 from collections.abc import Callable
 from functools import partial
@@ -29,8 +35,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("trio_jobs.postgres")
 
-# How often the LISTEN thread looks up from its socket to see whether to stop.
-_LISTEN_POLL: Final = 0.1
 _RECONNECT_MIN: Final = 0.1
 _RECONNECT_MAX: Final = 5.0
 
@@ -206,11 +210,14 @@ class ParkedClaim:
 class Listener:
     """The LISTEN connection and the thread that waits on it.
 
-    The thread wakes every :data:`_LISTEN_POLL` seconds to see whether it should
-    stop, so :meth:`stop` returns promptly and leaves no thread behind. When the
+    The thread blocks in ``select`` on the connection's socket and on the read end
+    of a socket pair: it wakes only when a notification arrives, when the
+    connection drops, or when the pair is rung (:meth:`stop`, :meth:`hear_changes`,
+    or the end of the Trio run, which a system task watches for). When the
     connection drops it reconnects with exponential backoff, logging both.
     Notifications reach Trio through ``TrioToken.run_sync_soon``: the thread never
-    waits for the Trio loop.
+    waits for the Trio loop, and calls into it only for a notification that can
+    wake someone.
     """
 
     def __init__(
@@ -238,6 +245,11 @@ class Listener:
         self._on_reconnect = on_reconnect
         self._stopping = threading.Event()
         self._stopped = trio.Event()
+        # Rung (one byte) to wake the thread from select; both ends are closed by
+        # the thread when it ends (a socket object refuses to send once closed).
+        self._bell, self._bell_rope = socket.socketpair()
+        self._bell.setblocking(False)
+        self._bell_rope.setblocking(False)
 
     def start(self, conn: Connection) -> None:
         # A thread of its own, not trio.to_thread: it lives as long as the store and
@@ -245,10 +257,26 @@ class Listener:
         trio.lowlevel.start_thread_soon(
             partial(self._run, conn), self._finished, name="trio_jobs postgres LISTEN"
         )
+        # Should the run end without close(), the thread must still stop: this
+        # system task is cancelled then, and rings the bell.
+        trio.lowlevel.spawn_system_task(self._watch_run, name="trio_jobs postgres LISTEN watch")
+
+    async def _watch_run(self) -> None:
+        try:
+            await self._stopped.wait()
+        finally:
+            self._stopping.set()
+            self._ring()
+
+    def _ring(self) -> None:
+        # OSError: closed (the thread ended), or already full of rings (it will wake).
+        with contextlib.suppress(OSError):
+            self._bell_rope.send(b"\0")
 
     def hear_changes(self) -> None:
-        """Start hearing the changed channel too, from the thread's next look up (< 0.1 s)."""
+        """Start hearing the changed channel too (the thread is woken to do it)."""
         self._want_changes.set()
+        self._ring()
 
     def park(self, claim: ParkedClaim) -> None:
         """Leave ``claim`` to run in the thread as soon as work is announced."""
@@ -303,6 +331,7 @@ class Listener:
 
     async def stop(self) -> None:
         self._stopping.set()
+        self._ring()
         await self._stopped.wait()
 
     def _post(self, fn: Callable[..., object], *args: object) -> bool:
@@ -315,13 +344,36 @@ class Listener:
     def _finished(self, result: outcome.Outcome[None]) -> None:
         if isinstance(result, outcome.Error):
             logger.error("the LISTEN thread crashed", exc_info=result.error)
+        self._bell.close()
+        self._bell_rope.close()
         self._post(self._stopped.set)
+
+    def _handle(self, conn: Connection, notes: list[Any]) -> bool:
+        """Pass notifications on, in order; run the parked claim on the first of work.
+
+        Returns False if the Trio run has ended.
+        """
+        for note in notes:
+            if not self._wants(note.channel):
+                continue
+            if note.channel == self._work_channel:
+                parked = self._take_parked(note.payload)
+                if parked is not None:
+                    if not self._run_parked(conn, parked, note.channel, note.payload):
+                        return False
+                    continue
+            if not self._post(self._on_notify, note.channel, note.payload):
+                return False
+        return True
 
     def _run(self, conn: Connection | None) -> None:
         import psycopg
 
         backoff = _RECONNECT_MIN
         hearing_changes = False
+        selector = selectors.DefaultSelector()
+        selector.register(self._bell, selectors.EVENT_READ)
+        watched: int | None = None  # the connection's socket, while registered
         try:
             while not self._stopping.is_set():
                 if conn is None:
@@ -341,37 +393,33 @@ class Listener:
                     if not self._post(self._on_reconnect):
                         return
                 try:
+                    if watched is None:
+                        watched = conn.fileno()
+                        selector.register(watched, selectors.EVENT_READ)
                     if self._want_changes.is_set() and not hearing_changes:
                         if self._listen_changed is not None:
                             conn.execute(self._listen_changed)
                         hearing_changes = True
                         if not self._post(self._on_hearing_changes, True):
                             return
-                    parked: ParkedClaim | None = None
-                    for note in conn.notifies(timeout=_LISTEN_POLL):
-                        if not self._wants(note.channel):
-                            continue
-                        if note.channel == self._work_channel:
-                            parked = self._take_parked(note.payload)
-                            if parked is not None:
-                                # The connection is locked while notifies() runs;
-                                # what arrives meanwhile waits in its backlog.
-                                break
-                        if not self._post(self._on_notify, note.channel, note.payload):
+                    # What arrived while a statement ran (psycopg keeps it aside),
+                    # then what the socket has; without waiting.
+                    notes = list(conn.notifies(timeout=0))
+                    if notes:
+                        if not self._handle(conn, notes):
                             return
-                    if parked is not None and not self._run_parked(
-                        conn, parked, note.channel, note.payload
-                    ):
-                        return
-                    # Also ends the thread when the Trio run ended without close().
-                    if not self._post(_nothing):
-                        return
+                        continue  # a parked claim may have left more aside
+                    selector.select()
+                    _drain(self._bell)
                 except psycopg.Error as exc:
                     logger.warning(
                         "LISTEN connection to PostgreSQL lost (%s); reconnecting; "
                         "polling covers the gap",
                         str(exc).strip(),
                     )
+                    if watched is not None:
+                        selector.unregister(watched)
+                        watched = None
                     conn.close()
                     conn = None
                     if hearing_changes:
@@ -379,9 +427,15 @@ class Listener:
                         if not self._post(self._on_hearing_changes, False):
                             return
         finally:
+            selector.close()
             if conn is not None:
                 conn.close()
 
 
-def _nothing() -> None:
-    pass
+def _drain(bell: socket.socket) -> None:
+    """Empty the bell's socket of rings (non-blocking)."""
+    try:
+        while bell.recv(64):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from ..._records import Job, JobStatus
+from ..._records import Job, JobStatus, WorkerInfo
 from .._codec import (
     decode_error,
     decode_json,
@@ -87,6 +87,21 @@ def job_record(job: Job[Any]) -> dict[str, Any]:
         "tenant_id": job.tenant_id,
         "retry": encode_retry(job.retry),
     }
+
+
+def row_to_worker(row: tuple[Any, ...]) -> WorkerInfo:
+    """Make the :class:`WorkerInfo` of a row of the workers table (``workers`` in ``_sql``)."""
+    worker_id, hostname, pid, started_at, last_seen, concurrency, running, job_types = row
+    return WorkerInfo(
+        worker_id=worker_id,
+        hostname=hostname,
+        pid=pid,
+        started_at=started_at.astimezone(UTC),
+        last_seen=last_seen.astimezone(UTC),
+        concurrency=concurrency,
+        running=running,
+        job_types=frozenset(job_types),
+    )
 
 
 def _utc(value: datetime | None) -> datetime | None:

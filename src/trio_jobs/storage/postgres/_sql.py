@@ -14,6 +14,18 @@ reads it.
 Two times govern scheduling: ``run_at`` is the job's public field (the wall-clock
 estimate of when it may run, or NULL for "at once"), ``ready_at`` is the internal,
 never-NULL key the claim orders and filters by (server clock: ``now() + delay``).
+
+Delayed jobs (a ``delay`` at submit, a retry's backoff) are kept out of the claim's
+path: ``delayed`` is true while such a job's ``ready_at`` may lie ahead, and the
+index the claim walks holds only jobs that are not delayed. Each claim first takes
+the delayed jobs whose time has come (an index on ``ready_at``, usually empty
+where it starts) and promotes them, so a table full of jobs delayed by an hour
+costs a claim nothing (see ``claim`` in :func:`build_statements`).
+
+One row per live runner sits in ``workers`` (see :class:`WorkerRegistry
+<trio_jobs.storage.WorkerRegistry>`): a registered worker's heartbeat renews its
+row, not its jobs, and the rescue reads only the jobs of workers whose row went
+stale, found through an index of running jobs by worker.
 """
 
 from __future__ import annotations
@@ -32,8 +44,13 @@ JOB_COLUMNS: Final = (
 )
 
 _READY = "status IN ('pending', 'retrying')"
+#: A claim's promotion takes at most this many delayed jobs whose time came; more
+#: join the ready ones over the next claims, in the order they fell due.
+PROMOTE_MAX: Final = 100
 _FINAL = "('completed', 'failed', 'cancelled', 'timeout')"
 _CLAIM_ORDER = "priority DESC, ready_at, seq"
+# Whether an administrative write's run_at lies ahead (NULL: at once).
+_LATER = "coalesce(%(run_at)s::timestamptz > now(), false)"
 
 
 # Claims and heartbeats commit without waiting for their WAL to reach the disk
@@ -92,8 +109,41 @@ def _migration_1(s: str) -> tuple[str, ...]:
     )
 
 
+def _migration_2(s: str) -> tuple[str, ...]:
+    return (
+        # Delayed jobs leave the claim's index (see the module's docs). Adding a
+        # column with a constant default rewrites nothing.
+        f"ALTER TABLE {s}.jobs ADD COLUMN delayed boolean NOT NULL DEFAULT false",
+        f"UPDATE {s}.jobs SET delayed = true WHERE {_READY} AND ready_at > now()",
+        f"CREATE INDEX jobs_claim_idx ON {s}.jobs ({_CLAIM_ORDER}) WHERE {_READY} AND NOT delayed",
+        f"CREATE INDEX jobs_delayed_idx ON {s}.jobs (ready_at) WHERE delayed AND {_READY}",
+        # Replaced by jobs_claim_idx (an index, no data: the migration destroys nothing).
+        f"DROP INDEX {s}.jobs_ready_idx",
+        # The running jobs by worker: a stale worker's jobs, the workers holding
+        # jobs without a row (one probe each), and their expired leases. Heartbeats
+        # of workers without a row now update an indexed column (no longer HOT).
+        f"CREATE INDEX jobs_worker_idx ON {s}.jobs (worker_id, lease_expires_at)"
+        " WHERE status = 'running'",
+        # One row per live runner; small, read whole. Room on each page for the
+        # heartbeats' in-place (HOT) updates.
+        f"""
+        CREATE TABLE {s}.workers (
+            worker_id   text PRIMARY KEY,
+            hostname    text NOT NULL,
+            pid         integer NOT NULL,
+            started_at  timestamptz NOT NULL,
+            last_seen   timestamptz NOT NULL,
+            concurrency integer NOT NULL,
+            running     integer NOT NULL,
+            job_types   text[] NOT NULL,
+            expires_at  timestamptz NOT NULL
+        ) WITH (fillfactor = 50)
+        """,
+    )
+
+
 #: ``(version, builder)`` pairs, in order. Append only; never edit a released step.
-MIGRATIONS: Final = ((1, _migration_1),)
+MIGRATIONS: Final = ((1, _migration_1), (2, _migration_2))
 LATEST_VERSION: Final = MIGRATIONS[-1][0]
 
 
@@ -129,6 +179,53 @@ def _notify_changed(source: str) -> str:
 LITERAL_LIMIT_MAX: Final = 32
 
 
+def _rescue(jobs: str, returning: str, victims: str, why: str) -> str:
+    """A rescue: the jobs that the CTEs ``victims`` call ``expired`` (id, worker_id), locked.
+
+    With attempts left a job goes back to PENDING; with none it ends FAILED; if its
+    cancellation was requested it ends CANCELLED. ``last_error`` says which worker
+    was lost during which attempt, and ``why``. Every rescued job is announced as
+    changed, and new work if any went back to PENDING.
+    """
+    return f"""
+        WITH RECURSIVE {victims},
+        upd AS (
+            UPDATE {jobs} AS j SET
+                status = CASE WHEN j.cancel_requested THEN 'cancelled'
+                              WHEN j.attempts < j.max_attempts THEN 'pending'
+                              ELSE 'failed' END,
+                last_error = CASE WHEN j.cancel_requested THEN j.last_error ELSE
+                    json_build_object(
+                        'message', format(
+                            'worker %%s was lost ({why}) during attempt %%s',
+                            expired.worker_id, j.attempts),
+                        'type', 'WorkerLostError',
+                        'traceback', NULL,
+                        'attempt', j.attempts,
+                        'timestamp', to_char(now() AT TIME ZONE 'UTC',
+                                             'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+                        'retryable', j.attempts < j.max_attempts
+                    )::text END,
+                completed_at = CASE WHEN j.cancel_requested OR j.attempts >= j.max_attempts
+                                    THEN now() END,
+                worker_id = NULL,
+                lease_expires_at = NULL,
+                delayed = false
+            -- The array makes the planner find each row by primary key, whatever
+            -- it guesses of ``expired`` (a guess of thousands once read them all).
+            FROM expired WHERE j.id = expired.id AND j.id = ANY(ARRAY(SELECT id FROM expired))
+            RETURNING {returning}
+        ),
+        notes AS (
+            {_notify_changed("upd")}
+            UNION ALL
+            SELECT pg_notify(%(work_channel)s, '0') FROM upd
+            WHERE status = 'pending' HAVING count(*) > 0
+        )
+        SELECT * FROM upd WHERE (SELECT count(*) FROM notes) >= 0
+    """
+
+
 @attrs.frozen
 class Statements:
     """Every statement the store runs, built for one schema."""
@@ -159,6 +256,10 @@ class Statements:
     progress: str
     heartbeat: str
     rescue: str
+    rescue_orphans: str
+    register_worker: str
+    unregister_worker: str
+    workers: str
     request_cancel: str
     list_jobs: str
     count_unfinished: str
@@ -198,16 +299,43 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
     """Build the statements for ``schema`` (validated by the caller) and its channels."""
     s = f'"{schema}"'
     jobs = f"{s}.jobs"
+    workers = f"{s}.workers"
     ready = f"{_READY} AND ready_at <= now()"
     returning = ", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))
+    # The claim, in one statement. ``due``: delayed jobs whose time came (an index
+    # range that is empty on most claims), promoted here: those the claim does not
+    # take lose their ``delayed`` flag, joining the claim's index. ``ready``: the
+    # best ready jobs, walking that index in claim order; it holds no delayed job,
+    # so jobs delayed by an hour are never walked past. The claim takes the best
+    # ``limit`` of both, by priority, then ready_at, then insertion order.
     claim = f"""
         WITH {{async_commit}}
-        picked AS MATERIALIZED (
-            SELECT id FROM {jobs}
-            WHERE {ready} {{types}}
+        due AS MATERIALIZED (
+            SELECT id, type, priority, ready_at, seq FROM {jobs}
+            WHERE delayed AND {_READY} AND ready_at <= now()
+            ORDER BY ready_at
+            LIMIT {PROMOTE_MAX}
+            FOR UPDATE SKIP LOCKED
+        ),
+        ready AS MATERIALIZED (
+            SELECT id, priority, ready_at, seq FROM {jobs}
+            WHERE {ready} AND NOT delayed {{types}}
             ORDER BY {_CLAIM_ORDER}
             LIMIT %(limit)s
             FOR UPDATE SKIP LOCKED
+        ),
+        picked AS MATERIALIZED (
+            SELECT id FROM (
+                SELECT id, priority, ready_at, seq FROM due WHERE true {{types}}
+                UNION ALL
+                SELECT id, priority, ready_at, seq FROM ready
+            ) AS candidates
+            ORDER BY {_CLAIM_ORDER}
+            LIMIT %(limit)s
+        ),
+        promoted AS (
+            UPDATE {jobs} AS j SET delayed = false
+            FROM due WHERE j.id = due.id AND due.id NOT IN (SELECT id FROM picked)
         )
         UPDATE {jobs} AS j SET
             status = 'running',
@@ -216,6 +344,7 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
             worker_id = %(worker_id)s,
             lease_expires_at = now() + %(lease)s * interval '1 second',
             cancel_requested = false,
+            delayed = false,
             op_token = %(token)s
         FROM picked {{join_async}} WHERE j.id = picked.id
         RETURNING {returning}
@@ -239,25 +368,26 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
     insert_template = f"""
         INSERT INTO {jobs} (id, type, payload, status, priority, attempts, max_attempts,
             created_at, started_at, completed_at, run_at, ready_at, timeout, last_error, result,
-            execution_time, progress, progress_message, metadata, tenant_id, retry)
+            execution_time, progress, progress_message, metadata, tenant_id, retry, delayed)
         VALUES (%(id)s, %(type)s, %(payload)s, %(status)s, %(priority)s, %(attempts)s,
             %(max_attempts)s, %(created_at)s, %(started_at)s, %(completed_at)s,
             {{run_at}}, {{ready_at}},
             %(timeout)s, %(last_error)s, %(result)s, %(execution_time)s, %(progress)s,
-            %(progress_message)s, %(metadata)s, %(tenant_id)s, %(retry)s)
+            %(progress_message)s, %(metadata)s, %(tenant_id)s, %(retry)s, {{delayed}})
     """
     # save(): many jobs in one statement, passed as one JSON array. Each is
     # claimable after its ``delay``; its run_at says when, if delayed.
     insert_many = f"""
         INSERT INTO {jobs} (id, type, payload, status, priority, attempts, max_attempts,
             created_at, started_at, completed_at, run_at, ready_at, timeout, last_error, result,
-            execution_time, progress, progress_message, metadata, tenant_id, retry, op_token)
+            execution_time, progress, progress_message, metadata, tenant_id, retry, op_token,
+            delayed)
         SELECT id, type, payload, status, priority, attempts, max_attempts,
             created_at, started_at, completed_at,
             CASE WHEN delay > 0 THEN now() + delay * interval '1 second' ELSE run_at END,
             now() + delay * interval '1 second',
             timeout, last_error, result, execution_time, progress, progress_message, metadata,
-            tenant_id, retry, %(token)s
+            tenant_id, retry, %(token)s, delay > 0 AND status IN ('pending', 'retrying')
         FROM ROWS FROM (json_to_recordset(%(batch)s::json) AS (
             id text, type text, payload text, status text, priority smallint, attempts integer,
             max_attempts integer, created_at timestamptz, started_at timestamptz,
@@ -272,7 +402,9 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
     """
     # update() of an unknown id: the record as given, claimable from its run_at.
     insert_as_is = insert_template.format(
-        run_at="%(run_at)s", ready_at="coalesce(%(run_at)s::timestamptz, now())"
+        run_at="%(run_at)s",
+        ready_at="coalesce(%(run_at)s::timestamptz, now())",
+        delayed=f"%(status)s IN ('pending', 'retrying') AND {_LATER}",
     )
     return Statements(
         schema_version_table=f"""
@@ -304,7 +436,9 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
                 worker_id = CASE WHEN %(status)s = 'running' THEN worker_id END,
                 lease_expires_at = CASE WHEN %(status)s = 'running' THEN lease_expires_at END,
                 cancel_requested = CASE WHEN %(status)s = 'running' THEN cancel_requested
-                                        ELSE false END
+                                        ELSE false END,
+                delayed = %(status)s IN ('pending', 'retrying')
+                          AND coalesce(%(run_at)s::timestamptz, ready_at) > now()
             WHERE id = %(id)s
             RETURNING status
         """,
@@ -318,7 +452,8 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
             ORDER BY seq LIMIT %s
         """,
         mark_running=f"""
-            UPDATE {jobs} SET status = 'running', attempts = attempts + 1, started_at = now()
+            UPDATE {jobs} SET status = 'running', attempts = attempts + 1, started_at = now(),
+                delayed = false
             WHERE id = %s AND status = 'pending'
             RETURNING id
         """,
@@ -370,6 +505,7 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
                               THEN now() + v.delay * interval '1 second' ELSE j.run_at END,
                 ready_at = CASE WHEN v.status = 'retrying' AND NOT j.cancel_requested
                                 THEN now() + v.delay * interval '1 second' ELSE j.ready_at END,
+                delayed = v.status = 'retrying' AND NOT j.cancel_requested AND v.delay > 0,
                 worker_id = NULL,
                 lease_expires_at = NULL,
                 op_token = %(token)s
@@ -403,58 +539,129 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
                 AND worker_id = %(worker_id)s
             RETURNING id
         """,
+        # A worker with a row in ``workers`` renews that row, not its jobs: it reads
+        # the jobs it names by primary key (for cancel requests and lost claims),
+        # and finds, through the index of running jobs by worker, those it holds
+        # without naming them whose claim's lease ran out (a claim whose answer was
+        # lost, a settle given up on): the store rescues them (``rescue_orphans``).
+        # A worker without a row renews the leases of the jobs it names, as before,
+        # locking them in id order (see ``settle``).
         heartbeat=f"""
             WITH {_ASYNC_COMMIT},
+            me AS (
+                UPDATE {workers} AS w SET
+                    last_seen = now(),
+                    running = %(running)s,
+                    expires_at = now() + %(lease)s * interval '1 second'
+                FROM async_commit
+                WHERE w.worker_id = %(worker_id)s
+                RETURNING w.worker_id
+            ),
             mine AS MATERIALIZED (
                 SELECT id FROM {jobs}
-                WHERE id = ANY(%(ids)s) AND status = 'running' AND worker_id = %(worker_id)s
+                WHERE id = ANY(%(ids)s::text[]) AND status = 'running'
+                    AND worker_id = %(worker_id)s AND NOT EXISTS (SELECT FROM me)
                 ORDER BY id
                 FOR UPDATE
+            ),
+            renewed AS (
+                UPDATE {jobs} AS j SET lease_expires_at = now() + %(lease)s * interval '1 second'
+                FROM mine WHERE j.id = mine.id
+                RETURNING j.id, j.cancel_requested
             )
-            UPDATE {jobs} AS j SET lease_expires_at = now() + %(lease)s * interval '1 second'
-            FROM mine, async_commit WHERE j.id = mine.id
-            RETURNING j.id, j.cancel_requested
+            SELECT id, cancel_requested, false FROM renewed
+            UNION ALL
+            SELECT id, cancel_requested, false FROM {jobs}
+            WHERE id = ANY(%(ids)s::text[]) AND status = 'running'
+                AND worker_id = %(worker_id)s AND EXISTS (SELECT FROM me)
+            UNION ALL
+            SELECT id, false, true FROM {jobs}
+            WHERE worker_id = %(worker_id)s AND status = 'running'
+                AND lease_expires_at < now() AND NOT (id = ANY(%(ids)s::text[]))
+                AND EXISTS (SELECT FROM me)
         """,
         # SKIP LOCKED: several workers may rescue at once; each expired row is
         # rescued by exactly one of them, and a row a heartbeat is renewing right
-        # now is re-checked against its new lease.
-        rescue=f"""
-            WITH expired AS MATERIALIZED (
-                SELECT id, worker_id FROM {jobs}
-                WHERE status = 'running' AND lease_expires_at < now()
+        # now is re-checked against its new lease. Two kinds of jobs are rescued,
+        # each found through the index of running jobs by worker, so the cost
+        # depends on them and on the number of workers, never on how many jobs
+        # live workers run:
+        # - all running jobs of the workers whose row expired (``stale``), whose
+        #   rows go too; a job skipped because it was locked has a worker without
+        #   a row from then on, and is rescued as one of those;
+        # - the jobs whose lease expired among those held by workers without a row
+        #   (``holders``: the distinct worker ids of running jobs, one index probe
+        #   each, without a row, live or not).
+        rescue=_rescue(
+            jobs,
+            returning,
+            f"""
+            stale AS MATERIALIZED (
+                SELECT worker_id FROM {workers} WHERE expires_at < now()
                 FOR UPDATE SKIP LOCKED
             ),
-            upd AS (
-                UPDATE {jobs} AS j SET
-                    status = CASE WHEN j.cancel_requested THEN 'cancelled'
-                                  WHEN j.attempts < j.max_attempts THEN 'pending'
-                                  ELSE 'failed' END,
-                    last_error = CASE WHEN j.cancel_requested THEN j.last_error ELSE
-                        json_build_object(
-                            'message', format(
-                                'worker %%s was lost (lease expired) during attempt %%s',
-                                expired.worker_id, j.attempts),
-                            'type', 'WorkerLostError',
-                            'traceback', NULL,
-                            'attempt', j.attempts,
-                            'timestamp', to_char(now() AT TIME ZONE 'UTC',
-                                                 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
-                            'retryable', j.attempts < j.max_attempts
-                        )::text END,
-                    completed_at = CASE WHEN j.cancel_requested OR j.attempts >= j.max_attempts
-                                        THEN now() END,
-                    worker_id = NULL,
-                    lease_expires_at = NULL
-                FROM expired WHERE j.id = expired.id
-                RETURNING {returning}
-            ),
-            notes AS (
-                {_notify_changed("upd")}
+            holders (worker_id) AS (
+                (SELECT worker_id FROM {jobs} WHERE status = 'running' AND worker_id IS NOT NULL
+                 ORDER BY worker_id LIMIT 1)
                 UNION ALL
-                SELECT pg_notify(%(work_channel)s, '0') FROM upd
-                WHERE status = 'pending' HAVING count(*) > 0
-            )
-            SELECT * FROM upd WHERE (SELECT count(*) FROM notes) >= 0
+                SELECT (SELECT j.worker_id FROM {jobs} AS j
+                        WHERE j.status = 'running' AND j.worker_id > h.worker_id
+                        ORDER BY j.worker_id LIMIT 1)
+                FROM holders AS h WHERE h.worker_id IS NOT NULL
+            ),
+            expired AS MATERIALIZED (
+                SELECT x.id, x.worker_id FROM stale AS s, LATERAL (
+                    SELECT j.id, j.worker_id FROM {jobs} AS j
+                    WHERE j.worker_id = s.worker_id AND j.status = 'running'
+                    FOR UPDATE SKIP LOCKED
+                ) AS x
+                UNION ALL
+                SELECT x.id, x.worker_id FROM holders AS h, LATERAL (
+                    SELECT j.id, j.worker_id FROM {jobs} AS j
+                    WHERE j.worker_id = h.worker_id AND j.status = 'running'
+                        AND j.lease_expires_at < now()
+                    FOR UPDATE SKIP LOCKED
+                ) AS x
+                WHERE h.worker_id IS NOT NULL
+                    AND NOT EXISTS (SELECT FROM {workers} AS w WHERE w.worker_id = h.worker_id)
+            ),
+            gone AS (
+                DELETE FROM {workers} AS w USING stale WHERE w.worker_id = stale.worker_id
+            )""",
+            "lease expired",
+        ),
+        # The jobs a registered worker holds without naming them in its heartbeat,
+        # their claim's lease run out: rescued like a lost worker's.
+        rescue_orphans=_rescue(
+            jobs,
+            returning,
+            f"""
+            expired AS MATERIALIZED (
+                SELECT id, worker_id FROM {jobs}
+                WHERE id = ANY(%(orphans)s::text[]) AND worker_id = %(worker_id)s
+                    AND status = 'running' AND lease_expires_at < now()
+                FOR UPDATE SKIP LOCKED
+            )""",
+            "its worker no longer held the claim",
+        ),
+        register_worker=f"""
+            INSERT INTO {workers} AS w (worker_id, hostname, pid, started_at, last_seen,
+                concurrency, running, job_types, expires_at)
+            VALUES (%(worker_id)s, %(hostname)s, %(pid)s, %(started_at)s, now(),
+                %(concurrency)s, %(running)s, %(job_types)s::text[],
+                now() + %(lease)s * interval '1 second')
+            ON CONFLICT (worker_id) DO UPDATE SET
+                hostname = excluded.hostname, pid = excluded.pid,
+                started_at = excluded.started_at, last_seen = excluded.last_seen,
+                concurrency = excluded.concurrency, running = excluded.running,
+                job_types = excluded.job_types, expires_at = excluded.expires_at
+        """,
+        unregister_worker=f"DELETE FROM {workers} WHERE worker_id = %s",
+        workers=f"""
+            SELECT worker_id, hostname, pid, started_at, last_seen, concurrency, running,
+                job_types
+            FROM {workers} WHERE expires_at >= now()
+            ORDER BY started_at, worker_id
         """,
         request_cancel=f"""
             WITH old AS (
@@ -465,7 +672,8 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
                     status = CASE WHEN old.status = 'running' THEN j.status ELSE 'cancelled' END,
                     completed_at = CASE WHEN old.status = 'running' THEN j.completed_at
                                         ELSE now() END,
-                    cancel_requested = true
+                    cancel_requested = true,
+                    delayed = false
                 FROM old
                 WHERE j.id = old.id AND old.status IN ('pending', 'retrying', 'running')
                 RETURNING old.status AS old_status
@@ -491,7 +699,7 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
                 status = 'pending', attempts = 0, started_at = NULL, completed_at = NULL,
                 run_at = NULL, ready_at = now(), result = NULL, progress = NULL,
                 progress_message = NULL, worker_id = NULL, lease_expires_at = NULL,
-                cancel_requested = false
+                cancel_requested = false, delayed = false
             WHERE id = %s AND status IN ('failed', 'timeout', 'cancelled')
             RETURNING id
         """,

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
 import trio
 
-from ..._records import ErrorInfo, Job, JobStatus
+from ..._records import ErrorInfo, Job, JobStatus, WorkerInfo
 from .._base import CancelOutcome, Heartbeat
 from .._codec import decode_json, encode_error, encode_json
 from . import _rows as pg_rows
@@ -157,6 +157,9 @@ class PostgresStorage(RecordQueries):
             schema, (self._work_channel, self._cancel_channel, self._changed_channel)
         )
         self._limiter = trio.CapacityLimiter(max_connections)
+        #: Workers registered through this store: their heartbeat renews their row
+        #: even when they hold no job.
+        self._registered: set[str] = set()
         self._open_lock = trio.Lock()
         self._pool: ConnectionPool[Connection] | None = None
         self._listener: Listener | None = None
@@ -440,44 +443,67 @@ class PostgresStorage(RecordQueries):
         return applied
 
     async def heartbeat(self, worker_id: str, job_ids: Collection[str]) -> Heartbeat:
-        """Renew the leases of ``job_ids`` held by ``worker_id``, in one statement.
+        """Renew ``worker_id``'s row, or else the leases of ``job_ids`` it holds, in one statement.
 
-        Only the jobs the worker names are renewed: a job claimed by a statement
-        whose answer was lost with its connection is thereby left to expire and be
-        rescued, instead of being held forever by a worker that never heard of it.
+        A worker with a row in the workers table (:meth:`register_worker`) renews
+        that row only (``last_seen``, ``running``, its expiry) and writes no job:
+        its jobs are read by primary key, to report cancel requests and lost
+        claims. Jobs it holds without naming them, whose claim's lease has run
+        out (a claim whose answer was lost, a settle given up on), are rescued
+        like a lost worker's. A worker without a row renews the leases of the
+        jobs it names, as before: a job claimed by a statement whose answer was
+        lost is thereby left to expire and be rescued, instead of being held
+        forever by a worker that never heard of it.
         """
         ids = list(job_ids)
-        if not ids:
+        if not ids and worker_id not in self._registered:
             await trio.lowlevel.checkpoint()
             return Heartbeat()
-        params = {"ids": ids, "worker_id": worker_id, "lease": self._lease}
+        params = {"ids": ids, "worker_id": worker_id, "lease": self._lease, "running": len(ids)}
 
         def renew(conn: Connection) -> list[tuple[Any, ...]]:
             return conn.execute(self._sql.heartbeat, params).fetchall()
 
         rows = await self._run(renew)
-        held = {row[0] for row in rows}
+        held = {row[0] for row in rows if not row[2]}
+        orphans = [row[0] for row in rows if row[2]]
+        if orphans:
+            # The renewal is done; a failure here must not make it look failed
+            # (the runner would fence its attempts). The next heartbeat retries.
+            try:
+                await self._rescue(self._sql.rescue_orphans, orphans=orphans, worker_id=worker_id)
+            except Exception:
+                logger.exception(
+                    "could not rescue jobs %s that %s no longer holds", orphans, worker_id
+                )
         return Heartbeat(
             cancel_requested=frozenset(row[0] for row in rows if row[1]),
             lost=frozenset(ids) - held,
         )
 
     async def rescue_expired(self) -> list[Job[Any]]:
-        """Recover jobs whose lease expired, in one statement safe to run from many workers.
+        """Recover the jobs of lost workers, in one statement safe to run from many workers.
 
-        With attempts left a job goes back to PENDING; with none it ends FAILED;
-        either way its ``last_error`` says which worker was lost during which
-        attempt (type ``"WorkerLostError"``). A job whose cancellation was
-        requested ends CANCELLED.
+        Rescued are the running jobs of workers whose row in the workers table
+        expired (the rows are deleted), and the running jobs whose own lease
+        expired among those claimed by workers without a row. With attempts left
+        a job goes back to PENDING; with none it ends FAILED; either way its
+        ``last_error`` says which worker was lost during which attempt (type
+        ``"WorkerLostError"``). A job whose cancellation was requested ends
+        CANCELLED. The statement reads only those jobs, plus one index probe per
+        worker holding jobs: its cost does not grow with the jobs live workers run.
 
         Returns:
             The rescued jobs' new snapshots.
 
         """
-        params = {"changed_channel": self._changed_channel, "work_channel": self._work_channel}
+        return await self._rescue(self._sql.rescue)
+
+    async def _rescue(self, statement: str, **params: Any) -> list[Job[Any]]:
+        params.update(changed_channel=self._changed_channel, work_channel=self._work_channel)
 
         def rescue(conn: Connection) -> list[Job[Any]]:
-            return self._fetch_jobs(self._sql.rescue, params, conn)
+            return self._fetch_jobs(statement, params, conn)
 
         jobs = await self._run(rescue)
         for job in jobs:
@@ -485,6 +511,53 @@ class PostgresStorage(RecordQueries):
         if any(job.status is JobStatus.PENDING for job in jobs):
             self._wakeups.wake_work()
         return jobs
+
+    # -- the workers table --------------------------------------------------------
+
+    async def register_worker(self, info: WorkerInfo) -> None:
+        """Insert or replace the row of ``info.worker_id``; it expires ``lease_duration`` from now.
+
+        From then on :meth:`heartbeat` renews that row instead of the worker's
+        jobs. ``last_seen`` and the expiry are the server's time;
+        ``started_at``, ``running`` and the rest are taken from ``info``.
+        """
+        params = {
+            "worker_id": info.worker_id,
+            "hostname": info.hostname,
+            "pid": int(info.pid),
+            "started_at": info.started_at,
+            "concurrency": int(info.concurrency),
+            "running": int(info.running),
+            "job_types": sorted(info.job_types),
+            "lease": self._lease,
+        }
+
+        def register(conn: Connection) -> None:
+            conn.execute(self._sql.register_worker, params)
+
+        await self._run(register)
+        self._registered.add(info.worker_id)
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        """Delete the worker's row (its runner stopped cleanly). Idempotent.
+
+        Jobs it still holds are then those of a worker without a row: rescued
+        once their claim's lease has run out.
+        """
+
+        def unregister(conn: Connection) -> None:
+            conn.execute(self._sql.unregister_worker, (worker_id,))
+
+        self._registered.discard(worker_id)
+        await self._run(unregister)
+
+    async def workers(self) -> list[WorkerInfo]:
+        """Return the live workers (whose row has not expired), oldest start first."""
+
+        def read(conn: Connection) -> list[tuple[Any, ...]]:
+            return conn.execute(self._sql.workers).fetchall()
+
+        return [pg_rows.row_to_worker(row) for row in await self._run(read)]
 
     async def request_cancel(self, job_id: str) -> CancelOutcome:
         """Cancel a pending or retrying job at once, or flag a running one for its worker.
