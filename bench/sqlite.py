@@ -8,10 +8,10 @@ For each queue, on a fresh file in a temporary directory:
   Measured from the first job's start to the last job's completion, so the
   worker's start-up is not counted: trio_jobs from the ``started_at`` and
   ``completed_at`` the store records, huey from timestamps its task takes;
-- **latency**: single jobs trickled to the idle worker, one at a time with a short
-  pause between them; submit->start measured from the job's creation to its
-  start (trio_jobs: ``created_at`` -> ``started_at``; huey: the enqueue time passed
-  to the task -> the task's first line). p50 and p95.
+- **latency**: single jobs trickled to the idle worker, one at a time, 25-75 ms
+  apart at random (a trickle, not a burst); submit->start measured from the
+  job's creation to its start (trio_jobs: ``created_at`` -> ``started_at``; huey:
+  the enqueue time passed to the task -> the task's first line). p50 and p95.
 
 huey runs only when importable (``pip install huey``; ``nox -s bench`` installs
 it); it is never a dependency of trio_jobs. Its consumer runs twice: polling an
@@ -144,7 +144,7 @@ async def bench_trio_jobs(folder: Path, total: int, samples: int) -> dict[str, f
 
             latencies = []
             for _ in range(samples):
-                await trio.sleep(random.uniform(0.01, 0.05))
+                await trio.sleep(random.uniform(0.025, 0.075))
                 handle = await client.submit("noop")
                 done: list[Job[Any]] = []
 
@@ -193,7 +193,7 @@ async def bench_huey(folder: Path, total: int, samples: int, delay: str) -> dict
 
         latencies = []
         for _ in range(samples):
-            await trio.sleep(random.uniform(0.01, 0.05))
+            await trio.sleep(random.uniform(0.025, 0.075))
             result = huey_latency(time.time())
             with trio.fail_after(60):
                 while (value := result.get()) is None:  # noqa: ASYNC110 - huey polls
