@@ -103,7 +103,7 @@ class SQLiteStorage(RecordQueries, WorkerQueries):
     destructively) by :meth:`open`; use the store as ``async with SQLiteStorage(p)
     as store:``, or hand it to a runner, which opens and closes it.
 
-    It is a :class:`~trio_jobs.storage.WorkerRegistry` too: a runner that registers
+    It is a :class:`~trio_jobs.WorkerRegistry` too: a runner that registers
     has one row in the ``workers`` table, renewed by one cheap heartbeat, instead
     of a lease per job. Stores waiting for work wake each other through Unix
     datagram sockets in the directory ``<path>-wake`` beside the file (see the
@@ -631,9 +631,10 @@ class SQLiteStorage(RecordQueries, WorkerQueries):
         Wakes at once on what this store object did (a save, a retry or release, a
         requeue or rescue), at the end of a delay it wrote or that the last claim
         saw in the table, and on a datagram from another store whose commit made
-        work claimable (see :mod:`._wake`). Between those it sleeps in the kernel,
-        so ``timeout`` (the runner's ``poll_interval``) is only the backstop: for
-        writes by other programs, or a store that cannot reach this one's socket.
+        work claimable (on a Unix socket in the directory ``<path>-wake``). Between
+        those it sleeps in the kernel, so ``timeout`` (the runner's
+        ``poll_interval``) is only the backstop: for writes by other programs, or a
+        store that cannot reach this one's socket.
         """
         sock = self._listener(WORK)
         fired = self._pop_due()
