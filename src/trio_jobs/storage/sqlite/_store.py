@@ -50,6 +50,7 @@ between processes.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import logging
 import math
@@ -277,9 +278,10 @@ class SQLiteStorage(RecordQueries, WorkerQueries):
 
         One ``BEGIN IMMEDIATE`` transaction selects the best ready jobs (priority,
         then ``run_at``, then insertion order) and marks them RUNNING with
-        ``attempts + 1`` and ``started_at``. The claims of a worker with a live row
-        (see :meth:`register_worker`) are covered by that row, whose expiry the
-        claim pushes to :attr:`lease_duration` from now; other claims get a lease of
+        ``attempts + 1`` and ``started_at``. The claims of a worker registered
+        through this store object (see :meth:`register_worker`) whose row is live
+        are covered by that row, whose expiry the claim pushes to
+        :attr:`lease_duration` from now; other claims get a lease of
         :attr:`lease_duration` of their own.
 
         The claim seeks each priority's due jobs in the claim-order index and
@@ -297,11 +299,16 @@ class SQLiteStorage(RecordQueries, WorkerQueries):
             return []
         self._fresh_listener = False
         lease = self._lease
-        due_sql = f"SELECT 1 FROM jobs INDEXED BY jobs_ready WHERE {DUE}{where} LIMIT 1"
-        next_sql = next_due_sql(where)
+        due_sql, next_sql = _probe_sql(where)
+        # Only a worker registered through this store object may be covered by its
+        # row (a lease of its own is always safe: the heartbeat of a worker with a
+        # row moves the claim under it).
+        registered = worker_id in self._workers
 
         def claim(conn: sqlite3.Connection, now: float) -> list[Any]:
-            covered = conn.execute(EXTEND_ROW, (now + lease, worker_id, now)).fetchall()
+            covered = (
+                registered and conn.execute(EXTEND_ROW, (now + lease, worker_id, now)).fetchall()
+            )
             rows = conn.execute(
                 "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?,"
                 " completed_at = NULL, worker_id = ?, lease_expires_at = ?"
@@ -783,6 +790,15 @@ class SQLiteStorage(RecordQueries, WorkerQueries):
 
     def _pop_due(self) -> bool:
         return pop_due(self._due, time.time())
+
+
+@functools.cache
+def _probe_sql(where: str) -> tuple[str, str]:
+    """A claim's probe: is a job due? and when is the next one due? (by type filter)."""
+    return (
+        f"SELECT 1 FROM jobs INDEXED BY jobs_ready WHERE {DUE}{where} LIMIT 1",
+        next_due_sql(where),
+    )
 
 
 def _wake_all(waiters: set[trio.CancelScope]) -> None:

@@ -2,9 +2,10 @@
 
 A runner registered with :meth:`~WorkerQueries.register_worker` has a row (id,
 hostname, pid, start, last heartbeat, expiry, concurrency, running, job types).
-Its claims carry no lease of their own (``lease_expires_at`` NULL): the row stands
-for them all, so its heartbeat writes one row however many jobs it runs, and a
-rescue reads only what is lost.
+Its claims through that store object carry no lease of their own
+(``lease_expires_at`` NULL): the row stands for them all, so its heartbeat writes
+one row however many jobs it runs, and a rescue reads only what is lost. (A claim
+with a lease of its own is always safe: a heartbeat under a row moves it there.)
 
 The indexes (migration 2 in :mod:`._schema`) keep the two kinds of claim apart:
 
