@@ -645,6 +645,12 @@ class SQLiteStorage(RecordQueries, WorkerQueries):
         """
         sock = self._listener(WORK)
         fired = self._pop_due()
+        now = time.time()
+        if self._next_due is not None and self._next_due <= now:
+            # The delayed job the last claim saw is due: return once (the next
+            # claim looks again and notes the next one).
+            self._next_due = None
+            fired = True
         if (
             fired
             or self._work_flag
@@ -654,9 +660,8 @@ class SQLiteStorage(RecordQueries, WorkerQueries):
             self._work_flag = self._fresh_listener = False
             await trio.lowlevel.checkpoint()
             return
-        now = time.time()
-        wake_at = min([*self._due[:1], *([self._next_due] if self._next_due else [])], default=None)
-        wait = timeout if wake_at is None else min(timeout, max(0.0, wake_at - now))
+        dues = [*self._due[:1], *([self._next_due] if self._next_due is not None else [])]
+        wait = min(timeout, max(0.0, min(dues) - now)) if dues else timeout
         await self._sleep(WORK, sock, trio.current_time() + wait, self._work_waiters)
         self._work_flag = False
         self._pop_due()

@@ -61,7 +61,7 @@ _RELIST: Final = 1.0
 
 def wake_directory(path: str) -> str | None:
     """The directory of the sockets for the database at ``path`` (None: in memory)."""
-    if path in ("", ":memory:") or path.startswith("file:"):
+    if path in ("", ":memory:"):
         return None
     return os.path.realpath(path) + "-wake"
 
