@@ -107,8 +107,8 @@ class SQLiteStorage(RecordQueries, WorkerQueries):
     It is a :class:`~trio_jobs.WorkerRegistry` too: a runner that registers
     has one row in the ``workers`` table, renewed by one cheap heartbeat, instead
     of a lease per job. Stores waiting for work wake each other through Unix
-    datagram sockets in the directory ``<path>-wake`` beside the file (see the
-    module's documentation).
+    datagram sockets in the directory ``<path>-wake`` beside the file, and poll
+    only as a backstop (see :doc:`/explanation/sqlite`).
 
     ``run_at`` on the records it returns is always set: the wall-clock time from
     which the job is (or was) eligible to run, its save time when it had no delay.

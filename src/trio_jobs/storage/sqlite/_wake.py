@@ -60,8 +60,12 @@ _RELIST: Final = 1.0
 
 
 def wake_directory(path: str) -> str | None:
-    """The directory of the sockets for the database at ``path`` (None: in memory)."""
-    if path in ("", ":memory:"):
+    """The directory of the sockets for the database at ``path``.
+
+    None for an in-memory database (nobody else to wake), and where Unix datagram
+    sockets do not exist (Windows): the store then only polls.
+    """
+    if path in ("", ":memory:") or not hasattr(socket, "AF_UNIX"):
         return None
     return os.path.realpath(path) + "-wake"
 
