@@ -8,10 +8,14 @@ For each queue, on a fresh file in a temporary directory:
   Measured from the first job's start to the last job's completion, so the
   worker's start-up is not counted: trio_jobs from the ``started_at`` and
   ``completed_at`` the store records, huey from timestamps its task takes;
-- **latency**: single jobs trickled to the idle worker, one at a time with a short
-  pause between them; submit->start measured from the job's creation to its
-  start (trio_jobs: ``created_at`` -> ``started_at``; huey: the enqueue time passed
-  to the task -> the task's first line). p50 and p95.
+- **processes**: ``--scale-jobs`` (20,000) jobs, stored beforehand, drained by
+  one worker process, then by four together (each with 10 slots): the four
+  should reach at least the one's rate (no collapse under contention for the
+  file's write lock);
+- **latency**: single jobs trickled to the idle worker, one at a time, 25-75 ms
+  apart at random (a trickle, not a burst); submit->start measured from the
+  job's creation to its start (trio_jobs: ``created_at`` -> ``started_at``; huey:
+  the enqueue time passed to the task -> the task's first line). p50 and p95.
 
 huey runs only when importable (``pip install huey``; ``nox -s bench`` installs
 it); it is never a dependency of trio_jobs. Its consumer runs twice: polling an
@@ -38,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +149,7 @@ async def bench_trio_jobs(folder: Path, total: int, samples: int) -> dict[str, f
 
             latencies = []
             for _ in range(samples):
-                await trio.sleep(random.uniform(0.01, 0.05))
+                await trio.sleep(random.uniform(0.025, 0.075))
                 handle = await client.submit("noop")
                 done: list[Job[Any]] = []
 
@@ -164,6 +169,43 @@ async def bench_trio_jobs(folder: Path, total: int, samples: int) -> dict[str, f
                 await worker.wait()
     p50, p95 = _percentiles(latencies)
     return {"submit": total / submit, "drain": total / drain, "p50": p50, "p95": p95}
+
+
+async def bench_processes(folder: Path, total: int, processes: int) -> float:
+    """Drain ``total`` jobs (stored beforehand) with ``processes`` workers; jobs/s."""
+    db = str(folder / f"trio_jobs-x{processes}.db")
+    async with JobClient(SQLiteStorage(db)) as client:
+
+        async def save(chunk: range) -> None:
+            for i in chunk:
+                await client.storage.save(Job(id=uuid.uuid4().hex, type="noop", payload={"i": i}))
+
+        async with trio.open_nursery() as nursery:  # group-committed
+            for k in range(100):
+                nursery.start_soon(save, range(k, total, 100))
+        command = [sys.executable, "-m", "trio_jobs", "worker", "sqlite:HANDLERS", "--db", db,
+                   "--concurrency", "10", "--log-level", "WARNING"]  # fmt: skip
+        workers = [
+            await trio.lowlevel.open_process(command, cwd=BENCH_DIR, env=_env())
+            for _ in range(processes)
+        ]
+        try:
+
+            async def drained() -> bool:
+                return (await client.stats()).completed == total
+
+            with trio.fail_after(600):
+                await _poll(drained, 0.05)
+            jobs = await client.storage.list_jobs(limit=total)
+        finally:
+            for worker in workers:
+                worker.send_signal(signal.SIGTERM)
+            with trio.CancelScope(shield=True):
+                for worker in workers:
+                    await worker.wait()
+    first = min(job.started_at for job in jobs if job.started_at)
+    last = max(job.completed_at for job in jobs if job.completed_at)
+    return total / (last - first).total_seconds()
 
 
 async def bench_huey(folder: Path, total: int, samples: int, delay: str) -> dict[str, float]:
@@ -193,7 +235,7 @@ async def bench_huey(folder: Path, total: int, samples: int, delay: str) -> dict
 
         latencies = []
         for _ in range(samples):
-            await trio.sleep(random.uniform(0.01, 0.05))
+            await trio.sleep(random.uniform(0.025, 0.075))
             result = huey_latency(time.time())
             with trio.fail_after(60):
                 while (value := result.get()) is None:  # noqa: ASYNC110 - huey polls
@@ -211,6 +253,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument(
+        "--scale-jobs",
+        type=int,
+        default=20_000,
+        help="jobs drained by 1, then 4, worker processes (0: skip)",
+    )
     args = parser.parse_args()
 
     try:
@@ -228,6 +276,10 @@ def main() -> None:
             for delay in HUEY_DELAYS:
                 hy = trio.run(bench_huey, Path(folder), args.jobs, args.samples, delay)
                 rows.append((f"huey SqliteHuey -d {delay}", hy))
+        scale = {
+            n: trio.run(bench_processes, Path(folder), args.scale_jobs, n)
+            for n in ((1, 4) if args.scale_jobs else ())
+        }
 
     print(
         f"\n{args.jobs} no-op jobs, one worker process with 10 slots;"
@@ -248,6 +300,11 @@ def main() -> None:
             )
     else:
         print("\n(huey is not installed: pip install huey to compare)")
+    if scale:
+        print(
+            f"\n{args.scale_jobs:,} jobs drained by 1 worker process: {scale[1]:,.0f} jobs/s;"
+            f" by 4 together: {scale[4]:,.0f} jobs/s ({scale[4] / scale[1]:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -309,7 +309,7 @@ async def test_the_claim_walks_the_claim_order_index_without_sorting(
     claimed = await store.claim("w1", 5, job_types)
 
     assert len(claimed) == 5
-    (claim_sql,) = [s for s in statements if s.lstrip().startswith("UPDATE")]
+    (claim_sql,) = [s for s in statements if s.lstrip().startswith("UPDATE jobs")]
     conn = raw(sqlite_path)
     try:
         plan = " | ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {claim_sql}"))

@@ -5,6 +5,11 @@ runs the whole queue in one thread call and one ``BEGIN IMMEDIATE`` transaction,
 each caller getting its own result. As with :func:`trio.to_thread.run_sync`, a
 write can be cancelled until its transaction starts, and from then on its caller
 waits for the result.
+
+A write may come with a *probe*, a read that says whether the write has anything
+to do (a claim: is any job ready?). When every write of a batch has one and no
+probe finds anything, the batch is answered without a transaction: an idle
+worker checking for work never takes the database's write lock.
 """
 
 from __future__ import annotations
@@ -20,15 +25,19 @@ import trio
 T = TypeVar("T")
 
 Op = Callable[[sqlite3.Connection, float], T]
+#: A read run before the transaction: False when the write would change nothing.
+Probe = Callable[[sqlite3.Connection, float], bool]
 
 
 class _Entry(Generic[T]):
     """One queued write of the group commit, and what became of it."""
 
-    __slots__ = ("done", "error", "flush_turn", "op", "taken", "task", "value")
+    __slots__ = ("done", "empty", "error", "flush_turn", "op", "probe", "taken", "task", "value")
 
-    def __init__(self, op: Op[T]) -> None:
+    def __init__(self, op: Op[T], probe: Probe | None, empty: T | None) -> None:
         self.op = op
+        self.probe = probe
+        self.empty = empty  # the value when the probe found nothing to do
         self.value: T | None = None
         self.error: BaseException | None = None
         # The task parked waiting for this write (None: the flusher's own write).
@@ -46,6 +55,8 @@ class GroupCommit:
         limiter: The limiter of the connection's worker threads.
         connection: Returns the open connection, or raises when there is none.
         translate: Turns a driver error into the error the store raises.
+        after_commit: Called in the worker thread after each batch, with whether
+            it committed (the store sends its wake-ups there).
     """
 
     def __init__(
@@ -55,15 +66,17 @@ class GroupCommit:
         limiter: trio.CapacityLimiter,
         connection: Callable[[], sqlite3.Connection],
         translate: Callable[[sqlite3.Error], Exception],
+        after_commit: Callable[[bool], None] | None = None,
     ) -> None:
         self._lock = lock
         self._limiter = limiter
         self._connection = connection
         self._translate = translate
+        self._after_commit = after_commit
         self._queue: list[_Entry[Any]] = []
         self._flushing = False
 
-    async def write(self, op: Op[T]) -> T:
+    async def write(self, op: Op[T], *, probe: Probe | None = None, empty: T | None = None) -> T:
         """Run ``op`` in a write transaction shared with the writes queued meanwhile.
 
         The caller whose write finds no flush in progress becomes the flusher: it
@@ -72,8 +85,11 @@ class GroupCommit:
         park; when the flusher is done, the first of them is woken to flush next.
         Like :func:`trio.to_thread.run_sync`, a write is cancellable until a
         flusher takes it, and after that its caller waits for its result.
+
+        With a ``probe``, the write may be answered with ``empty`` instead, without a
+        transaction (see the module).
         """
-        entry: _Entry[T] = _Entry(op)
+        entry: _Entry[T] = _Entry(op, probe, empty)
         self._queue.append(entry)
         if self._flushing:
             entry.task = trio.lowlevel.current_task()
@@ -114,7 +130,9 @@ class GroupCommit:
             for entry in batch:
                 entry.taken = True
             try:
-                await trio.to_thread.run_sync(_run_batch, conn, batch, limiter=self._limiter)
+                await trio.to_thread.run_sync(
+                    _run_batch, conn, batch, self._after_commit, limiter=self._limiter
+                )
             except BaseException:
                 # The thread never started (cancelled at its checkpoint): the
                 # writes were not made and are cancellable again.
@@ -136,13 +154,23 @@ class GroupCommit:
         return cast(T, entry.value)
 
 
-def _run_batch(conn: sqlite3.Connection, batch: list[_Entry[Any]]) -> None:
+def _run_batch(
+    conn: sqlite3.Connection,
+    batch: list[_Entry[Any]],
+    after_commit: Callable[[bool], None] | None = None,
+) -> None:
     """Run each entry's op in one transaction, recording each one's value or error.
 
     An op's own error (a duplicate id, a bad value) fails that op alone: SQLite has
     already undone its statement. Any other database error fails the whole batch.
+    When every entry has a probe and none finds work, no transaction runs.
     """
+    committed = False
     try:
+        if _nothing_to_do(conn, batch):
+            for entry in batch:
+                entry.value = entry.empty
+            return
         conn.execute("BEGIN IMMEDIATE")
         try:
             now = time.time()
@@ -156,6 +184,7 @@ def _run_batch(conn: sqlite3.Connection, batch: list[_Entry[Any]]) -> None:
                 except Exception as exc:
                     entry.error = exc
             conn.execute("COMMIT")
+            committed = True
         except BaseException:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
@@ -165,3 +194,17 @@ def _run_batch(conn: sqlite3.Connection, batch: list[_Entry[Any]]) -> None:
         for entry in batch:
             entry.value = None
             entry.error = exc
+    finally:
+        if after_commit is not None:
+            after_commit(committed)
+
+
+def _nothing_to_do(conn: sqlite3.Connection, batch: list[_Entry[Any]]) -> bool:
+    """Whether every entry has a probe and none finds anything (reads, no write lock)."""
+    if not all(entry.probe is not None for entry in batch):
+        return False
+    now = time.time()
+    # Each probe runs to the end (no short circuit): a probe may note what it
+    # learned (a claim probe, the next delayed job's time).
+    found = [entry.probe(conn, now) for entry in batch if entry.probe is not None]
+    return not any(found)

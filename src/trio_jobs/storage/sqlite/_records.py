@@ -22,8 +22,8 @@ from ._commit import Op
 from ._schema import (
     CLAIM_ORDER,
     COLUMN_NAMES,
+    DUE,
     INSERT,
-    READY,
     SELECT,
     encode_record,
     job_from_row,
@@ -51,6 +51,10 @@ class RecordQueries:
 
     def _work_at(self, when: float | None) -> None:
         """Wake this store's work waiters now or at ``when`` (the store provides it)."""
+        raise NotImplementedError
+
+    def _note_work(self) -> None:
+        """In a write: wake other processes' waiting stores once it commits (the store)."""
         raise NotImplementedError
 
     async def update(self, job: Job[Any]) -> None:
@@ -82,6 +86,7 @@ class RecordQueries:
             if cur.rowcount == 0:
                 run_at = now if values[10] is None else values[10]
                 conn.execute(INSERT, (*values[:10], run_at, *values[11:]))
+            self._note_work()
 
         await self._write(op)
         self._changed(job.id)
@@ -98,7 +103,7 @@ class RecordQueries:
             await trio.lowlevel.checkpoint()
             return []
         rows = await self._read(
-            f"{SELECT} INDEXED BY jobs_ready WHERE {READY} AND run_at <= ? {CLAIM_ORDER} LIMIT ?",
+            f"{SELECT} INDEXED BY jobs_ready WHERE {DUE} {CLAIM_ORDER} LIMIT ?",
             (time.time(), limit),
         )
         return [job_from_row(row) for row in rows]
@@ -197,7 +202,7 @@ class RecordQueries:
         """
 
         def op(conn: sqlite3.Connection, now: float) -> bool:
-            return (
+            done = (
                 conn.execute(
                     "UPDATE jobs SET status = 'pending', attempts = 0, run_at = ?,"
                     " started_at = NULL, completed_at = NULL, result = NULL,"
@@ -208,6 +213,9 @@ class RecordQueries:
                 ).rowcount
                 == 1
             )
+            if done:
+                self._note_work()
+            return done
 
         done = await self._write(op)
         if done:

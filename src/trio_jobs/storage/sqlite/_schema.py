@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from ..._records import Job, JobPriority, JobStatus
+from ..._records import Job, JobPriority, JobStatus, WorkerInfo
 from .._codec import (
     decode_error,
     decode_json,
@@ -66,6 +66,37 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX jobs_leases ON jobs (lease_expires_at) WHERE status = 'running'",
         "CREATE INDEX jobs_status ON jobs (status, type)",
     ),
+    # 2: the workers table (issue 12). A claim by a registered worker carries no
+    # lease of its own (lease_expires_at NULL): its worker's row stands for all of
+    # them. jobs_claims finds a worker's row-covered claims (heartbeat, unregister,
+    # rescue of a stale worker); jobs_leases keeps only claims with a lease of
+    # their own, so neither index holds the other kind and a rescue reads only
+    # what expired.
+    (
+        """
+        CREATE TABLE workers (
+            worker_id   TEXT    PRIMARY KEY,
+            hostname    TEXT    NOT NULL,
+            pid         INTEGER NOT NULL,
+            started_at  REAL    NOT NULL,     -- unix seconds, UTC
+            last_seen   REAL    NOT NULL,     -- the last heartbeat
+            expires_at  REAL    NOT NULL,     -- stale (its jobs rescued) from then on
+            concurrency INTEGER NOT NULL,
+            running     INTEGER NOT NULL,
+            job_types   TEXT    NOT NULL      -- JSON array
+        )
+        """,
+        "CREATE INDEX workers_expiry ON workers (expires_at)",
+        "DROP INDEX jobs_leases",
+        """
+        CREATE INDEX jobs_leases ON jobs (lease_expires_at)
+            WHERE status = 'running' AND lease_expires_at IS NOT NULL
+        """,
+        """
+        CREATE INDEX jobs_claims ON jobs (worker_id)
+            WHERE status = 'running' AND lease_expires_at IS NULL
+        """,
+    ),
 )
 
 #: The schema version this code writes.
@@ -81,6 +112,40 @@ INSERT: Final = f"INSERT INTO jobs ({COLUMNS}) VALUES ({', '.join('?' * len(COLU
 SELECT: Final = f"SELECT {COLUMNS} FROM jobs"
 READY: Final = "status IN ('pending', 'retrying')"
 CLAIM_ORDER: Final = "ORDER BY priority DESC, run_at, seq"
+#: Every priority, highest first. ``priority IN (...)`` on the claim-order index
+#: makes SQLite seek each priority's range ``run_at <= now`` on its own and stop
+#: at the first row not yet due, still in claim order without a sort: jobs waiting
+#: out a delay or a backoff are never walked past (see ``SQLiteStorage.claim``).
+PRIORITY_ORDER: Final = tuple(int(p) for p in sorted(JobPriority, reverse=True))
+PRIORITIES: Final = ", ".join(map(str, PRIORITY_ORDER))
+#: Ready jobs due by a time (the parameter), walked in claim order.
+DUE: Final = f"{READY} AND priority IN ({PRIORITIES}) AND run_at <= ?"
+
+WORKER_COLUMNS: Final = (
+    "worker_id, hostname, pid, started_at, last_seen, concurrency, running, job_types"
+)
+
+
+def next_due_sql(where: str) -> str:
+    """The earliest ``run_at`` after now (``?``) among ready jobs: one seek per priority.
+
+    ``where`` is a filter on the type (see ``type_filter``); its parameters follow
+    the time, once per priority (see :func:`next_due`).
+    """
+    firsts = " UNION ALL ".join(
+        f"SELECT * FROM (SELECT run_at FROM jobs INDEXED BY jobs_ready WHERE {READY}"
+        f" AND priority = {priority} AND run_at > ?{where} ORDER BY run_at LIMIT 1)"
+        for priority in PRIORITY_ORDER
+    )
+    return f"SELECT MIN(run_at) FROM ({firsts})"
+
+
+def next_due(
+    conn: sqlite3.Connection, sql: str, now: float, types: tuple[str, ...]
+) -> float | None:
+    """When the next ready job of ``types`` not due by ``now`` becomes due (None: none)."""
+    row = conn.execute(sql, (now, *types) * len(PRIORITY_ORDER)).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
 
 
 def migrate(conn: sqlite3.Connection, path: str) -> None:
@@ -187,6 +252,33 @@ def job_from_row(row: Sequence[Any]) -> Job[Any]:
         metadata=decode_json(row[17]),
         tenant_id=row[18],
         retry=decode_retry(row[19]),
+    )
+
+
+def encode_worker(info: WorkerInfo) -> tuple[Any, ...]:
+    """Return a worker's columns of ``WORKER_COLUMNS`` but ``last_seen`` (the caller's now)."""
+    return (
+        info.worker_id,
+        info.hostname,
+        int(info.pid),
+        info.started_at.timestamp(),
+        int(info.concurrency),
+        int(info.running),
+        encode_json(sorted(info.job_types), "job_types"),
+    )
+
+
+def worker_from_row(row: Sequence[Any]) -> WorkerInfo:
+    """Build a :class:`WorkerInfo` from a row of ``WORKER_COLUMNS``."""
+    return WorkerInfo(
+        worker_id=row[0],
+        hostname=row[1],
+        pid=row[2],
+        started_at=datetime.fromtimestamp(row[3], UTC),
+        last_seen=datetime.fromtimestamp(row[4], UTC),
+        concurrency=row[5],
+        running=row[6],
+        job_types=frozenset(decode_json(row[7])),
     )
 
 

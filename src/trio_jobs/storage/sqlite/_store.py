@@ -19,19 +19,43 @@ about would only come back after its lease expired).
 
 Times in the database are wall-clock unix seconds (``REAL``); ``run_at`` is always
 set (a job saved without delay is eligible from its save time), so the claim order
-"priority, then ``run_at``, then insertion order" is one index scan.
+"priority, then ``run_at``, then insertion order" is one index, and a claim seeks
+each priority's due range in it (``priority IN (...) AND run_at <= now``): jobs
+waiting out a delay or a backoff sit after the due ones of their priority and are
+never read by a claim, however many there are.
+
+Idle costs nothing but the poll: a worker waiting for work sleeps on a Unix
+datagram socket beside the database (:mod:`._wake`) that every store whose commit
+makes work claimable writes to, and polls only every ``poll_interval`` (the
+runner's) as a backstop. A claim after a quiet spell first *reads* whether
+anything is due (no write lock); only then does it take the write lock. A rescue
+does the same.
+
+Lost workers: a runner registered with :meth:`SQLiteStorage.register_worker` has a
+row in the ``workers`` table, renewed by its heartbeat; its claims carry no lease of
+their own (``lease_expires_at`` NULL), the row stands for them all, so a heartbeat
+writes one row however many jobs the worker runs. A rescue reads the stale rows
+(index on their expiry), then only those workers' claims (index on ``worker_id``
+of row-covered claims), and the claims with a lease of their own that expired
+(index on the lease of such claims only): what live workers run is never read.
+A worker without a row (not registered, or its row went stale and was dropped)
+keeps a lease per job, renewed per job by its heartbeat, as before.
 
 This module holds the store's worker-side methods; :mod:`._connect` opens the file
 and names its errors; :mod:`._records` holds the reads, overwrites and
 administration (a base class), :mod:`._schema` the migrations, column lists and
-rows <-> jobs, and :mod:`._commit` the group commit.
+rows <-> jobs, :mod:`._commit` the group commit and :mod:`._wake` the wake-ups
+between processes.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
+import logging
 import math
 import os
+import socket
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -42,36 +66,35 @@ from typing import Any, Final, Self, TypeVar
 
 import trio
 
-from ..._records import ErrorInfo, Job, JobStatus
+from ..._records import ErrorInfo, Job, JobStatus, WorkerInfo
 from .._base import CancelOutcome, Heartbeat, pop_due
 from .._codec import decode_json, encode_error, encode_json
-from ._commit import GroupCommit, Op
+from ._commit import GroupCommit, Op, Probe
 from ._connect import connect, translate_error
 from ._records import RecordQueries, type_filter
 from ._schema import (
     CLAIM_ORDER,
     COLUMNS,
+    DUE,
     INSERT,
     READY,
     encode_record,
     job_from_row,
+    next_due,
+    next_due_sql,
 )
 from ._schema import SCHEMA_VERSION as SCHEMA_VERSION
+from ._wake import CANCEL, WORK, WakeChannel, wake_directory
+from ._workers import ANY_EXPIRED, EXTEND_ROW, ROW_CLAIMS, WorkerQueries, lost_claims, renew_row
 
 T = TypeVar("T")
 
-#: How often :meth:`SQLiteStorage.wait_for_work` checks whether another connection
-#: (another process) committed: the delay before a worker notices a job submitted
-#: elsewhere. Each check is one ``PRAGMA data_version`` in a worker thread.
-CHANGE_POLL: Final = 0.02
-#: The first such check of each wait comes sooner; the interval then doubles up to
-#: :data:`CHANGE_POLL`.
-CHANGE_POLL_FIRST: Final = 0.002
+_log = logging.getLogger("trio_jobs.storage.sqlite")
 
 _FENCE: Final = "id = ? AND status = 'running' AND attempts = ? AND worker_id = ?"
 
 
-class SQLiteStorage(RecordQueries):
+class SQLiteStorage(RecordQueries, WorkerQueries):
     """A durable job store in one SQLite file: jobs survive restarts and crashes.
 
     Several processes on one machine may share the file: each claims jobs
@@ -81,13 +104,20 @@ class SQLiteStorage(RecordQueries):
     destructively) by :meth:`open`; use the store as ``async with SQLiteStorage(p)
     as store:``, or hand it to a runner, which opens and closes it.
 
+    It is a :class:`~trio_jobs.WorkerRegistry` too: a runner that registers
+    has one row in the ``workers`` table, renewed by one cheap heartbeat, instead
+    of a lease per job. Stores waiting for work wake each other through Unix
+    datagram sockets in the directory ``<path>-wake`` beside the file, and poll
+    only as a backstop (see :doc:`/explanation/sqlite`).
+
     ``run_at`` on the records it returns is always set: the wall-clock time from
     which the job is (or was) eligible to run, its save time when it had no delay.
 
     Args:
         path: The database file; created when missing (its directory must exist).
             ``":memory:"`` gives a private in-memory database (tests).
-        lease_duration: Seconds a claim stays valid without a heartbeat.
+        lease_duration: Seconds a claim (or a worker's row) stays valid without a
+            heartbeat.
 
     Raises:
         TypeError: ``path`` is not a ``str`` or ``os.PathLike[str]``, or
@@ -110,21 +140,39 @@ class SQLiteStorage(RecordQueries):
         # The connection is used by one thread at a time: whoever holds the lock.
         self._lock = trio.Lock()
         self._thread_limiter = trio.CapacityLimiter(1)
+        # Wake-ups between processes (None: an in-memory database, nobody to wake).
+        directory = wake_directory(fspath)
+        self._wake = WakeChannel(directory) if directory is not None else None
         # Group commit: writes wait in its queue; one flusher at a time runs it all.
         self._commit = GroupCommit(
             lock=self._lock,
             limiter=self._thread_limiter,
             connection=self._require,
             translate=partial(translate_error, self._path),
+            after_commit=self._wake.flush if self._wake is not None else None,
         )
-        # Local wake-ups for wait_for_work / wait_for_change.
-        self._work = trio.Event()
-        #: ``PRAGMA data_version`` as the last claim saw it (see wait_for_work).
-        self._seen_version: int | None = None
+        # Local wake-ups for wait_for_work / wait_for_cancel_request: the cancel
+        # scopes of the tasks waiting, cancelled to wake them.
+        self._work_waiters: set[trio.CancelScope] = set()
+        self._cancel_waiters: set[trio.CancelScope] = set()
         self._work_flag = False
         self._due: list[float] = []
         self._changes: dict[str, trio.Event] = {}
-        self._cancel_signal = trio.Event()
+        #: Kinds of wake-up socket some task is reading now (one reader per socket).
+        self._reading: set[str] = set()
+        #: Kinds whose socket could not be made here: this store only polls for them.
+        self._unreachable: set[str] = set()
+        #: The work socket was bound after the last claim began: wait_for_work must
+        #: let the caller look again (a commit before the bind woke nobody).
+        self._fresh_listener = False
+        #: Whether the last claim came back short: the next one reads before it writes.
+        self._dry = True
+        #: When the next delayed job (of the types last claimed) becomes due, as the
+        #: last short claim or probe saw it (wall clock); None: none is delayed.
+        self._next_due: float | None = None
+        #: The workers registered through this store object (their rows are put
+        #: back by a heartbeat after a rescuer dropped them).
+        self._workers: dict[str, WorkerInfo] = {}
 
     def __repr__(self) -> str:
         return f"SQLiteStorage({self._path!r}, lease_duration={self._lease!r})"
@@ -136,7 +184,7 @@ class SQLiteStorage(RecordQueries):
 
     @property
     def lease_duration(self) -> float:
-        """Seconds a claim stays valid without a heartbeat."""
+        """Seconds a claim (or a worker's row) stays valid without a heartbeat."""
         return self._lease
 
     # -- lifecycle ------------------------------------------------------------------
@@ -157,17 +205,28 @@ class SQLiteStorage(RecordQueries):
             if self._conn is None:
                 self._conn = await self._in_thread(partial(connect, self._path))
                 self._closed = False
+                self._unreachable.clear()
 
     async def close(self) -> None:
-        """Close the connection. Idempotent; the store may be opened again."""
+        """Close the connection and the wake-up sockets. Idempotent; the store may reopen."""
         # Shielded: a cancelled close must still release the connection, and the
         # only wait is for a short query in flight.
         with trio.CancelScope(shield=True):
             async with self._lock:
                 conn, self._conn = self._conn, None
                 self._closed = True
+                self._close_listeners()
+                if self._wake is not None:
+                    self._wake.close_sender()
                 if conn is not None:
                     await trio.to_thread.run_sync(conn.close, limiter=self._thread_limiter)
+
+    def _close_listeners(self) -> None:
+        if self._wake is None:
+            return
+        for sock in self._wake.close_listeners():
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -186,7 +245,8 @@ class SQLiteStorage(RecordQueries):
     async def save(self, job: Job[Any], *, delay: float = 0.0) -> None:
         """Insert a new job, claimable ``delay`` seconds from now.
 
-        Concurrent saves are committed together in one transaction.
+        Concurrent saves are committed together in one transaction, and the stores
+        of other processes waiting for work are woken.
 
         Raises:
             TypeError: The payload, metadata or result is not JSON-encodable (the
@@ -202,6 +262,7 @@ class SQLiteStorage(RecordQueries):
                 conn.execute(INSERT, (*values[:10], run_at, *values[11:]))
             except sqlite3.IntegrityError:
                 raise ValueError(f"a job with id {job.id!r} exists already") from None
+            self._note_work()
             return run_at
 
         run_at = await self._write(op)
@@ -217,7 +278,17 @@ class SQLiteStorage(RecordQueries):
 
         One ``BEGIN IMMEDIATE`` transaction selects the best ready jobs (priority,
         then ``run_at``, then insertion order) and marks them RUNNING with
-        ``attempts + 1``, ``started_at`` and a lease of :attr:`lease_duration`.
+        ``attempts + 1`` and ``started_at``. The claims of a worker registered
+        through this store object (see :meth:`register_worker`) whose row is live
+        are covered by that row, whose expiry the claim pushes to
+        :attr:`lease_duration` from now; other claims get a lease of
+        :attr:`lease_duration` of their own.
+
+        The claim seeks each priority's due jobs in the claim-order index and
+        stops at the first one not yet due: delayed and backing-off jobs are never
+        walked past. After a claim that came back short (the queue ran dry), the
+        next one first reads whether any job is due, and takes the write lock only
+        if one is: an idle worker woken by unrelated commits writes nothing.
 
         Returns:
             The claimed jobs' snapshots, in claim order.
@@ -226,21 +297,37 @@ class SQLiteStorage(RecordQueries):
         if limit <= 0 or (job_types is not None and not types):
             await trio.lowlevel.checkpoint()
             return []
+        self._fresh_listener = False
+        lease = self._lease
+        due_sql, next_sql = _probe_sql(where)
+        # Only a worker registered through this store object may be covered by its
+        # row (a lease of its own is always safe: the heartbeat of a worker with a
+        # row moves the claim under it).
+        registered = worker_id in self._workers
 
         def claim(conn: sqlite3.Connection, now: float) -> list[Any]:
-            # What the file looked like when we last looked for work: a commit from
-            # another connection after this one is work wait_for_work must notice.
-            self._seen_version = conn.execute("PRAGMA data_version").fetchone()[0]
-            return conn.execute(
+            covered = (
+                registered and conn.execute(EXTEND_ROW, (now + lease, worker_id, now)).fetchall()
+            )
+            rows = conn.execute(
                 "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?,"
                 " completed_at = NULL, worker_id = ?, lease_expires_at = ?"
-                f" WHERE seq IN (SELECT seq FROM jobs INDEXED BY jobs_ready"
-                f" WHERE {READY} AND run_at <= ?{where}"
+                f" WHERE seq IN (SELECT seq FROM jobs INDEXED BY jobs_ready WHERE {DUE}{where}"
                 f" {CLAIM_ORDER} LIMIT ?) RETURNING {COLUMNS}, seq",
-                (now, worker_id, now + self._lease, now, *types, limit),
+                (now, worker_id, None if covered else now + lease, now, *types, limit),
             ).fetchall()
+            if len(rows) < limit:
+                self._next_due = next_due(conn, next_sql, now, types)
+            return rows
 
-        rows = await self._write(claim)
+        def probe(conn: sqlite3.Connection, now: float) -> bool:
+            if conn.execute(due_sql, (now, *types)).fetchone() is not None:
+                return True
+            self._next_due = next_due(conn, next_sql, now, types)
+            return False
+
+        rows: list[Any] = await self._write(claim, probe if self._dry else None, [])
+        self._dry = len(rows) < limit
         # RETURNING yields rows in no particular order.
         rows.sort(key=lambda row: (-row[4], row[10], row[20]))
         jobs = [job_from_row(row) for row in rows]
@@ -320,6 +407,8 @@ class SQLiteStorage(RecordQueries):
 
         def op(conn: sqlite3.Connection, now: float) -> tuple[str | None, float]:
             row = conn.execute(sql, values(now)).fetchone()
+            if row is not None and row[0] in ("retrying", "pending"):
+                self._note_work()
             return (None if row is None else row[0]), now
 
         new_status, now = await self._write(op)
@@ -385,31 +474,64 @@ class SQLiteStorage(RecordQueries):
         return done
 
     async def heartbeat(self, worker_id: str, job_ids: Collection[str]) -> Heartbeat:
-        """Renew the leases of ``job_ids`` held by ``worker_id``, in one write.
+        """Renew what keeps ``worker_id``'s claims on ``job_ids`` alive, in one write.
 
-        Only the listed jobs are renewed: a job claimed for this worker that the
-        worker does not know it holds (its claim never reached it) lets its lease
-        run out and is rescued, instead of staying RUNNING for as long as the
-        worker lives.
+        A worker with a row (see :meth:`register_worker`) has its row renewed
+        (``last_seen``, ``running``, an expiry :attr:`lease_duration` ahead) and no
+        job written: its claims carry no lease of their own. A claim among
+        ``job_ids`` that still has one (made before the row existed) is put under
+        the row; a claim the row covers that the worker did not list (its claim
+        never reached it) gets a lease of its own, left to run out, so that it is
+        rescued instead of staying RUNNING for as long as the worker lives. A row
+        that a rescuer dropped (the worker stalled past its expiry) is put back
+        when the worker was registered through this store object.
+
+        A worker without a row has the leases of ``job_ids`` renewed, as before
+        the workers table: only the listed jobs, for the same reason.
 
         Returns:
             Which of these jobs someone asked to cancel, and which the worker no
             longer holds (rescued, settled elsewhere, or deleted).
         """
         held = frozenset(job_ids)
-        if not held:
-            await trio.lowlevel.checkpoint()
+        info = self._workers.get(worker_id)
+        if not held and info is None and not await self._has_row(worker_id):
             return Heartbeat()
         ids_json = encode_json(sorted(held), "job_ids")
+        lease = self._lease
 
         def op(conn: sqlite3.Connection, now: float) -> list[Any]:
-            return conn.execute(
-                "UPDATE jobs SET lease_expires_at = ?"
-                " WHERE id IN (SELECT value FROM json_each(?))"
-                " AND status = 'running' AND worker_id = ?"
-                " RETURNING id, cancel_requested",
-                (now + self._lease, ids_json, worker_id),
+            if not renew_row(conn, worker_id, info, len(held), now, now + lease):
+                return conn.execute(
+                    "UPDATE jobs SET lease_expires_at = ?"
+                    " WHERE id IN (SELECT value FROM json_each(?))"
+                    " AND status = 'running' AND worker_id = ?"
+                    " RETURNING id, cancel_requested",
+                    (now + lease, ids_json, worker_id),
+                ).fetchall()
+            covered = conn.execute(
+                f"SELECT id, cancel_requested {ROW_CLAIMS}", (worker_id,)
             ).fetchall()
+            rows = [(job_id, flag) for job_id, flag in covered if job_id in held]
+            orphans = [job_id for job_id, _ in covered if job_id not in held]
+            if len(rows) < len(held):
+                # Listed claims with a lease of their own: the row covers them now.
+                rest = encode_json(sorted(held - {job_id for job_id, _ in rows}), "job_ids")
+                rows += conn.execute(
+                    "UPDATE jobs SET lease_expires_at = NULL"
+                    " WHERE id IN (SELECT value FROM json_each(?))"
+                    " AND status = 'running' AND worker_id = ?"
+                    " RETURNING id, cancel_requested",
+                    (rest, worker_id),
+                ).fetchall()
+            if orphans:
+                conn.execute(
+                    "UPDATE jobs SET lease_expires_at = ?"
+                    " WHERE id IN (SELECT value FROM json_each(?))"
+                    " AND status = 'running' AND worker_id = ? AND lease_expires_at IS NULL",
+                    (now + lease, encode_json(orphans, "job_ids"), worker_id),
+                )
+            return rows
 
         rows = await self._write(op)
         return Heartbeat(
@@ -418,32 +540,36 @@ class SQLiteStorage(RecordQueries):
         )
 
     async def rescue_expired(self) -> list[Job[Any]]:
-        """Recover jobs whose lease expired (their worker died). Safe to run concurrently.
+        """Recover the jobs of lost workers. Safe to run concurrently.
 
-        The crashed attempt stays counted. With attempts left the job goes back to
-        PENDING; with none left it ends FAILED; if cancellation was requested it
-        ends CANCELLED. In every case ``last_error`` records a ``WorkerLostError``
+        Lost means: the worker's row expired (no heartbeat for
+        :attr:`lease_duration`; its row is then dropped), or, for a claim with a
+        lease of its own (a worker without a row), that lease expired. The crashed
+        attempt stays counted. With attempts left the job goes back to PENDING;
+        with none left it ends FAILED; if cancellation was requested it ends
+        CANCELLED. In every case ``last_error`` records a ``WorkerLostError``
         naming the worker and the attempt.
+
+        What it reads is the stale rows, their workers' claims and the expired
+        leases, through three indexes: never the claims of live workers. It first
+        checks, without the write lock, that anything expired at all.
 
         Returns:
             The rescued jobs' new snapshots.
         """
 
+        def probe(conn: sqlite3.Connection, now: float) -> bool:
+            return bool(conn.execute(ANY_EXPIRED, (now, now)).fetchone()[0])
+
         def op(conn: sqlite3.Connection, now: float) -> list[Any]:
-            expired = conn.execute(
-                "SELECT seq, worker_id, attempts, max_attempts, cancel_requested"
-                " FROM jobs INDEXED BY jobs_leases"
-                " WHERE status = 'running' AND lease_expires_at < ?",
-                (now,),
-            ).fetchall()
             rows = []
-            for seq, worker_id, attempts, max_attempts, cancel_requested in expired:
+            for seq, worker_id, attempts, max_attempts, cancel_requested, why in lost_claims(
+                conn, now
+            ):
                 retry = attempts < max_attempts and not cancel_requested
                 status = "cancelled" if cancel_requested else "pending" if retry else "failed"
                 error = ErrorInfo(
-                    message=(
-                        f"worker {worker_id} was lost (lease expired) during attempt {attempts}"
-                    ),
+                    message=f"worker {worker_id} was lost ({why}) during attempt {attempts}",
                     type="WorkerLostError",
                     attempt=attempts,
                     timestamp=datetime.fromtimestamp(now, UTC),
@@ -457,9 +583,12 @@ class SQLiteStorage(RecordQueries):
                         (status, encode_error(error), now, None if retry else now, seq),
                     ).fetchone()
                 )
+                if retry:
+                    self._note_work()
             return rows
 
-        jobs = [job_from_row(row) for row in await self._write(op)]
+        rescued: list[Any] = await self._write(op, probe, [])
+        jobs = [job_from_row(row) for row in rescued]
         for job in jobs:
             self._changed(job.id)
         if any(job.status is JobStatus.PENDING for job in jobs):
@@ -469,9 +598,12 @@ class SQLiteStorage(RecordQueries):
     async def request_cancel(self, job_id: str) -> CancelOutcome:
         """Cancel a pending or retrying job at once, or flag a running one for its worker.
 
+        A running job's worker learns of the request from its next
+        :meth:`heartbeat`; workers in other processes waiting in
+        :meth:`wait_for_cancel_request` are woken to send it at once.
+
         Returns:
-            :attr:`CancelOutcome.CANCELLED`, :attr:`~CancelOutcome.REQUESTED` (the
-            running job's worker learns of it from its next :meth:`heartbeat`), or
+            :attr:`CancelOutcome.CANCELLED`, :attr:`~CancelOutcome.REQUESTED`, or
             :attr:`~CancelOutcome.NOTHING` for an unknown or final job.
         """
 
@@ -486,6 +618,8 @@ class SQLiteStorage(RecordQueries):
                 "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'",
                 (job_id,),
             ).rowcount:
+                if self._wake is not None:
+                    self._wake.note(CANCEL)
                 return CancelOutcome.REQUESTED
             return CancelOutcome.NOTHING
 
@@ -493,8 +627,7 @@ class SQLiteStorage(RecordQueries):
         if outcome is not CancelOutcome.NOTHING:
             self._changed(job_id)
         if outcome is CancelOutcome.REQUESTED:
-            self._cancel_signal.set()
-            self._cancel_signal = trio.Event()
+            _wake_all(self._cancel_waiters)
         return outcome
 
     # -- waiting ----------------------------------------------------------------------
@@ -502,50 +635,50 @@ class SQLiteStorage(RecordQueries):
     async def wait_for_work(self, timeout: float) -> None:
         """Return when a job may have become claimable, or after ``timeout`` seconds.
 
-        Wakes at once on what this store object did: a save, a retry or release, a
-        requeue or rescue, or the end of a delay it wrote. Commits of other
-        connections (producers in other processes) are noticed within
-        :data:`CHANGE_POLL` seconds through SQLite's change counter, a read of
-        shared memory, so the caller claims again only when the file changed.
+        Wakes at once on what this store object did (a save, a retry or release, a
+        requeue or rescue), at the end of a delay it wrote or that the last claim
+        saw in the table, and on a datagram from another store whose commit made
+        work claimable (on a Unix socket in the directory ``<path>-wake``). Between
+        those it sleeps in the kernel, so ``timeout`` (the runner's
+        ``poll_interval``) is only the backstop: for writes by other programs, or a
+        store that cannot reach this one's socket.
         """
+        sock = self._listener(WORK)
         fired = self._pop_due()
-        if fired or self._work_flag:
-            self._work_flag = False
+        now = time.time()
+        if self._next_due is not None and self._next_due <= now:
+            # The delayed job the last claim saw is due: return once (the next
+            # claim looks again and notes the next one).
+            self._next_due = None
+            fired = True
+        if (
+            fired
+            or self._work_flag
+            or self._fresh_listener
+            or (self._wake is not None and self._wake.receive(WORK))
+        ):
+            self._work_flag = self._fresh_listener = False
             await trio.lowlevel.checkpoint()
             return
-        wait = timeout if not self._due else min(timeout, max(0.0, self._due[0] - time.time()))
-        deadline = trio.current_time() + wait
-        work = self._work
-        # Compared with what the last claim saw, so that a commit landing between
-        # that claim and this wait is noticed too.
-        version = self._seen_version
-        if version is None:
-            version = await self._data_version()
-        # Check soon after the last piece of work (a producer that just submitted is
-        # likely to submit again), then back off to CHANGE_POLL while idle.
-        poll = CHANGE_POLL_FIRST
-        while not work.is_set():
-            with trio.move_on_at(min(deadline, trio.current_time() + poll)):
-                await work.wait()
-            if trio.current_time() >= deadline or await self._data_version() != version:
-                break
-            poll = min(poll * 2, CHANGE_POLL)
+        dues = [*self._due[:1], *([self._next_due] if self._next_due is not None else [])]
+        wait = min(timeout, max(0.0, min(dues) - now)) if dues else timeout
+        await self._sleep(WORK, sock, trio.current_time() + wait, self._work_waiters)
         self._work_flag = False
         self._pop_due()
 
-    async def _data_version(self) -> int:
-        """Return the file's change counter: it moves when another connection commits."""
-        rows = await self._read("PRAGMA data_version")
-        return int(rows[0][0])
-
     async def wait_for_cancel_request(self, timeout: float) -> None:
-        """Return when this store object flags a running job for cancellation, or on timeout.
+        """Return when a running job was flagged for cancellation, or after ``timeout``.
 
-        An optional extra of the protocol: a runner sharing this store object with
-        the canceller learns of the request at once instead of at its next heartbeat.
+        An optional extra of the protocol: wakes at once when this store object
+        flags a job, and on a datagram from another process's store that did, so
+        a runner relays a cancellation to its attempt without waiting for its next
+        heartbeat.
         """
-        with trio.move_on_after(timeout):
-            await self._cancel_signal.wait()
+        sock = self._listener(CANCEL)
+        if self._wake is not None and self._wake.receive(CANCEL):
+            await trio.lowlevel.checkpoint()
+            return
+        await self._sleep(CANCEL, sock, trio.current_time() + timeout, self._cancel_waiters)
 
     async def wait_for_change(self, job_id: str, timeout: float) -> None:
         """Return when this store object changed ``job_id``, or after ``timeout`` seconds."""
@@ -558,6 +691,58 @@ class SQLiteStorage(RecordQueries):
         finally:
             if self._changes.get(job_id) is event and event.statistics().tasks_waiting == 0:
                 del self._changes[job_id]
+
+    def _listener(self, kind: str) -> socket.socket | None:
+        """This store's wake-up socket for ``kind``, bound on first use (None: poll only)."""
+        wake = self._wake
+        if wake is None or self._conn is None or kind in self._unreachable:
+            return None
+        sock = wake.listener(kind)
+        if sock is None:
+            try:
+                sock = wake.listen(kind)
+            except OSError as exc:
+                self._unreachable.add(kind)
+                _log.warning(
+                    "%r cannot listen for wake-ups in %s (%s); polling instead",
+                    self,
+                    wake.directory,
+                    exc,
+                )
+                return None
+            if kind == WORK:
+                self._fresh_listener = True
+        return sock
+
+    async def _sleep(
+        self,
+        kind: str,
+        sock: socket.socket | None,
+        deadline: float,
+        waiters: set[trio.CancelScope],
+    ) -> None:
+        """Sleep until ``deadline``, a local wake-up (``waiters``), or a datagram on ``sock``.
+
+        One task at a time reads a socket; another task waiting meanwhile is woken
+        by that reader (through ``waiters``), or by its own deadline.
+        """
+        scope = trio.CancelScope(deadline=deadline)
+        waiters.add(scope)
+        try:
+            with scope:
+                if sock is None or kind in self._reading:
+                    await trio.sleep_forever()
+                self._reading.add(kind)
+                try:
+                    await trio.lowlevel.wait_readable(sock)
+                except trio.ClosedResourceError:
+                    return  # the store is closing
+                finally:
+                    self._reading.discard(kind)
+                if self._wake is not None and self._wake.receive(kind):
+                    _wake_all(waiters)
+        finally:
+            waiters.discard(scope)
 
     # -- threads, transactions, group commit --------------------------------------------
 
@@ -580,9 +765,17 @@ class SQLiteStorage(RecordQueries):
             conn = self._require()
             return await self._in_thread(lambda: conn.execute(sql, params).fetchall())
 
-    async def _write(self, op: Op[T]) -> T:
-        """Run ``op`` in a write transaction shared with the writes queued meanwhile."""
-        return await self._commit.write(op)
+    async def _write(self, op: Op[T], probe: Probe | None = None, empty: T | None = None) -> T:
+        """Run ``op`` in a write transaction shared with the writes queued meanwhile.
+
+        With a ``probe``, ``empty`` may be the answer instead (see :mod:`._commit`).
+        """
+        return await self._commit.write(op, probe=probe, empty=empty)
+
+    def _note_work(self) -> None:
+        """In a write: once it commits, wake the other stores waiting for work."""
+        if self._wake is not None:
+            self._wake.note(WORK)
 
     # -- local wake-ups -----------------------------------------------------------------
 
@@ -595,16 +788,27 @@ class SQLiteStorage(RecordQueries):
         """Wake wait_for_work now (``None``) or remember to at wall-clock ``when``."""
         if when is None:
             self._work_flag = True
-            self._work.set()
-            self._work = trio.Event()
         else:
             heapq.heappush(self._due, when)
-            # A sleeping waiter must recompute its wake-up time.
-            self._work.set()
-            self._work = trio.Event()
+        # A sleeping waiter returns (and, for a due time, sleeps again until then).
+        _wake_all(self._work_waiters)
 
     def _pop_due(self) -> bool:
         return pop_due(self._due, time.time())
+
+
+@functools.cache
+def _probe_sql(where: str) -> tuple[str, str]:
+    """A claim's probe: is a job due? and when is the next one due? (by type filter)."""
+    return (
+        f"SELECT 1 FROM jobs INDEXED BY jobs_ready WHERE {DUE}{where} LIMIT 1",
+        next_due_sql(where),
+    )
+
+
+def _wake_all(waiters: set[trio.CancelScope]) -> None:
+    for scope in waiters:
+        scope.cancel()
 
 
 def _check_delay(delay: float) -> None:
