@@ -816,3 +816,49 @@ async def test_jobs_survive_reopening_the_store(durable_store_factory: StoreFact
         assert got.status is JobStatus.COMPLETED
         assert got.result == [1]
         assert await store.count_unfinished() == 1
+
+
+async def test_a_dropped_worker_row_is_put_back_by_its_next_heartbeat(
+    store_factory: Any,
+) -> None:
+    """A worker that stalled past its row's expiry is listed again once it renews.
+
+    A rescuer drops the stale row with the worker's jobs; the worker, registered
+    through this store object, writes the row back on its next heartbeat, even
+    when it holds no job (an idle worker must not vanish from workers() forever).
+    """
+    from datetime import UTC, datetime
+
+    from trio_jobs import WorkerInfo
+
+    s = store_factory(lease_duration=0.05)
+    async with s:
+        now = datetime.now(UTC)
+        info = WorkerInfo(
+            worker_id="w-stalled",
+            hostname="host",
+            pid=1,
+            started_at=now,
+            last_seen=now,
+            concurrency=2,
+            running=0,
+            job_types=frozenset({"work"}),
+        )
+        await s.register_worker(info)
+        with trio.fail_after(10):
+            # The row expires by the store's clock (the server's, for the durable ones).
+            while await s.workers():  # noqa: ASYNC110 - nothing to wait on but time
+                await trio.sleep(0.01)
+        await s.rescue_expired()  # drops the stale row
+        assert await s.workers() == []
+        beat = await s.heartbeat("w-stalled", [])
+        assert beat.lost == frozenset()
+        [back] = await s.workers()
+        assert (back.worker_id, back.concurrency, back.job_types) == (
+            "w-stalled",
+            2,
+            frozenset({"work"}),
+        )
+        await s.unregister_worker("w-stalled")
+        await s.heartbeat("w-stalled", [])  # unregistered: nothing is put back
+        assert await s.workers() == []

@@ -134,7 +134,9 @@ class JobStorage(Protocol):
         Ready means PENDING or RETRYING with its delay passed. Order: priority
         (highest first), then ``run_at``, then insertion order. Each claimed job
         becomes RUNNING with ``attempts + 1``, ``started_at`` set, and a lease of
-        :attr:`lease_duration` held by ``worker_id``. Returns the claimed
+        :attr:`lease_duration` held by ``worker_id`` (on a store with a workers
+        table, a registered worker's heartbeat renews its row instead, which
+        covers all its claims: see :class:`WorkerRegistry`). Returns the claimed
         snapshots; never more than ``limit``, and no job is claimed by two callers.
         """
         ...
@@ -267,6 +269,11 @@ class WorkerRegistry(Protocol):
       row expired (and drops those rows), and, as before, running jobs claimed by
       a worker without a row whose own lease expired. Its cost depends on the
       stale workers' jobs, not on how many jobs live workers run;
+    - a row that a rescuer dropped while its worker stalled (past its expiry) is
+      written back by that worker's next :meth:`JobStorage.heartbeat`, when the
+      worker was registered through the same store object; the stalled worker's
+      jobs were rescued meanwhile and are reported lost. Until then its claims
+      are those of a worker without a row: each on a lease of its own;
     - :meth:`unregister_worker` drops the row when the runner leaves its block.
     """
 

@@ -83,6 +83,8 @@ class MemoryStorage:
         self._watchers: dict[str, trio.Event] = {}
         # The workers table: each registered worker's row and its expiry (Trio clock).
         self._workers: dict[str, tuple[WorkerInfo, float]] = {}
+        #: The rows registered through this object, put back if a rescue dropped them.
+        self._registered: dict[str, WorkerInfo] = {}
 
     @property
     def lease_duration(self) -> float:
@@ -519,8 +521,10 @@ class MemoryStorage:
         await trio.lowlevel.checkpoint()
         expires = trio.current_time() + self._lease_duration
         row = self._workers.get(worker_id)
-        if row is not None:
-            info = evolve(row[0], last_seen=utcnow(), running=len(job_ids))
+        # A row a rescue dropped (the worker stalled past its expiry) is put back.
+        registered = row[0] if row is not None else self._registered.get(worker_id)
+        if registered is not None:
+            info = evolve(registered, last_seen=utcnow(), running=len(job_ids))
             self._workers[worker_id] = (info, expires)
         held: set[str] = set()
         for job_id in job_ids:
@@ -580,11 +584,13 @@ class MemoryStorage:
         await trio.lowlevel.checkpoint()
         row = evolve(info, last_seen=utcnow())
         self._workers[info.worker_id] = (row, trio.current_time() + self._lease_duration)
+        self._registered[info.worker_id] = row
 
     async def unregister_worker(self, worker_id: str) -> None:
         """Delete the worker's row."""
         await trio.lowlevel.checkpoint()
         self._workers.pop(worker_id, None)
+        self._registered.pop(worker_id, None)
 
     async def workers(self) -> list[WorkerInfo]:
         """Return the live workers (row not expired), oldest start first."""

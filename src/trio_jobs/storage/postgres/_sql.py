@@ -579,6 +579,10 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
             WHERE worker_id = %(worker_id)s AND status = 'running'
                 AND lease_expires_at < now() AND NOT (id = ANY(%(ids)s::text[]))
                 AND EXISTS (SELECT FROM me)
+            UNION ALL
+            -- One row without an id when the worker has no row (never had one, or
+            -- a rescuer dropped it while the worker stalled).
+            SELECT NULL, false, false WHERE NOT EXISTS (SELECT FROM me)
         """,
         # SKIP LOCKED: several workers may rescue at once; each expired row is
         # rescued by exactly one of them, and a row a heartbeat is renewing right

@@ -24,6 +24,7 @@ from collections.abc import Callable, Collection, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
+import attrs
 import trio
 
 from ..._records import ErrorInfo, Job, JobStatus, WorkerInfo
@@ -159,7 +160,8 @@ class PostgresStorage(RecordQueries):
         self._limiter = trio.CapacityLimiter(max_connections)
         #: Workers registered through this store: their heartbeat renews their row
         #: even when they hold no job.
-        self._registered: set[str] = set()
+        #: The workers registered through this object (their rows are put back if dropped).
+        self._registered: dict[str, WorkerInfo] = {}
         self._open_lock = trio.Lock()
         self._pool: ConnectionPool[Connection] | None = None
         self._listener: Listener | None = None
@@ -465,7 +467,16 @@ class PostgresStorage(RecordQueries):
             return conn.execute(self._sql.heartbeat, params).fetchall()
 
         rows = await self._run(renew)
+        rowless = any(row[0] is None for row in rows)
+        rows = [row for row in rows if row[0] is not None]
         held = {row[0] for row in rows if not row[2]}
+        info = self._registered.get(worker_id)
+        if rowless and info is not None:
+            # Registered through this store, yet its row is gone: a rescuer found
+            # it stale (the worker stalled past its expiry) and took its jobs,
+            # reported lost below. Put the row back, so that workers() lists it
+            # and its next claims are covered by it again.
+            await self.register_worker(attrs.evolve(info, running=len(held)))
         orphans = [row[0] for row in rows if row[2]]
         if orphans:
             # The renewal is done; a failure here must not make it look failed
@@ -536,7 +547,7 @@ class PostgresStorage(RecordQueries):
             conn.execute(self._sql.register_worker, params)
 
         await self._run(register)
-        self._registered.add(info.worker_id)
+        self._registered[info.worker_id] = info
 
     async def unregister_worker(self, worker_id: str) -> None:
         """Delete the worker's row (its runner stopped cleanly). Idempotent.
@@ -548,7 +559,7 @@ class PostgresStorage(RecordQueries):
         def unregister(conn: Connection) -> None:
             conn.execute(self._sql.unregister_worker, (worker_id,))
 
-        self._registered.discard(worker_id)
+        self._registered.pop(worker_id, None)
         await self._run(unregister)
 
     async def workers(self) -> list[WorkerInfo]:
