@@ -13,13 +13,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,40 +26,15 @@ import pytest
 import trio
 import trio.testing
 
+from pg_admin import PG_DSN, MakeStore, admin, admin_async
 from trio_jobs import CancelOutcome, ErrorInfo, Job, JobPriority, JobStatus, PostgresStorage
 from trio_jobs.storage.postgres import _sql
 from trio_jobs.storage.postgres._batch import ClaimRequest, SettleRequest, _settle_record
 
 pytestmark = pytest.mark.slow
 
-PG_DSN = os.environ.get("TRIO_JOBS_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 WAKE_TIMEOUT = 30.0  # what a waiter asks for; a notification must beat it by far
 DEADLINE = 5.0  # the test fails if the notification has not arrived by then
-
-MakeStore = Callable[..., Any]
-
-
-@pytest.fixture
-async def make_store(pg_schema: str) -> AsyncIterator[MakeStore]:
-    """Open stores on this test's schema; all are closed after the test."""
-    async with AsyncExitStack() as stack:
-
-        async def make(**kwargs: Any) -> PostgresStorage:
-            kwargs.setdefault("schema", pg_schema)
-            store = PostgresStorage(PG_DSN, **kwargs)
-            return await stack.enter_async_context(store)
-
-        yield make
-
-
-def admin(query: str, params: Any = None) -> list[tuple[Any, ...]]:
-    with psycopg.connect(PG_DSN, autocommit=True) as conn:
-        cur = conn.execute(query, params)
-        return cur.fetchall() if cur.description else []
-
-
-async def admin_async(query: str, params: Any = None) -> list[tuple[Any, ...]]:
-    return await trio.to_thread.run_sync(admin, query, params)
 
 
 async def backend_pids(application_name: str) -> set[int]:
