@@ -581,6 +581,20 @@ async def bench_saq(dsn: str, total: int, samples: int, folder: Path) -> Result:
 # -- the ceiling ----------------------------------------------------------------------------
 
 
+def _create_raw_table(conn: psycopg.Connection[Any], schema: str, table: str) -> None:
+    """The raw loops' queue: a schema with one table and its index of pending rows."""
+    conn.execute(f'CREATE SCHEMA "{schema}"')
+    conn.execute(
+        f"""CREATE TABLE {table} (
+            id bigserial PRIMARY KEY,
+            status text NOT NULL DEFAULT 'pending',
+            payload jsonb,
+            claimed_at timestamptz,
+            completed_at timestamptz)"""
+    )
+    conn.execute(f"CREATE INDEX ON {table} (id) WHERE status = 'pending'")
+
+
 def bench_raw(dsn: str, total: int, samples: int) -> Result:
     schema = _schema("raw")
     table = f'"{schema}".jobs'
@@ -593,16 +607,7 @@ def bench_raw(dsn: str, total: int, samples: int) -> Result:
     complete = f"UPDATE {table} SET status = 'completed', completed_at = now() WHERE id = ANY(%s)"
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f'CREATE SCHEMA "{schema}"')
-            conn.execute(
-                f"""CREATE TABLE {table} (
-                    id bigserial PRIMARY KEY,
-                    status text NOT NULL DEFAULT 'pending',
-                    payload jsonb,
-                    claimed_at timestamptz,
-                    completed_at timestamptz)"""
-            )
-            conn.execute(f"CREATE INDEX ON {table} (id) WHERE status = 'pending'")
+            _create_raw_table(conn, schema, table)
             start = time.perf_counter()
             conn.execute(
                 f"INSERT INTO {table} (payload) SELECT '{{}}'::jsonb FROM generate_series(1, %s)",
@@ -676,15 +681,7 @@ def _raw_idle_latency(dsn: str, samples: int) -> tuple[float, float]:
     ready = ctx.Event()
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f'CREATE SCHEMA "{schema}"')
-            conn.execute(
-                f"""CREATE TABLE {table} (
-                    id bigserial PRIMARY KEY,
-                    status text NOT NULL DEFAULT 'pending',
-                    payload jsonb,
-                    claimed_at timestamptz)"""
-            )
-            conn.execute(f"CREATE INDEX ON {table} (id) WHERE status = 'pending'")
+            _create_raw_table(conn, schema, table)
             listener = ctx.Process(
                 target=_raw_listener, args=(dsn, table, channel, latencies, ready)
             )
