@@ -238,7 +238,9 @@ async def test_progress_and_metadata_from_the_thread_reach_the_store_and_listene
     progress: list[tuple[float | None, str | None]] = []
     with trio.fail_after(60):
         async with JobRunner(storage=store_factory(), poll_interval=0.05) as runner:
-            runner.on("job:progress", lambda job: progress.append((job.progress, job.progress_message)))
+            runner.on(
+                "job:progress", lambda job: progress.append((job.progress, job.progress_message))
+            )
             runner.register_handler("reporting", reporting)
             handle = await runner.submit("reporting", metadata={"source": "test"})
             await board.until(lambda: board.started == 1)
