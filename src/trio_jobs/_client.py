@@ -158,9 +158,7 @@ class JobClient:
             ValueError: an unknown ``status`` or a negative ``limit``.
             TypeError: ``job_type`` or ``limit`` has the wrong type.
         """
-        return await _admin.list_jobs(
-            self._storage, status=status, job_type=job_type, limit=limit
-        )
+        return await _admin.list_jobs(self._storage, status=status, job_type=job_type, limit=limit)
 
     async def retry(self, job_id: str) -> bool:
         """Run a FAILED, TIMEOUT or CANCELLED job again, with fresh attempts (``trio-jobs retry``).
