@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -38,11 +37,11 @@ def load(name: str) -> ModuleType:
 
 
 @pytest.fixture
-def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     path = str(tmp_path / "jobs.db")
     monkeypatch.setenv("TRIO_JOBS_DB", path)
     monkeypatch.chdir(tmp_path)  # the modules' own default app writes here
-    yield path
+    return path
 
 
 def check_enqueued(db: str, job_id: str, payload: Any) -> None:
