@@ -244,7 +244,7 @@ class BlockingJobClient:
         return handle.id
 
     def submit_many(self, job_type: str, payloads: Iterable[Any], /, **options: Any) -> list[str]:
-        """Store one job per payload, all or none (:meth:`JobClient.submit_many`); return ids.
+        """Store one job per payload, all or none (``JobClient.submit_many``); return ids.
 
         ``options`` are those of :meth:`submit`, applied to each job.
 
