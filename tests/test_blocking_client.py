@@ -91,7 +91,7 @@ def test_submit_wait_and_read_from_plain_code(tmp_path: Path) -> None:
         assert job is not None
         assert (job.status, job.metadata) == (JobStatus.COMPLETED, {"from": "test"})
 
-        failing = jobs.submit("explode", 7)
+        failing = jobs.submit("explode", 7, retry={"max_attempts": 1})
         with pytest.raises(JobFailedError, match="boom 7"):
             jobs.wait(failing, timeout=30)
         assert [j.id for j in jobs.list_jobs(status=JobStatus.FAILED)] == [failing]
