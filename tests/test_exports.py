@@ -11,6 +11,9 @@ import trio_jobs
 EXPECTED = {
     # running jobs
     "JobClient",
+    "BlockingJobClient",
+    "JobLogFilter",
+    "log_context",
     "JobContext",
     "JobHandle",
     "JobRunner",

@@ -7,13 +7,14 @@ import math
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any, Self, TypeVar, final
 
 import trio
 
+from . import _admin
 from ._events import Callback, EventHub
 from ._exceptions import (
     JobNotFoundError,
@@ -22,15 +23,17 @@ from ._exceptions import (
     UnknownJobTypeError,
 )
 from ._handle import JobHandle
+from ._middleware import Middleware, check_middleware
 from ._outcome import unwrap
-from ._records import Job, JobPriority, JobStats, RunnerEvent, WorkerInfo
+from ._records import Job, JobPriority, JobStats, JobStatus, RunnerEvent, WorkerInfo
 from ._retry import RetryConfig
 from ._scheduler import Handler, Scheduler
 from ._submit import build_job, check_seconds
+from ._threads import as_handler
 from .storage._base import CancelOutcome, InProcessStorage, JobStorage, list_workers
 from .storage._memory import MemoryStorage
 
-H = TypeVar("H", bound=Handler)
+H = TypeVar("H", bound=Callable[..., Any])
 
 
 @final
@@ -59,9 +62,14 @@ class JobRunner:
         storage: Where jobs live; a fresh :class:`MemoryStorage` by default. The
             runner opens it on entry and closes it on exit.
         logger: Where the runner logs; ``logging.getLogger("trio_jobs")`` by default.
+        middleware: Callables ``(job, ctx) -> async context manager``, entered
+            around every attempt in this order (and left in reverse), inside the
+            attempt's cancel scope: a database session per job, error reporting,
+            :func:`log_context`. An exception one raises is the attempt's error.
 
     Raises:
         ValueError: ``concurrency < 1`` or a negative time.
+        TypeError: an argument has the wrong type.
     """
 
     def __init__(
@@ -73,6 +81,7 @@ class JobRunner:
         default_retry: RetryConfig | None = None,
         storage: JobStorage | None = None,
         logger: logging.Logger | None = None,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int):
             raise TypeError(f"concurrency must be an int, got {concurrency!r}")
@@ -97,6 +106,9 @@ class JobRunner:
         self._logger = logger or logging.getLogger("trio_jobs")
         self._events = EventHub(self._logger)
         self._handlers: dict[str, Handler] = {}
+        # Plain-def handlers' threads: at most one per slot, apart from the threads
+        # of the stores' drivers (Trio's default limiter).
+        self._threads = trio.CapacityLimiter(concurrency)
         hostname, pid = socket.gethostname(), os.getpid()
         self._worker_id = f"{hostname}:{pid}:{uuid.uuid4().hex[:8]}"
         self._scheduler = Scheduler(
@@ -110,6 +122,7 @@ class JobRunner:
             worker_id=self._worker_id,
             hostname=hostname,
             pid=pid,
+            middleware=check_middleware(middleware),
         )
 
         self._state = "new"  # new -> running -> stopping -> stopped
@@ -143,20 +156,26 @@ class JobRunner:
     def register_handler(self, job_type: str, handler: H, /) -> H:
         """Register ``async def handler(job, ctx) -> result`` for ``job_type``; return it.
 
+        A plain ``def handler(job, ctx)`` runs in a worker thread instead (see
+        :ref:`sync-handlers`): it holds its concurrency slot until it returns, and
+        cannot be interrupted, so it should check ``ctx.cancelled``. A callable
+        object with an ``async def __call__`` and a :func:`functools.partial` of an
+        ``async def`` function are async handlers.
+
         Handlers may be registered before or after entering the block; a durable
         store's worker claims only jobs whose type has a handler.
 
         Raises:
             ValueError: ``job_type`` already has a handler.
-            TypeError: ``handler`` is not callable or ``job_type`` not a string.
+            TypeError: ``handler`` is neither an async nor a plain callable (a
+                generator function, a non-callable), or ``job_type`` not a string.
         """
         if not isinstance(job_type, str) or not job_type:
             raise TypeError(f"job_type must be a non-empty str, got {job_type!r}")
-        if not callable(handler):
-            raise TypeError(f"handler must be an async callable, got {handler!r}")
+        wrapped = as_handler(handler, self._threads)
         if job_type in self._handlers:
             raise ValueError(f"job type {job_type!r} already has a handler")
-        self._handlers[job_type] = handler
+        self._handlers[job_type] = wrapped
         self._scheduler.types = frozenset(self._handlers)
         if self._in_process is not None:
             self._in_process.wake()  # jobs of this type may be waiting already
@@ -413,6 +432,65 @@ class JobRunner:
         """Return counts of jobs by status, from the store."""
         async with self._store() as store:
             return await store.get_stats()
+
+    async def list_jobs(
+        self,
+        *,
+        status: JobStatus | str | None = None,
+        job_type: str | None = None,
+        limit: int | None = None,
+    ) -> list[Job[Any]]:
+        """Return snapshots of jobs in the store, newest first (``trio-jobs list``).
+
+        Args:
+            status: Only jobs with this status.
+            job_type: Only jobs of this type.
+            limit: At most this many; ``None`` for all.
+
+        Raises:
+            ValueError: an unknown ``status`` or a negative ``limit``.
+            TypeError: ``job_type`` or ``limit`` has the wrong type.
+        """
+        async with self._store() as store:
+            return await _admin.list_jobs(store, status=status, job_type=job_type, limit=limit)
+
+    async def retry(self, job_id: str) -> bool:
+        """Run a FAILED, TIMEOUT or CANCELLED job again, with fresh attempts (``trio-jobs retry``).
+
+        The job goes back to PENDING with its attempts at 0 and its result and
+        progress cleared; its ``last_error`` is kept until the next attempt ends.
+
+        Returns:
+            True if the job was queued again; False for an unknown job or one that
+            is not FAILED, TIMEOUT or CANCELLED.
+        """
+        async with self._store() as store:
+            requeued = await _admin.retry(store, job_id)
+        if requeued and self._in_process is not None:
+            self._in_process.wake()
+        return requeued
+
+    async def purge(
+        self,
+        *,
+        older_than: float = 0.0,
+        statuses: Collection[JobStatus | str] | None = None,
+    ) -> int:
+        """Delete final jobs that ended more than ``older_than`` seconds ago (``trio-jobs purge``).
+
+        Args:
+            older_than: Keep jobs that ended more recently than this many seconds ago.
+            statuses: Final statuses to delete; ``None`` for all four (COMPLETED,
+                FAILED, CANCELLED, TIMEOUT).
+
+        Returns:
+            How many jobs were deleted.
+
+        Raises:
+            ValueError: a negative ``older_than``, or a status that is not final.
+        """
+        async with self._store() as store:
+            return await _admin.purge(store, older_than=older_than, statuses=statuses)
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel a job.

@@ -44,6 +44,7 @@ from trio_util import AsyncValue
 from ._context import JobContext
 from ._events import EventHub
 from ._exceptions import JobTimeoutError
+from ._middleware import Middleware, call_with_middleware
 from ._outcome import drop_frames, error_info, judge, unwrap
 from ._records import ErrorInfo, Job, JobStatus, WorkerInfo, replace, utcnow
 from ._retry import RetryConfig, compute_delay
@@ -161,8 +162,10 @@ class Scheduler:
         worker_id: str,
         hostname: str,
         pid: int,
+        middleware: tuple[Middleware, ...] = (),
     ) -> None:
         self._storage = storage
+        self._middleware = middleware
         self._registry = storage if isinstance(storage, WorkerRegistry) else None
         self._hostname = hostname
         self._pid = pid
@@ -558,7 +561,10 @@ class Scheduler:
         started = trio.current_time()
         with scope:
             try:
-                result = await handler(job, ctx)
+                if self._middleware:
+                    result = await call_with_middleware(self._middleware, handler, job, ctx)
+                else:
+                    result = await handler(job, ctx)
             except Exception as exc:
                 error = exc
             except BaseException as exc:

@@ -247,8 +247,13 @@ class JobStorage(Protocol):
         """Give a FAILED, TIMEOUT or CANCELLED job a fresh start (PENDING, attempts 0)."""
         ...
 
-    async def purge(self, older_than: float) -> int:
-        """Delete final jobs completed more than ``older_than`` seconds ago; return how many."""
+    async def purge(
+        self, older_than: float, *, statuses: Collection[JobStatus] | None = None
+    ) -> int:
+        """Delete final jobs completed more than ``older_than`` seconds ago; return how many.
+
+        ``statuses`` (final statuses only) narrows it; ``None`` means every final one.
+        """
         ...
 
 

@@ -696,14 +696,20 @@ class MemoryStorage:
         self._enqueue(fresh, 0.0)
         return True
 
-    async def purge(self, older_than: float) -> int:
-        """Delete final jobs completed more than ``older_than`` seconds ago."""
+    async def purge(
+        self, older_than: float, *, statuses: Collection[JobStatus] | None = None
+    ) -> int:
+        """Delete final jobs (of ``statuses``) completed more than ``older_than`` seconds ago."""
         await trio.lowlevel.checkpoint()
         cutoff = utcnow() - timedelta(seconds=older_than)
+        wanted = frozenset(statuses) if statuses is not None else None
         old = [
             job.id
             for job in self._jobs.values()
-            if job.status.is_final and job.completed_at is not None and job.completed_at < cutoff
+            if job.status.is_final
+            and (wanted is None or job.status in wanted)
+            and job.completed_at is not None
+            and job.completed_at < cutoff
         ]
         for job_id in old:
             self._uncount(self._jobs.pop(job_id))

@@ -192,15 +192,23 @@ class RecordQueries:
             self._wakeups.wake_work()
         return requeued
 
-    async def purge(self, older_than: float) -> int:
-        """Delete final jobs completed more than ``older_than`` seconds ago; return how many."""
+    async def purge(
+        self, older_than: float, *, statuses: Collection[JobStatus] | None = None
+    ) -> int:
+        """Delete final jobs (of ``statuses``, default all) completed over ``older_than`` s ago."""
         older_than = check_seconds(older_than, "older_than", allow_inf=True)
         if math.isinf(older_than):
             await trio.lowlevel.checkpoint()
             return 0
 
+        chosen = (
+            None
+            if statuses is None
+            else [JobStatus(x).value for x in statuses if JobStatus(x).is_final]
+        )
+
         def purge(conn: Connection) -> int:
-            return conn.execute(self._sql.purge, (older_than,)).rowcount
+            return conn.execute(self._sql.purge, (older_than, chosen, chosen)).rowcount
 
         return await self._run(purge)
 

@@ -711,6 +711,7 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
             DELETE FROM {jobs}
             WHERE status IN {_FINAL}
                 AND completed_at < now() - %s * interval '1 second'
+                AND (%s::text[] IS NULL OR status = ANY(%s::text[]))
         """,
         notify="SELECT pg_notify(%s, %s)",
         # The notifications for a batch of saves or settles, as one JSON array of

@@ -223,8 +223,10 @@ class RecordQueries:
             self._work_at(None)
         return done
 
-    async def purge(self, older_than: float) -> int:
-        """Delete final jobs completed more than ``older_than`` seconds ago.
+    async def purge(
+        self, older_than: float, *, statuses: Collection[JobStatus] | None = None
+    ) -> int:
+        """Delete final jobs (of ``statuses``, default all) completed over ``older_than`` s ago.
 
         Returns:
             How many jobs were deleted.
@@ -235,10 +237,16 @@ class RecordQueries:
         if not older_than >= 0:
             raise ValueError(f"older_than must be >= 0, got {older_than!r}")
 
+        if statuses is None:
+            status_sql, chosen = _FINAL_STATUSES, tuple[str, ...]()
+        else:
+            chosen = tuple(JobStatus(x).value for x in statuses if JobStatus(x).is_final)
+            status_sql = f"({', '.join('?' * len(chosen))})" if chosen else "(NULL)"
+
         def op(conn: sqlite3.Connection, now: float) -> int:
             return conn.execute(
-                f"DELETE FROM jobs WHERE status IN {_FINAL_STATUSES} AND completed_at < ?",
-                (now - older_than,),
+                f"DELETE FROM jobs WHERE status IN {status_sql} AND completed_at < ?",
+                (*chosen, now - older_than),
             ).rowcount
 
         return await self._write(op)
