@@ -830,9 +830,13 @@ async def test_a_dropped_worker_row_is_put_back_by_its_next_heartbeat(
     from datetime import UTC, datetime
 
     from trio_jobs import WorkerInfo
+    from trio_jobs.storage import WorkerRegistry
 
     s = store_factory(lease_duration=0.05)
-    async with s:
+    if not isinstance(s, WorkerRegistry):
+        pytest.skip("this store has no workers table")
+    await s.open()
+    try:
         now = datetime.now(UTC)
         info = WorkerInfo(
             worker_id="w-stalled",
@@ -862,3 +866,5 @@ async def test_a_dropped_worker_row_is_put_back_by_its_next_heartbeat(
         await s.unregister_worker("w-stalled")
         await s.heartbeat("w-stalled", [])  # unregistered: nothing is put back
         assert await s.workers() == []
+    finally:
+        await s.close()
