@@ -30,6 +30,9 @@ EXPECTED = {
     "JobTimeoutError",
     "RunnerClosedError",
     "RunnerStoppedError",
+    "StorageCorruptError",
+    "StorageError",
+    "StorageUnavailableError",
     "UnknownJobTypeError",
     # retry toolkit
     "RetryConfig",

@@ -135,6 +135,33 @@ def migrate_schema(dsn: str, schema: str, statements: sql.Statements) -> int:
         return version
 
 
+def check_schema(dsn: str, schema: str, statements: sql.Statements) -> int:
+    """Return the version of ``schema``, changing nothing (a read-only opening).
+
+    Raises:
+        StorageCorruptError: the schema, or its trio_jobs tables, are missing.
+    """
+    import psycopg
+
+    from ..._exceptions import StorageCorruptError
+
+    with psycopg.connect(
+        dsn,
+        connect_timeout=CONNECT_KWARGS["connect_timeout"],
+        **session_kwargs(dsn, schema, ":check"),
+    ) as conn:
+        row = conn.execute(statements.existing, {"schema": schema}).fetchone()
+        schema_exists, table_exists = row if row else (False, False)
+        if not table_exists:
+            what = "it has no trio_jobs tables" if schema_exists else "it does not exist"
+            raise StorageCorruptError(
+                f"no trio_jobs schema named {schema!r} here ({what}; a worker or"
+                " `trio-jobs migrate` creates it)"
+            )
+        row = conn.execute(statements.current_version).fetchone()
+        return int(row[0]) if row else 0
+
+
 def connect_listener(dsn: str, schema: str, statements: sql.Statements) -> Connection:
     """Open the LISTEN connection (outside the pool) and listen on the store's channels."""
     import psycopg
