@@ -1151,3 +1151,15 @@ async def test_read_only_reads_a_migrated_schema_without_migrating_it(
     assert [job.id for job in await reader.list_jobs()] == ["a" * 32]
     assert await reader.waiting_by_type() == {"mail": 1}
     assert await admin_async(f'SELECT count(*) FROM "{pg_schema}".schema_version') == versions
+
+
+async def test_read_only_refuses_a_schema_not_migrated_to_this_version(
+    make_store: MakeStore, pg_schema: str
+) -> None:
+    await make_store()
+    await admin_async(
+        f'DELETE FROM "{pg_schema}".schema_version WHERE version = %s', (_sql.LATEST_VERSION,)
+    )
+
+    with pytest.raises(StorageCorruptError, match="older than this trio_jobs reads"):
+        await make_store(read_only=True)

@@ -705,3 +705,24 @@ async def test_read_only_turns_neither_an_empty_nor_a_missing_file_into_a_databa
     assert empty.read_bytes() == b""
     assert not missing.exists()
     assert [p.name for p in await trio.Path(tmp_path).iterdir()] == ["empty.db"]
+
+
+async def test_read_only_refuses_an_older_schema_that_a_writable_opening_migrates(
+    sqlite_path: Path,
+) -> None:
+    from trio_jobs.storage.sqlite import _schema
+
+    conn = raw(sqlite_path)
+    conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at REAL)")
+    for statement in _schema.MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute("INSERT INTO schema_version VALUES (1, 0)")
+    conn.close()
+
+    with pytest.raises(StorageCorruptError, match=r"schema version 1, older .* run `trio-jobs migrate`"):
+        await SQLiteStorage(sqlite_path, read_only=True).open()
+
+    async with SQLiteStorage(sqlite_path):
+        pass
+    async with SQLiteStorage(sqlite_path, read_only=True) as reader:
+        assert await reader.workers() == []

@@ -139,7 +139,8 @@ def check_schema(dsn: str, schema: str, statements: sql.Statements) -> int:
     """Return the version of ``schema``, changing nothing (a read-only opening).
 
     Raises:
-        StorageCorruptError: the schema, or its trio_jobs tables, are missing.
+        StorageCorruptError: the schema, or its trio_jobs tables, are missing, or
+            older than this code's (a writable opening migrates them).
     """
     import psycopg
 
@@ -159,7 +160,14 @@ def check_schema(dsn: str, schema: str, statements: sql.Statements) -> int:
                 " `trio-jobs migrate` creates it)"
             )
         row = conn.execute(statements.current_version).fetchone()
-        return int(row[0]) if row else 0
+        version = int(row[0]) if row else 0
+        if version < sql.LATEST_VERSION:
+            # Reading it as it is would fail on whatever a later migration added.
+            raise StorageCorruptError(
+                f"schema {schema!r} is at version {version}, older than this trio_jobs"
+                f" reads ({sql.LATEST_VERSION}): start a worker or run `trio-jobs migrate`"
+            )
+        return version
 
 
 def connect_listener(dsn: str, schema: str, statements: sql.Statements) -> Connection:

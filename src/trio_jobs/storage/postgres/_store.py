@@ -107,9 +107,10 @@ class PostgresStorage(RecordQueries):
         min_connections: Connections the pool keeps open.
         max_connections: Most connections (and worker threads) in use at once.
         read_only: Open without creating or migrating anything: :meth:`open`
-            refuses a schema without trio_jobs tables with
-            :class:`~trio_jobs.StorageCorruptError` ("no trio_jobs schema named X
-            here"). For tools that only look (``trio-jobs list``).
+            refuses a schema without trio_jobs tables ("no trio_jobs schema named X
+            here"), or one not migrated to this version yet, with
+            :class:`~trio_jobs.StorageCorruptError`. For tools that only look
+            (``trio-jobs list``).
 
     Raises:
         TypeError: an argument has the wrong type.

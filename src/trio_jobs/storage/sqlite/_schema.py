@@ -173,7 +173,8 @@ def check_schema(conn: sqlite3.Connection, path: str) -> int:
 
     Raises:
         StorageCorruptError: The file has no trio_jobs tables (an empty file,
-            another program's database), or a schema newer than this code knows.
+            another program's database), or a schema older or newer than this
+            code's (an older one is migrated by a writable opening).
     """
     tables = {
         name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
@@ -187,6 +188,12 @@ def check_schema(conn: sqlite3.Connection, path: str) -> int:
     (current,) = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
     if current > SCHEMA_VERSION:
         raise _too_new(path, current)
+    if current < SCHEMA_VERSION:
+        # Reading it as it is would fail on whatever a later migration added.
+        raise StorageCorruptError(
+            f"SQLite database {path} has schema version {current}, older than this"
+            f" trio_jobs reads ({SCHEMA_VERSION}): start a worker or run `trio-jobs migrate`"
+        )
     return int(current)
 
 

@@ -119,8 +119,9 @@ class SQLiteStorage(RecordQueries, WorkerQueries):
         lease_duration: Seconds a claim (or a worker's row) stays valid without a
             heartbeat.
         read_only: Open the file read-only (SQLite's ``mode=ro``): :meth:`open`
-            creates, switches and migrates nothing, and refuses a missing file or
-            one without trio_jobs tables with :class:`~trio_jobs.StorageCorruptError`;
+            creates, switches and migrates nothing, and refuses a missing file, one
+            without trio_jobs tables, or one whose schema is older (not migrated
+            yet) with :class:`~trio_jobs.StorageCorruptError`;
             every write raises :class:`~trio_jobs.StorageUnavailableError`. For
             tools that only look (``trio-jobs list``).
 
