@@ -719,7 +719,7 @@ async def test_read_only_refuses_an_older_schema_that_a_writable_opening_migrate
     conn.execute("INSERT INTO schema_version VALUES (1, 0)")
     conn.close()
 
-    with pytest.raises(StorageCorruptError, match=r"schema version 1, older .* run `trio-jobs migrate`"):
+    with pytest.raises(StorageCorruptError, match=r"version 1, older .* `trio-jobs migrate`"):
         await SQLiteStorage(sqlite_path, read_only=True).open()
 
     async with SQLiteStorage(sqlite_path):
