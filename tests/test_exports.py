@@ -33,6 +33,9 @@ EXPECTED = {
     "JobTimeoutError",
     "RunnerClosedError",
     "RunnerStoppedError",
+    "StorageCorruptError",
+    "StorageError",
+    "StorageUnavailableError",
     "UnknownJobTypeError",
     # retry toolkit
     "RetryConfig",

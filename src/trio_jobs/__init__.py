@@ -16,6 +16,9 @@ from ._exceptions import JobNotFoundError as JobNotFoundError
 from ._exceptions import JobTimeoutError as JobTimeoutError
 from ._exceptions import RunnerClosedError as RunnerClosedError
 from ._exceptions import RunnerStoppedError as RunnerStoppedError
+from ._exceptions import StorageCorruptError as StorageCorruptError
+from ._exceptions import StorageError as StorageError
+from ._exceptions import StorageUnavailableError as StorageUnavailableError
 from ._exceptions import UnknownJobTypeError as UnknownJobTypeError
 from ._handle import JobHandle as JobHandle
 from ._middleware import JobLogFilter as JobLogFilter
@@ -70,6 +73,9 @@ __all__ = [
     "JobTimeoutError",
     "RunnerClosedError",
     "RunnerStoppedError",
+    "StorageCorruptError",
+    "StorageError",
+    "StorageUnavailableError",
     "UnknownJobTypeError",
     # retry toolkit
     "RetryConfig",

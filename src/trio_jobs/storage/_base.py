@@ -165,7 +165,9 @@ class JobStorage(Protocol):
           the attempt is *not* counted (``attempts - 1``).
 
         The lease is dropped in every case. A pending cancellation request on a job
-        settled as RETRYING or PENDING turns it CANCELLED instead.
+        settled as RETRYING or PENDING turns it CANCELLED instead. A job settled as
+        RETRYING or PENDING loses its ``progress`` and ``progress_message``: they
+        belonged to the attempt that ended, and the next one starts from nothing.
 
         Returns:
             True when applied; False when the claim was no longer held.
@@ -200,8 +202,9 @@ class JobStorage(Protocol):
         """Recover jobs whose lease expired (their worker died). Safe to run concurrently.
 
         Each such job's crashed attempt stays counted. With attempts left it goes
-        back to PENDING; with none left it ends FAILED with an error saying the
-        worker was lost; if cancellation was requested it ends CANCELLED.
+        back to PENDING (its progress cleared); with none left it ends FAILED with
+        an error saying the worker was lost; if cancellation was requested it ends
+        CANCELLED.
 
         Returns:
             The rescued jobs' new snapshots.

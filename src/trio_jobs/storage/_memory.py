@@ -473,12 +473,20 @@ class MemoryStorage:
                 last_error=last_error,
                 run_at=utcnow() + timedelta(seconds=delay),
                 execution_time=execution_time,
+                progress=None,
+                progress_message=None,
             )
             self._put(waiting)
             self._enqueue(waiting, delay)
         elif status is JobStatus.PENDING:
             self._leases.pop(job_id, None)
-            back = replace(job, status=status, attempts=job.attempts - 1)
+            back = replace(
+                job,
+                status=status,
+                attempts=job.attempts - 1,
+                progress=None,
+                progress_message=None,
+            )
             self._put(back)
             self._enqueue(back, 0.0)
         else:
@@ -558,7 +566,13 @@ class MemoryStorage:
                 )
             else:
                 del self._leases[job_id]
-                new = replace(job, status=JobStatus.PENDING, last_error=error)
+                new = replace(
+                    job,
+                    status=JobStatus.PENDING,
+                    last_error=error,
+                    progress=None,
+                    progress_message=None,
+                )
                 self._put(new)
                 self._enqueue(new, 0.0)
             rescued.append(new)
@@ -662,6 +676,22 @@ class MemoryStorage:
             if limit is not None and len(found) >= limit:
                 break
         return found
+
+    async def waiting_by_type(self) -> dict[str, int]:
+        """Count the PENDING and RETRYING jobs of each type (types with none are left out)."""
+        await trio.lowlevel.checkpoint()
+        counts: dict[str, int] = {}
+        for job in self._jobs.values():
+            if job.status in _WAITING:
+                counts[job.type] = counts.get(job.type, 0) + 1
+        return counts
+
+    async def job_ids_starting_with(self, prefix: str, *, limit: int = 10) -> list[str]:
+        """Return up to ``limit`` job ids that start with ``prefix``, in order."""
+        if not prefix:
+            raise ValueError("prefix must not be empty")
+        await trio.lowlevel.checkpoint()
+        return sorted(job_id for job_id in self._jobs if job_id.startswith(prefix))[:limit]
 
     async def count_unfinished(self, job_types: Collection[str] | None = None) -> int:
         """Count jobs that are PENDING, RETRYING or RUNNING."""

@@ -208,6 +208,10 @@ def _rescue(jobs: str, returning: str, victims: str, why: str) -> str:
                     )::text END,
                 completed_at = CASE WHEN j.cancel_requested OR j.attempts >= j.max_attempts
                                     THEN now() END,
+                progress = CASE WHEN j.cancel_requested OR j.attempts >= j.max_attempts
+                                THEN j.progress END,
+                progress_message = CASE WHEN j.cancel_requested OR j.attempts >= j.max_attempts
+                                        THEN j.progress_message END,
                 worker_id = NULL,
                 lease_expires_at = NULL,
                 delayed = false
@@ -233,6 +237,8 @@ class Statements:
     existing: str
     schema_version_table: str
     current_version: str
+    waiting_by_type: str
+    ids_starting_with: str
     record_version: str
     insert_many: str
     saved_by_token: str
@@ -418,6 +424,13 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
                    to_regclass(format('%%I.schema_version', %(schema)s)) IS NOT NULL
         """,
         current_version=f"SELECT coalesce(max(version), 0) FROM {s}.schema_version",
+        waiting_by_type=f"""
+            SELECT type, count(*) FROM {jobs} WHERE status IN ('pending', 'retrying')
+            GROUP BY type
+        """,
+        ids_starting_with=f"""
+            SELECT id FROM {jobs} WHERE starts_with(id, %(prefix)s) ORDER BY id LIMIT %(limit)s
+        """,
         record_version=f"INSERT INTO {s}.schema_version (version) VALUES (%s)",
         insert_many=insert_many,
         saved_by_token=f"SELECT id FROM {jobs} WHERE id = ANY(%s) AND op_token = %s",
@@ -499,6 +512,11 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
                 result = CASE WHEN v.status = 'completed' THEN v.result ELSE j.result END,
                 last_error = coalesce(v.error, j.last_error),
                 execution_time = coalesce(v.execution_time, j.execution_time),
+                progress = CASE WHEN v.status IN ('retrying', 'pending')
+                                AND NOT j.cancel_requested THEN NULL ELSE j.progress END,
+                progress_message = CASE WHEN v.status IN ('retrying', 'pending')
+                                        AND NOT j.cancel_requested
+                                        THEN NULL ELSE j.progress_message END,
                 completed_at = CASE WHEN v.status IN {_FINAL} OR j.cancel_requested
                                     THEN now() ELSE j.completed_at END,
                 run_at = CASE WHEN v.status = 'retrying' AND NOT j.cancel_requested

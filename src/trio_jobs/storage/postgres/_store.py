@@ -34,6 +34,7 @@ from . import _rows as pg_rows
 from . import _sql as sql
 from ._batch import Batcher, BatchWriters, ClaimRequest, SettleRequest
 from ._connect import (
+    check_schema,
     configure_connection,
     connect_listener,
     import_driver,
@@ -106,6 +107,11 @@ class PostgresStorage(RecordQueries):
             last heartbeat.
         min_connections: Connections the pool keeps open.
         max_connections: Most connections (and worker threads) in use at once.
+        read_only: Open without creating or migrating anything: :meth:`open`
+            refuses a schema without trio_jobs tables ("no trio_jobs schema named X
+            here"), or one not migrated to this version yet, with
+            :class:`~trio_jobs.StorageCorruptError`. For tools that only look
+            (``trio-jobs list``).
 
     Raises:
         TypeError: an argument has the wrong type.
@@ -121,6 +127,7 @@ class PostgresStorage(RecordQueries):
         lease_duration: float = 30.0,
         min_connections: int = 1,
         max_connections: int = 10,
+        read_only: bool = False,
     ) -> None:
         if not isinstance(dsn, str):
             raise TypeError(f"dsn must be a str, got {dsn!r}")
@@ -148,6 +155,7 @@ class PostgresStorage(RecordQueries):
             )
         self._dsn = dsn
         self._schema = schema
+        self._read_only = bool(read_only)
         self._lease = float(lease_duration)
         self._min_connections = min_connections
         self._max_connections = max_connections
@@ -190,6 +198,11 @@ class PostgresStorage(RecordQueries):
         return self._lease
 
     @property
+    def read_only(self) -> bool:
+        """Whether :meth:`open` only checks the schema instead of creating or migrating it."""
+        return self._read_only
+
+    @property
     def schema(self) -> str:
         """The schema holding this store's tables."""
         return self._schema
@@ -209,13 +222,20 @@ class PostgresStorage(RecordQueries):
         Raises:
             ImportError: psycopg is not installed (``pip install 'trio-jobs[postgres]'``).
             psycopg.OperationalError: the database cannot be reached.
+            StorageCorruptError: read-only, and the schema has no trio_jobs tables.
 
         """
         async with self._open_lock:
             if self._pool is not None:
                 return
             pool_class = import_driver()
-            await self.migrate()
+            if self._read_only:
+                await trio.to_thread.run_sync(
+                    partial(check_schema, self._dsn, self._schema, self._sql),
+                    limiter=self._limiter,
+                )
+            else:
+                await self.migrate()
             pool = pool_class(
                 self._dsn,
                 min_size=self._min_connections,
@@ -677,3 +697,11 @@ class PostgresStorage(RecordQueries):
     async def wait_for_change(self, job_id: str, timeout: float) -> None:
         """Return when ``job_id`` may have changed (here or elsewhere), or after ``timeout``."""
         await self._wakeups.wait_for_change(job_id, timeout)
+
+    async def wait_for_any_change(self, timeout: float) -> None:
+        """Return when any job may have changed (here or elsewhere), or after ``timeout``.
+
+        Not part of :class:`JobStorage`: for watchers such as ``trio-jobs list
+        --follow``, woken by the notification every write sends.
+        """
+        await self._wakeups.wait_for_any_change(timeout)
