@@ -9,6 +9,7 @@ timeout). Tests use that on purpose, and meet the threads through
 from __future__ import annotations
 
 import functools
+import math
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -204,7 +205,9 @@ async def test_lingering_threads_keep_their_slots_so_concurrency_is_never_exceed
     async with JobRunner(concurrency=2, default_retry=NO_RETRY) as runner:
         runner.register_handler("lingering", lingering)
         first = [await runner.submit("lingering", i, timeout=1.0) for i in range(2)]
-        rest = [await runner.submit("lingering", i, timeout=60.0) for i in range(2, 6)]
+        # No timeout: while their threads run, every task is blocked and the virtual
+        # clock would jump to any deadline they had (however long, in real time).
+        rest = [await runner.submit("lingering", i, timeout=math.inf) for i in range(2, 6)]
         # Both first attempts timed out and saw it; their threads have not returned.
         await board.until(lambda: board.saw_cancelled == 2)
         await trio.testing.wait_all_tasks_blocked()
