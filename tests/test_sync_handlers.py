@@ -140,12 +140,15 @@ async def test_plain_def_handler_exception_is_retried_then_fails_the_job() -> No
 
 @pytest.mark.parametrize("ends_by", ["returning", "raising"])
 async def test_timeout_flips_ctx_cancelled_in_the_thread_and_the_job_times_out(
-    autojump_clock: Any, ends_by: str
+    mock_clock: trio.testing.MockClock, board: Board, ends_by: str
 ) -> None:
+    # The virtual clock moves only when told: the thread reads ctx.cancelled before
+    # the deadline (however long it takes to start), then the clock passes it.
     seen: list[tuple[bool, float]] = []
 
     def slow(job: Job[Any], ctx: JobContext[Any]) -> str:
         seen.append((ctx.cancelled, ctx.deadline))
+        board.enter()
         wait_for_cancel(ctx)
         seen.append((ctx.cancelled, ctx.deadline))
         if ends_by == "raising":
@@ -158,6 +161,8 @@ async def test_timeout_flips_ctx_cancelled_in_the_thread_and_the_job_times_out(
         runner.register_handler("slow", slow)
         started = trio.current_time()
         handle = await runner.submit("slow", timeout=5.0)
+        await board.until(lambda: board.started == 1)
+        mock_clock.jump(5.0)
         with pytest.raises(JobTimeoutError):
             await handle.wait()
     assert seen == [(False, started + 5.0), (True, started + 5.0)]
