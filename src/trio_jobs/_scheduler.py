@@ -47,6 +47,7 @@ from ._exceptions import JobTimeoutError
 from ._outcome import drop_frames, error_info, judge, unwrap
 from ._records import ErrorInfo, Job, JobStatus, WorkerInfo, replace, utcnow
 from ._retry import RetryConfig, compute_delay
+from ._tracing import attempt_span
 from .storage._base import InProcessStorage, JobStorage, WorkerRegistry
 
 Handler = Callable[[Job[Any], JobContext[Any]], Awaitable[Any]]
@@ -558,7 +559,8 @@ class Scheduler:
         started = trio.current_time()
         with scope:
             try:
-                result = await handler(job, ctx)
+                with attempt_span(job):  # OpenTelemetry, when installed
+                    result = await handler(job, ctx)
             except Exception as exc:
                 error = exc
             except BaseException as exc:
