@@ -10,12 +10,14 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any
 
 import trio
 
 from .._records import Job
 from .._runner import JobRunner
+from ._dashboard import import_dashboard
 from ._errors import CliError, UsageError
 from ._format import (
     argument_type,
@@ -207,6 +209,19 @@ class _EventLog:
         self.logger.info("job %s %s cancelled", job.id, job.type)
 
 
+def _metrics_app(
+    args: argparse.Namespace, runner: JobRunner, storage: Any
+) -> tuple[Any, str, int] | None:
+    """With ``--metrics-port``: an app serving the runner's metrics, its host and port."""
+    port = getattr(args, "metrics_port", None)
+    if port is None:
+        return None
+    dashboard = import_dashboard()
+    metrics = dashboard.JobMetrics()
+    metrics.attach(runner)
+    return dashboard.create_metrics_app(storage, metrics), args.metrics_host, port
+
+
 def _configure_logging(level: str) -> tuple[logging.Logger, logging.Handler]:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
@@ -263,7 +278,8 @@ async def _run_worker(args: argparse.Namespace) -> int:
             if events.logger.isEnabledFor(logging.INFO):
                 # Below INFO nothing would be printed: spare every job its snapshots.
                 events.attach(runner)
-            await _serve(runner, signals, events, spec, types, args.concurrency)
+            metrics = _metrics_app(args, runner, storage)
+            await _serve(runner, signals, events, spec, types, args.concurrency, metrics)
         finally:
             logging.getLogger("trio_jobs").removeHandler(handler)
     return 0
@@ -276,6 +292,7 @@ async def _serve(
     spec: StoreSpec,
     types: list[str],
     concurrency: int,
+    metrics: tuple[Any, str, int] | None = None,
 ) -> None:
     log = events.logger
     async with runner:
@@ -288,6 +305,15 @@ async def _serve(
             ", ".join(types),
         )
         async with trio.open_nursery() as nursery:
+            if metrics is not None:
+                app, host, port = metrics
+                try:
+                    bound = await nursery.start(
+                        partial(import_dashboard().serve, app, host=host, port=port)
+                    )
+                except OSError as exc:
+                    raise CliError(f"cannot serve metrics on {host}:{port}: {exc}") from None
+                log.info("metrics on http://%s:%d/metrics", host, bound)
 
             async def stop(graceful: bool) -> None:
                 await runner.stop(graceful)

@@ -7,7 +7,8 @@ Trio worker, inside your own nursery.
 """
 
 from ._app import create_app as create_app
+from ._app import create_metrics_app as create_metrics_app
 from ._metrics import JobMetrics as JobMetrics
 from ._serve import serve as serve
 
-__all__ = ["JobMetrics", "create_app", "serve"]
+__all__ = ["JobMetrics", "create_app", "create_metrics_app", "serve"]

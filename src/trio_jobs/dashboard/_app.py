@@ -14,6 +14,7 @@ import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qs
@@ -89,6 +90,46 @@ def create_app(storage: JobStorage, *, read_only: bool = False) -> Starlette:
     return _Dashboard(storage, read_only=read_only, environ=os.environ).app
 
 
+def create_metrics_app(storage: JobStorage, metrics: JobMetrics | None = None) -> Starlette:
+    """Return an ASGI app serving only ``GET /metrics`` (``trio-jobs worker --metrics-port``).
+
+    Basic auth applies as for :func:`create_app`. The app opens and closes
+    ``storage`` through its lifespan only if it is not open yet.
+
+    Args:
+        storage: The store whose gauges it reads at each scrape.
+        metrics: The metrics to serve (e.g. attached to a runner); new ones by default.
+    """
+    metrics = metrics if metrics is not None else JobMetrics()
+
+    async def metrics_page(request: Request) -> Response:
+        await metrics.refresh(storage)
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    credentials = Credentials.from_environ(os.environ)
+    middleware = [] if credentials is None else [Middleware(BasicAuth, credentials)]
+    return Starlette(
+        routes=[Route("/metrics", metrics_page)],
+        middleware=middleware,
+        lifespan=partial(_store_lifespan, storage),
+    )
+
+
+@asynccontextmanager
+async def _store_lifespan(storage: Any, app: Starlette) -> AsyncIterator[None]:
+    """Open ``storage`` for the app's life if it is not open; then close it."""
+    owned = not await _is_open(storage)
+    if owned:
+        await storage.open()
+    try:
+        yield
+    finally:
+        if owned:
+            with trio.CancelScope(shield=True):
+                await storage.close()
+
+
 class _Dashboard:
     """One app's state: its store, client, token, metrics and templates."""
 
@@ -120,20 +161,10 @@ class _Dashboard:
         ]
         credentials = Credentials.from_environ(environ)
         middleware = [] if credentials is None else [Middleware(BasicAuth, credentials)]
-        self.app = Starlette(routes=routes, middleware=middleware, lifespan=self.lifespan)
+        self.app = Starlette(
+            routes=routes, middleware=middleware, lifespan=partial(_store_lifespan, storage)
+        )
         self.app.state.metrics = self.metrics
-
-    @asynccontextmanager
-    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        owned = not await _is_open(self.storage)
-        if owned:
-            await self.storage.open()
-        try:
-            yield
-        finally:
-            if owned:
-                with trio.CancelScope(shield=True):
-                    await self.storage.close()
 
     # -- rendering ------------------------------------------------------------------
 
@@ -341,4 +372,4 @@ def _see_other(url: str) -> RedirectResponse:
     return RedirectResponse(url, status_code=303)
 
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "create_metrics_app"]
