@@ -7,12 +7,14 @@ client has the methods behind them (``schedules``, ``get_limits``, ``pause`` and
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
+import attrs
 import trio
 
 from .._records import Job, JobStatus, utcnow
@@ -33,7 +35,7 @@ RETRYABLE = frozenset({JobStatus.FAILED, JobStatus.TIMEOUT, JobStatus.CANCELLED}
 
 
 def duration(seconds: float | None) -> str:
-    """``seconds`` in sensible units: ``850 ms``, ``12.3 s``, ``4 min 2 s``, ``3 h 5 min``."""
+    """``seconds`` in sensible units: ``850 ms``, ``12.3 s``, ``4m 2s``, ``3h 5m``, ``2d 4h``."""
     if seconds is None:
         return "—"
     if seconds < 1:
@@ -42,11 +44,11 @@ def duration(seconds: float | None) -> str:
         return f"{seconds:.1f} s"
     minutes, secs = divmod(int(seconds), 60)
     if minutes < 60:
-        return f"{minutes} min {secs} s"
+        return f"{minutes}m {secs}s"
     hours, minutes = divmod(minutes, 60)
     if hours < 48:
-        return f"{hours} h {minutes} min"
-    return f"{hours // 24} d {hours % 24} h"
+        return f"{hours}h {minutes}m"
+    return f"{hours // 24}d {hours % 24}h"
 
 
 def age(when: datetime | None, now: datetime | None = None) -> str:
@@ -61,10 +63,23 @@ def timestamp(when: datetime | None) -> str:
     return "—" if when is None else f"{when:%Y-%m-%d %H:%M:%S} UTC"
 
 
+def _plain(value: Any) -> Any:
+    """What JSON cannot say, said plainly: records as objects, enums by value."""
+    if attrs.has(type(value)):
+        return {
+            field.name: getattr(value, field.name)
+            for field in attrs.fields(type(value))
+            if getattr(value, field.name) is not None
+        }
+    if isinstance(value, enum.Enum):
+        return value.value
+    return repr(value)
+
+
 def pretty_json(value: Any) -> str:
-    """``value`` as indented JSON (``repr`` for what JSON cannot say)."""
+    """``value`` as indented JSON (records as objects, ``repr`` for the rest)."""
     try:
-        return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=repr)
+        return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=_plain)
     except (TypeError, ValueError):
         return repr(value)
 

@@ -64,7 +64,8 @@ class QueueSummary:
     Attributes:
         counts: Jobs by ``(status, job_type)``; pairs with no job are left out.
         estimated: The statuses whose counts are estimates (see the module docs).
-        oldest_pending_at: When the oldest PENDING job was created, or ``None``.
+        oldest_pending_at: When the oldest PENDING job that may run now (its delay,
+            if any, is over) was created, or ``None``.
         per_minute: One entry per minute of the window, oldest first, the current
             (partial) minute last.
     """
@@ -277,7 +278,8 @@ def summarize_in_memory(jobs: Iterable[Job[Any]], now: datetime, minutes: int) -
     for job in jobs:
         key = (job.status, job.type)
         counts[key] = counts.get(key, 0) + 1
-        if job.status is JobStatus.PENDING and (oldest is None or job.created_at < oldest):
+        waiting = job.status is JobStatus.PENDING and (job.run_at is None or job.run_at <= now)
+        if waiting and (oldest is None or job.created_at < oldest):
             oldest = job.created_at
         done = job.completed_at
         if done is not None and done >= start:
