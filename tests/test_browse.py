@@ -169,3 +169,11 @@ def test_minute_series_fills_empty_minutes() -> None:
         (29, 0, 0),
         (30, 2, 1),
     ]
+
+
+async def test_job_types_lists_each_type_once_sorted(store: Any) -> None:
+    assert await store.job_types() == []
+    await _fill(store, 3, type="sms")
+    await _fill(store, 2, type="email")
+    await _fill(store, 1, type="a")
+    assert await store.job_types() == ["a", "email", "sms"]

@@ -265,13 +265,12 @@ class _Dashboard:
             )
         except ValueError as exc:
             return self.error(400, str(exc))
-        summary = await self.storage.summarize(minutes=1)
         return self.render(
             "jobs.html",
             page=page,
             filters=filters,
             first_page=params.get("cursor") is not None,
-            types=summary.job_types(),
+            types=await self.storage.job_types(),
             final_statuses=FINAL_STATUSES,
             notice=_notice(request),
             now=utcnow(),

@@ -124,6 +124,10 @@ class JobBrowser(Protocol):
         """
         ...
 
+    async def job_types(self) -> list[str]:
+        """Return the job types that have jobs, sorted (an index walk, not a table scan)."""
+        ...
+
     async def purge_jobs(
         self,
         *,

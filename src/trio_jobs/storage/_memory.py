@@ -744,6 +744,11 @@ class MemoryStorage:
         await trio.lowlevel.checkpoint()
         return summarize_in_memory(self._jobs.values(), utcnow(), minutes)
 
+    async def job_types(self) -> list[str]:
+        """Return the job types that have jobs, sorted."""
+        await trio.lowlevel.checkpoint()
+        return sorted({job.type for job in self._jobs.values()})
+
     async def purge_jobs(
         self,
         *,

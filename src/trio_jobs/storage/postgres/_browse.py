@@ -162,6 +162,25 @@ class BrowseQueries:
 
         return await self._run(read)
 
+    async def job_types(self) -> list[str]:
+        """Return the job types that have jobs, sorted: one probe of the type index per type."""
+        jobs = self._jobs_table
+        statement = f"""
+            WITH RECURSIVE types AS (
+                (SELECT type FROM {jobs} ORDER BY type LIMIT 1)
+                UNION ALL
+                SELECT (SELECT j.type FROM {jobs} AS j WHERE j.type > types.type
+                        ORDER BY j.type LIMIT 1)
+                FROM types WHERE types.type IS NOT NULL
+            )
+            SELECT type FROM types WHERE type IS NOT NULL
+        """
+
+        def read(conn: Connection) -> list[str]:
+            return [row[0] for row in conn.execute(statement).fetchall()]
+
+        return await self._run(read)
+
     async def purge_jobs(
         self,
         *,

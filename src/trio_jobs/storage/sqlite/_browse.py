@@ -100,6 +100,17 @@ class BrowseQueries:
                 ends.append((minute, completed, int(value) - completed))
         return QueueSummary(counts, frozenset(), oldest, minute_series(now, minutes, ends))
 
+    async def job_types(self) -> list[str]:
+        """Return the job types that have jobs, sorted: one probe of the type index per type."""
+        rows = await self._read(
+            "WITH RECURSIVE types(type) AS ("
+            " SELECT MIN(type) FROM jobs"
+            " UNION ALL SELECT (SELECT MIN(type) FROM jobs WHERE type > types.type)"
+            " FROM types WHERE types.type IS NOT NULL)"
+            " SELECT type FROM types WHERE type IS NOT NULL"
+        )
+        return [row[0] for row in rows]
+
     async def purge_jobs(
         self,
         *,
