@@ -1,6 +1,6 @@
 """Prometheus metrics: gauges read from the store at each scrape, counters fed by a runner.
 
-Every :class:`JobMetrics` has its own :class:`~prometheus_client.CollectorRegistry`
+Every :class:`JobMetrics` has its own ``CollectorRegistry``
 (never the process-wide default), so two apps, or an app and a test, never share
 or collide on a metric.
 """
@@ -43,7 +43,7 @@ class JobMetrics:
       and the workers' own endpoints (``trio-jobs worker --metrics-port``) count.
 
     Args:
-        registry: Where to register them; a new :class:`CollectorRegistry` by default.
+        registry: Where to register them; a new ``CollectorRegistry`` by default.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -81,7 +81,7 @@ class JobMetrics:
     # -- from the store -------------------------------------------------------------
 
     async def refresh(self, storage: Any) -> None:
-        """Set the gauges from ``storage`` (a :class:`JobBrowser`; workers if it keeps them)."""
+        """Set the gauges from ``storage`` (its summary; its workers, if it keeps them)."""
         if isinstance(storage, JobBrowser):
             summary = await storage.summarize(minutes=1)
             self.jobs.clear()

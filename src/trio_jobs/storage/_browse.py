@@ -1,13 +1,13 @@
 """What a dashboard reads from a store: pages of jobs, a summary of the queue, purges.
 
-:class:`JobBrowser` is optional, like :class:`~trio_jobs.storage.WorkerRegistry`:
+:class:`~trio_jobs.storage.JobBrowser` is optional, like :class:`~trio_jobs.storage.WorkerRegistry`:
 the three built-in stores implement it, and ``trio_jobs.dashboard`` needs it.
 Its queries stay fast on big tables:
 
-- :meth:`JobBrowser.browse_jobs` pages with a *keyset* (the cursor is the last
+- :meth:`~trio_jobs.storage.JobBrowser.browse_jobs` pages with a *keyset* (the cursor is the last
   job's insertion order), never with ``OFFSET``, so the thousandth page costs
   what the first does;
-- :meth:`JobBrowser.summarize` counts the jobs by status and type. A durable
+- :meth:`~trio_jobs.storage.JobBrowser.summarize` counts the jobs by status and type. A durable
   store may *estimate* the counts of a status holding very many jobs (it says
   which in :attr:`QueueSummary.estimated`); the unfinished statuses are exact
   whenever they are not huge.
@@ -23,7 +23,7 @@ import attrs
 
 from .._records import Job, JobStatus
 
-#: The most jobs :meth:`JobBrowser.browse_jobs` returns in one page.
+#: The most jobs :meth:`~trio_jobs.storage.JobBrowser.browse_jobs` returns in one page.
 MAX_PAGE = 500
 #: The statuses a purge may delete.
 FINAL_STATUSES = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.TIMEOUT)
@@ -31,7 +31,7 @@ FINAL_STATUSES = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, Jo
 
 @attrs.frozen
 class JobPage:
-    """One page of :meth:`JobBrowser.browse_jobs`, newest job first.
+    """One page of :meth:`~trio_jobs.storage.JobBrowser.browse_jobs`, newest job first.
 
     Attributes:
         jobs: The jobs of this page.
@@ -59,7 +59,7 @@ class MinuteCount:
 
 @attrs.frozen
 class QueueSummary:
-    """The state of a queue at a glance, as :meth:`JobBrowser.summarize` reads it.
+    """The state of a queue at a glance, as ``JobBrowser.summarize`` reads it.
 
     Attributes:
         counts: Jobs by ``(status, job_type)``; pairs with no job are left out.
@@ -109,7 +109,7 @@ class JobBrowser(Protocol):
             tenant_id: Only jobs of this tenant.
             search: Only jobs whose id contains this text.
             cursor: The ``next_cursor`` of the previous page; ``None`` for the first.
-            limit: Jobs per page, 1 to :data:`MAX_PAGE`.
+            limit: Jobs per page, 1 to 500 (``MAX_PAGE``).
 
         Raises:
             ValueError: ``limit`` is out of range or ``cursor`` is not one this store made.
@@ -146,7 +146,7 @@ class JobBrowser(Protocol):
 
 
 def check_page_args(limit: int, status: JobStatus | None) -> JobStatus | None:
-    """Validate ``limit`` and ``status`` of :meth:`JobBrowser.browse_jobs`."""
+    """Validate ``limit`` and ``status`` of :meth:`~trio_jobs.storage.JobBrowser.browse_jobs`."""
     if isinstance(limit, bool) or not isinstance(limit, int):
         raise TypeError(f"limit must be an int, got {limit!r}")
     if not 1 <= limit <= MAX_PAGE:
@@ -168,7 +168,7 @@ def parse_seq_cursor(cursor: str | None) -> int | None:
 
 
 def check_minutes(minutes: int) -> int:
-    """Validate the window of :meth:`JobBrowser.summarize`."""
+    """Validate the window of :meth:`~trio_jobs.storage.JobBrowser.summarize`."""
     if isinstance(minutes, bool) or not isinstance(minutes, int):
         raise TypeError(f"minutes must be an int, got {minutes!r}")
     if not 1 <= minutes <= 1440:
@@ -177,7 +177,7 @@ def check_minutes(minutes: int) -> int:
 
 
 def check_purge_status(status: JobStatus | None) -> JobStatus | None:
-    """Validate the status filter of :meth:`JobBrowser.purge_jobs`."""
+    """Validate the status filter of :meth:`~trio_jobs.storage.JobBrowser.purge_jobs`."""
     if status is None:
         return None
     status = JobStatus(status)
@@ -224,7 +224,7 @@ def matches(
     tenant_id: str | None,
     search: str | None = None,
 ) -> bool:
-    """Whether ``job`` passes the filters of :meth:`JobBrowser.browse_jobs`."""
+    """Whether ``job`` passes the filters of :meth:`~trio_jobs.storage.JobBrowser.browse_jobs`."""
     return (
         (status is None or job.status is status)
         and (job_type is None or job.type == job_type)
@@ -243,7 +243,7 @@ def browse_in_memory(
     cursor: str | None,
     limit: int,
 ) -> JobPage:
-    """:meth:`JobBrowser.browse_jobs` over jobs held in memory, keyed by (created_at, id)."""
+    """``browse_jobs`` over jobs held in memory, keyed by (created_at, id)."""
     after: tuple[str, str] | None = None
     if cursor is not None:
         stamp, sep, last_id = cursor.partition("|")
@@ -274,7 +274,7 @@ def browse_in_memory(
 
 
 def summarize_in_memory(jobs: Iterable[Job[Any]], now: datetime, minutes: int) -> QueueSummary:
-    """:meth:`JobBrowser.summarize` over jobs held in memory (all counts exact)."""
+    """``summarize`` over jobs held in memory (all counts exact)."""
     counts: dict[tuple[JobStatus, str], int] = {}
     oldest: datetime | None = None
     start = window_start(now, minutes)

@@ -725,7 +725,7 @@ class MemoryStorage:
         cursor: str | None = None,
         limit: int = 50,
     ) -> JobPage:
-        """Return a page of jobs, newest first (see :meth:`JobBrowser.browse_jobs`)."""
+        """Return a page of jobs, newest first; see :class:`~trio_jobs.storage.JobBrowser`."""
         status = check_page_args(limit, status)
         await trio.lowlevel.checkpoint()
         return browse_in_memory(
@@ -739,7 +739,7 @@ class MemoryStorage:
         )
 
     async def summarize(self, *, minutes: int = 60) -> QueueSummary:
-        """Count jobs by status and type; see :meth:`JobBrowser.summarize`."""
+        """Count jobs by status and type; see :meth:`~trio_jobs.storage.JobBrowser.summarize`."""
         minutes = check_minutes(minutes)
         await trio.lowlevel.checkpoint()
         return summarize_in_memory(self._jobs.values(), utcnow(), minutes)
@@ -756,7 +756,7 @@ class MemoryStorage:
         job_type: str | None = None,
         tenant_id: str | None = None,
     ) -> int:
-        """Delete the final jobs matching the filters; see :meth:`JobBrowser.purge_jobs`."""
+        """Delete the final jobs that match (see :class:`~trio_jobs.storage.JobBrowser`)."""
         status = check_purge_status(status)
         await trio.lowlevel.checkpoint()
         doomed = [

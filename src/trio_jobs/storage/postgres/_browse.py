@@ -62,7 +62,7 @@ class BrowseQueries:
         cursor: str | None = None,
         limit: int = 50,
     ) -> JobPage:
-        """Return a page of jobs, newest first (see :meth:`JobBrowser.browse_jobs`)."""
+        """Return a page of jobs, newest first; see :class:`~trio_jobs.storage.JobBrowser`."""
         status = check_page_args(limit, status)
         before = parse_seq_cursor(cursor)
         where = ["true"]
@@ -96,7 +96,7 @@ class BrowseQueries:
         return await self._run(page)
 
     async def summarize(self, *, minutes: int = 60) -> QueueSummary:
-        """Count jobs by status and type; see :meth:`JobBrowser.summarize` and the module."""
+        """Count jobs by status and type; see :class:`~trio_jobs.storage.JobBrowser`, the module."""
         minutes = check_minutes(minutes)
         now = utcnow()
         start = window_start(now, minutes)
@@ -188,7 +188,7 @@ class BrowseQueries:
         job_type: str | None = None,
         tenant_id: str | None = None,
     ) -> int:
-        """Delete the final jobs matching the filters; see :meth:`JobBrowser.purge_jobs`."""
+        """Delete the final jobs that match (see :class:`~trio_jobs.storage.JobBrowser`)."""
         status = check_purge_status(status)
         where = [f"status IN {_FINAL}"]
         params: dict[str, Any] = {}

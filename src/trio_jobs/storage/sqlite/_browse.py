@@ -53,7 +53,7 @@ class BrowseQueries:
         cursor: str | None = None,
         limit: int = 50,
     ) -> JobPage:
-        """Return a page of jobs, newest first (see :meth:`JobBrowser.browse_jobs`)."""
+        """Return a page of jobs, newest first; see :class:`~trio_jobs.storage.JobBrowser`."""
         status = check_page_args(limit, status)
         before = parse_seq_cursor(cursor)
         where, params = _filters(status, job_type, tenant_id)
@@ -73,7 +73,7 @@ class BrowseQueries:
         return JobPage(jobs, str(rows[-1][-1]) if more else None)
 
     async def summarize(self, *, minutes: int = 60) -> QueueSummary:
-        """Count jobs by status and type; see :meth:`JobBrowser.summarize`."""
+        """Count jobs by status and type; see :meth:`~trio_jobs.storage.JobBrowser.summarize`."""
         minutes = check_minutes(minutes)
         now = utcnow()
         start = window_start(now, minutes).timestamp()
@@ -118,7 +118,7 @@ class BrowseQueries:
         job_type: str | None = None,
         tenant_id: str | None = None,
     ) -> int:
-        """Delete the final jobs matching the filters; see :meth:`JobBrowser.purge_jobs`."""
+        """Delete the final jobs that match (see :class:`~trio_jobs.storage.JobBrowser`)."""
         status = check_purge_status(status)
         where, params = _filters(status, job_type, tenant_id)
 
