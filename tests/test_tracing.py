@@ -19,12 +19,12 @@ def spans(monkeypatch: pytest.MonkeyPatch) -> Any:
     """The spans finished during the test, by an SDK provider of the test's own.
 
     The process-wide provider is left alone (it can be set only once, and other
-    tests must see no tracing): only this test's ``get_tracer`` calls reach it.
+    tests must see no tracing): only during this test does the API return it.
     """
     exporter = in_memory.InMemorySpanExporter()
     provider = sdk_trace.TracerProvider()
     provider.add_span_processor(export.SimpleSpanProcessor(exporter))
-    monkeypatch.setattr(trace, "get_tracer", provider.get_tracer)
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
     yield exporter
     provider.shutdown()
 

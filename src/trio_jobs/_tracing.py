@@ -1,8 +1,8 @@
 """OpenTelemetry: a producer span on submit, a consumer span per attempt, linked.
 
 Active only when ``opentelemetry-api`` is importable (``pip install
-'trio-jobs[otel]'``); otherwise every function here is a no-op that costs one
-check. Without an SDK configured, the API's own no-op tracer makes them cheap too.
+'trio-jobs[otel]'``); otherwise, and until the application configures a tracer
+provider (the SDK's), every function here is a no-op that costs one check.
 
 The submit's span context travels *in the job*: :func:`on_submit` stores the
 W3C ``traceparent`` (and ``tracestate``) under the metadata key
@@ -38,9 +38,9 @@ def on_submit(job: Job[Any]) -> None:
     Mutates ``job.metadata`` (a dict the caller just built for this job) only when
     a recording tracer is configured.
     """
-    if trace is None:
+    tracer = _tracer()
+    if tracer is None:
         return
-    tracer = trace.get_tracer(_SCOPE)
     with tracer.start_as_current_span(
         f"publish {job.type}",
         kind=trace.SpanKind.PRODUCER,
@@ -61,13 +61,28 @@ def on_submit(job: Job[Any]) -> None:
 
 def attempt_span(job: Job[Any]) -> contextlib.AbstractContextManager[Any]:
     """A CONSUMER span around one attempt of ``job`` (a no-op context without OTel)."""
-    if trace is None:
+    tracer = _tracer()
+    if tracer is None:
         return _NOTHING
-    return _attempt_span(job)
+    return _attempt_span(tracer, job)
+
+
+def _tracer() -> Any:
+    """This library's tracer, or ``None`` when no tracer provider is configured.
+
+    Until the application sets one, the API hands out a proxy whose spans record
+    nothing; skipping them then keeps ``submit`` and attempts at full speed.
+    """
+    if trace is None:
+        return None
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, trace.ProxyTracerProvider):
+        return None
+    return provider.get_tracer(_SCOPE)
 
 
 @contextlib.contextmanager
-def _attempt_span(job: Job[Any]) -> Iterator[Any]:
+def _attempt_span(tracer: Any, job: Job[Any]) -> Iterator[Any]:
     carrier = job.metadata.get(TRACE_KEY) if isinstance(job.metadata, dict) else None
     producer = None
     if isinstance(carrier, dict):
@@ -82,7 +97,6 @@ def _attempt_span(job: Job[Any]) -> Iterator[Any]:
         if producer is not None and first
         else otel_context.Context()
     )
-    tracer = trace.get_tracer(_SCOPE)
     with tracer.start_as_current_span(
         f"process {job.type}",
         context=parent,
