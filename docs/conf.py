@@ -39,7 +39,7 @@ nitpick_ignore_regex = [
     (
         r"py:.*",
         r"(collections\.abc|contextlib|datetime|functools|logging|os|psycopg|pytest|random"
-        r"|typing|trio)(\..*)?",
+        r"|typing|trio|starlette|prometheus_client|hypercorn|jinja2)(\..*)?",
     ),
     # Type variables and private helpers named in signatures and docstrings.
     (r"py:class", r"(trio_jobs\._\w+\.)?(H|P|R|T|PosArgsT|HandleOwner|_RetryOverrides)"),

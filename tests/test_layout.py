@@ -35,7 +35,12 @@ LAYERS: list[tuple[str, list[str]]] = [
     ),
     (
         "storage core",
-        ["trio_jobs.storage._base", "trio_jobs.storage._codec", "trio_jobs.storage._memory"],
+        [
+            "trio_jobs.storage._base",
+            "trio_jobs.storage._browse",
+            "trio_jobs.storage._codec",
+            "trio_jobs.storage._memory",
+        ],
     ),
     ("storage backends", ["trio_jobs.storage.sqlite.*", "trio_jobs.storage.postgres.*"]),
     ("storage facade", ["trio_jobs.storage"]),
@@ -54,9 +59,11 @@ LAYERS: list[tuple[str, list[str]]] = [
             "trio_jobs._admin",
             "trio_jobs._client",
             "trio_jobs._blocking",
+            "trio_jobs._tracing",
         ],
     ),
     ("public API", ["trio_jobs"]),
+    ("dashboard", ["trio_jobs.dashboard.*"]),
     ("command line", ["trio_jobs.cli.*", "trio_jobs.__main__"]),
 ]
 

@@ -48,6 +48,7 @@ from ._middleware import Middleware, call_with_middleware
 from ._outcome import drop_frames, error_info, judge, unwrap
 from ._records import ErrorInfo, Job, JobStatus, WorkerInfo, replace, utcnow
 from ._retry import RetryConfig, compute_delay
+from ._tracing import attempt_span
 from .storage._base import InProcessStorage, JobStorage, WorkerRegistry
 
 Handler = Callable[[Job[Any], JobContext[Any]], Awaitable[Any]]
@@ -575,10 +576,11 @@ class Scheduler:
         started = trio.current_time()
         with scope:
             try:
-                if self._middleware:
-                    result = await call_with_middleware(self._middleware, handler, job, ctx)
-                else:
-                    result = await handler(job, ctx)
+                with attempt_span(job):  # OpenTelemetry, when installed
+                    if self._middleware:
+                        result = await call_with_middleware(self._middleware, handler, job, ctx)
+                    else:
+                        result = await handler(job, ctx)
             except Exception as exc:
                 error = exc
             except BaseException as exc:

@@ -12,6 +12,7 @@ import attrs
 
 from ._records import Job, JobPriority, new_job, utcnow
 from ._retry import RetryConfig
+from ._tracing import on_submit
 
 _RETRY_FIELDS = frozenset(a.name for a in attrs.fields(RetryConfig))
 
@@ -98,4 +99,5 @@ def build_job(
         tenant_id,
         config,
     )
+    on_submit(job)  # OpenTelemetry, when installed: the trace context rides in metadata
     return job

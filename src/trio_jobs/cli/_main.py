@@ -28,6 +28,7 @@ from ._commands import (
     cmd_worker,
     cmd_workers,
 )
+from ._dashboard import add_dashboard_arguments, add_metrics_arguments, cmd_dashboard
 from ._errors import CliError, StoreUnusableError, UsageError
 from ._format import (
     argument_type,
@@ -114,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_worker_arguments(worker)
+    add_metrics_arguments(worker)
+
+    dashboard = command(
+        "dashboard", cmd_dashboard, "serve the web dashboard and /metrics of the queue"
+    )
+    add_dashboard_arguments(dashboard)
 
     submit = command("submit", cmd_submit, "enqueue a job and print its id")
     _add_json_option(submit, top=False)

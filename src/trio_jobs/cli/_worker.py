@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any
 
 import trio
@@ -17,6 +18,7 @@ import trio
 from .._exceptions import StorageCorruptError
 from .._records import Job
 from .._runner import JobRunner
+from ._dashboard import import_dashboard
 from ._errors import CliError, StoreUnusableError, UsageError
 from ._format import (
     argument_type,
@@ -293,6 +295,19 @@ async def _warn_of_unhandled_jobs(runner: JobRunner, log: logging.Logger) -> Non
         await trio.sleep(UNHANDLED_CHECK_INTERVAL)
 
 
+def _metrics_app(
+    args: argparse.Namespace, runner: JobRunner, storage: Any
+) -> tuple[Any, str, int] | None:
+    """With ``--metrics-port``: an app serving the runner's metrics, its host and port."""
+    port = getattr(args, "metrics_port", None)
+    if port is None:
+        return None
+    dashboard = import_dashboard()
+    metrics = dashboard.JobMetrics()
+    metrics.attach(runner)
+    return dashboard.create_metrics_app(storage, metrics), args.metrics_host, port
+
+
 def _configure_logging(level: str) -> tuple[logging.Logger, logging.Handler]:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s"))
@@ -357,8 +372,9 @@ async def _run_worker(args: argparse.Namespace) -> int:
             if events.logger.isEnabledFor(logging.WARNING):
                 # Above WARNING nothing would be printed: spare every job its snapshots.
                 events.attach(runner)
+            metrics = _metrics_app(args, runner, storage)
             try:
-                await _serve(runner, signals, events, spec, types, args.concurrency)
+                await _serve(runner, signals, events, spec, types, args.concurrency, metrics)
             except StorageCorruptError as exc:
                 # Trying again cannot help: stop with one line, not a traceback a second.
                 raise StoreUnusableError(
@@ -378,6 +394,7 @@ async def _serve(
     spec: StoreSpec,
     types: list[str],
     concurrency: int,
+    metrics: tuple[Any, str, int] | None = None,
 ) -> None:
     log = events.logger
     async with runner:
@@ -391,6 +408,15 @@ async def _serve(
         )
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_warn_of_unhandled_jobs, runner, log)
+            if metrics is not None:
+                app, host, port = metrics
+                try:
+                    bound = await nursery.start(
+                        partial(import_dashboard().serve, app, host=host, port=port)
+                    )
+                except OSError as exc:
+                    raise CliError(f"cannot serve metrics on {host}:{port}: {exc}") from None
+                log.info("metrics on http://%s:%d/metrics", host, bound)
 
             async def stop(graceful: bool) -> None:
                 await runner.stop(graceful)

@@ -4,6 +4,10 @@ from ._base import CancelOutcome as CancelOutcome
 from ._base import Heartbeat as Heartbeat
 from ._base import JobStorage as JobStorage
 from ._base import WorkerRegistry as WorkerRegistry
+from ._browse import JobBrowser as JobBrowser
+from ._browse import JobPage as JobPage
+from ._browse import MinuteCount as MinuteCount
+from ._browse import QueueSummary as QueueSummary
 from ._memory import MemoryStorage as MemoryStorage
 from .postgres import PostgresStorage as PostgresStorage
 from .sqlite import SQLiteStorage as SQLiteStorage
@@ -13,6 +17,10 @@ __all__ = [
     "Heartbeat",
     "JobStorage",
     "WorkerRegistry",
+    "JobBrowser",
+    "JobPage",
+    "MinuteCount",
+    "QueueSummary",
     "MemoryStorage",
     "PostgresStorage",
     "SQLiteStorage",

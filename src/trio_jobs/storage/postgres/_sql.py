@@ -142,8 +142,23 @@ def _migration_2(s: str) -> tuple[str, ...]:
     )
 
 
+def _migration_3(s: str) -> tuple[str, ...]:
+    return (
+        # The dashboard's keyset paging (newest first, ``seq < cursor``) walks one
+        # of these backwards and stops after a page; with a status filter it walks
+        # jobs_status_idx. A tenant index holds only jobs that have a tenant.
+        f"CREATE INDEX jobs_seq_idx ON {s}.jobs (seq)",
+        f"CREATE INDEX jobs_type_seq_idx ON {s}.jobs (type, seq)",
+        f"CREATE INDEX jobs_tenant_seq_idx ON {s}.jobs (tenant_id, seq)"
+        " WHERE tenant_id IS NOT NULL",
+        # Throughput per minute reads the last hour's ends; purge reads old ones.
+        f"CREATE INDEX jobs_completed_idx ON {s}.jobs (completed_at)"
+        " WHERE completed_at IS NOT NULL",
+    )
+
+
 #: ``(version, builder)`` pairs, in order. Append only; never edit a released step.
-MIGRATIONS: Final = ((1, _migration_1), (2, _migration_2))
+MIGRATIONS: Final = ((1, _migration_1), (2, _migration_2), (3, _migration_3))
 LATEST_VERSION: Final = MIGRATIONS[-1][0]
 
 

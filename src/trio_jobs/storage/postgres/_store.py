@@ -33,6 +33,7 @@ from .._codec import decode_json, encode_error, encode_json
 from . import _rows as pg_rows
 from . import _sql as sql
 from ._batch import Batcher, BatchWriters, ClaimRequest, SettleRequest
+from ._browse import BrowseQueries
 from ._connect import (
     check_schema,
     configure_connection,
@@ -68,7 +69,7 @@ _SETTLE_STATUSES: Final = frozenset(JobStatus) - {JobStatus.RUNNING}
 
 
 @final
-class PostgresStorage(RecordQueries):
+class PostgresStorage(RecordQueries, BrowseQueries):
     """A durable job store on PostgreSQL, shared safely by many workers.
 
     Jobs live in the table ``<schema>.jobs``, created (and later migrated) on

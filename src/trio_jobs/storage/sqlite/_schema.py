@@ -98,6 +98,14 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             WHERE status = 'running' AND lease_expires_at IS NULL
         """,
     ),
+    # 3: the dashboard (issue 15). Keyset paging, newest first, by status, type or
+    # tenant (each index ends with the rowid, seq), and throughput per minute.
+    (
+        "CREATE INDEX jobs_status_seq ON jobs (status)",
+        "CREATE INDEX jobs_type_seq ON jobs (type)",
+        "CREATE INDEX jobs_tenant_seq ON jobs (tenant_id) WHERE tenant_id IS NOT NULL",
+        "CREATE INDEX jobs_completed ON jobs (completed_at) WHERE completed_at IS NOT NULL",
+    ),
 )
 
 #: The schema version this code writes.

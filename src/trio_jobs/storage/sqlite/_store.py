@@ -69,6 +69,7 @@ import trio
 from ..._records import ErrorInfo, Job, JobStatus, WorkerInfo
 from .._base import CancelOutcome, Heartbeat, pop_due
 from .._codec import decode_json, encode_error, encode_json
+from ._browse import BrowseQueries
 from ._commit import GroupCommit, Op, Probe
 from ._connect import connect, translate_error
 from ._records import RecordQueries, type_filter
@@ -94,7 +95,7 @@ _log = logging.getLogger("trio_jobs.storage.sqlite")
 _FENCE: Final = "id = ? AND status = 'running' AND attempts = ? AND worker_id = ?"
 
 
-class SQLiteStorage(RecordQueries, WorkerQueries):
+class SQLiteStorage(RecordQueries, WorkerQueries, BrowseQueries):
     """A durable job store in one SQLite file: jobs survive restarts and crashes.
 
     Several processes on one machine may share the file: each claims jobs
