@@ -22,6 +22,8 @@ EXPECTED = {
     "JobStatus",
     "RunnerEvent",
     "WorkerInfo",
+    "JobTypeLimits",
+    "FlowControl",
     # errors
     "JobCancelledError",
     "JobError",

@@ -16,6 +16,7 @@ from ._exceptions import JobTimeoutError as JobTimeoutError
 from ._exceptions import RunnerClosedError as RunnerClosedError
 from ._exceptions import RunnerStoppedError as RunnerStoppedError
 from ._exceptions import UnknownJobTypeError as UnknownJobTypeError
+from ._flow import JobTypeLimits as JobTypeLimits
 from ._handle import JobHandle as JobHandle
 from ._records import ErrorInfo as ErrorInfo
 from ._records import Job as Job
@@ -32,6 +33,7 @@ from ._retry import retry as retry
 from ._retry import with_retry as with_retry
 from ._runner import JobRunner as JobRunner
 from .storage import CancelOutcome as CancelOutcome
+from .storage import FlowControl as FlowControl
 from .storage import Heartbeat as Heartbeat
 from .storage import JobStorage as JobStorage
 from .storage import MemoryStorage as MemoryStorage
@@ -55,6 +57,7 @@ __all__ = [
     "JobStatus",
     "RunnerEvent",
     "WorkerInfo",
+    "JobTypeLimits",
     # errors
     "JobCancelledError",
     "JobError",
@@ -76,6 +79,7 @@ __all__ = [
     "Heartbeat",
     "JobStorage",
     "WorkerRegistry",
+    "FlowControl",
     "MemoryStorage",
     "PostgresStorage",
     "SQLiteStorage",
