@@ -307,3 +307,52 @@ def held_back_reason(
     if cap is not None and tenant_running is not None and tenant_running >= cap:
         return "max_running_per_tenant"
     return None
+
+
+def choose(
+    limit: int,
+    free: Iterable[tuple[Any, Any]],
+    limited: Mapping[str, tuple[TypeBudget, Mapping[str, list[tuple[Any, Any]]]]],
+) -> list[Any]:
+    """Pick up to ``limit`` jobs to claim, in claim order, obeying every budget.
+
+    A durable store's claim reads its candidates and lets this decide:
+
+    Args:
+        limit: How many jobs the claim may take.
+        free: ``(order, item)`` of ready jobs of types without limits, best first
+            (at least ``limit`` of them when there are that many).
+        limited: Per limited type, its budget and, per tenant key, that tenant's
+            ready ``(order, item)``, best first (as many as the tenant may start).
+
+    Returns:
+        The chosen items, in the order they were picked. Each limited type's budget
+        has taken its starts (:attr:`TypeBudget.started`).
+    """
+    chosen: list[Any] = []
+    free_iter = iter(free)
+    free_head = next(free_iter, None)
+    cursors = {job_type: dict.fromkeys(heads, 0) for job_type, (_, heads) in limited.items()}
+    while len(chosen) < limit:
+        best: tuple[Any, str, Any] | None = None
+        best_type = ""
+        for job_type, (budget, heads) in limited.items():
+            cursor = cursors[job_type]
+            pick = budget.pick(
+                (heads[tenant][at][0], tenant, heads[tenant][at][1])
+                for tenant, at in cursor.items()
+                if at < len(heads[tenant])
+            )
+            if pick is not None and (best is None or pick[0] < best[0]):
+                best, best_type = pick, job_type
+        if best is not None and (free_head is None or best[0] < free_head[0]):
+            _, tenant, item = best
+            limited[best_type][0].take(tenant)
+            cursors[best_type][tenant] += 1
+            chosen.append(item)
+        elif free_head is not None:
+            chosen.append(free_head[1])
+            free_head = next(free_iter, None)
+        else:
+            break
+    return chosen
