@@ -165,7 +165,8 @@ async def test_pause_stops_claims_and_resume_restarts(
         await trio.sleep(100)
         assert log == []
         job = await runner.get_job(handle.id)
-        assert job is not None and job.status == "pending"
+        assert job is not None
+        assert job.status == "pending"
         await runner.resume("mail")
         await handle.wait()
     assert log == [(100.0, "m")]

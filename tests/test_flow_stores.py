@@ -32,9 +32,7 @@ async def test_max_running_counts_running_jobs_of_every_claimer(store: Any) -> N
     assert len(first) == 2
     assert await store.claim("worker-2", 10, ["t"]) == []
     job = first[0]
-    assert await store.settle(
-        job.id, worker_id=W, attempt=job.attempts, status=JobStatus.COMPLETED
-    )
+    assert await store.settle(job.id, worker_id=W, attempt=job.attempts, status=JobStatus.COMPLETED)
     assert len(await store.claim("worker-2", 10, ["t"])) == 1
     assert await store.flow_usage("t") == (2, 0, {"": 2})
 

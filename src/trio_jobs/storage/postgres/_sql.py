@@ -142,8 +142,47 @@ def _migration_2(s: str) -> tuple[str, ...]:
     )
 
 
+def _migration_3_flow(s: str) -> tuple[str, ...]:
+    """Flow control (issue 14): per-type limits, tenant weights, fair turns.
+
+    Self-contained: new tables and one new index, nothing else touched.
+    """
+    return (
+        # One row per job type with any setting. A limited claim locks the rows of
+        # its types in key order (no deadlock between claimers). ``starts`` is the
+        # rate window: the latest start times (epoch seconds), at most rate_starts.
+        f"""
+        CREATE TABLE {s}.flow_limits (
+            job_type               text PRIMARY KEY,
+            max_running            integer,
+            max_running_per_tenant integer,
+            rate_starts            integer,
+            rate_seconds           double precision,
+            fair_tenants           boolean NOT NULL DEFAULT false,
+            paused                 boolean NOT NULL DEFAULT false,
+            starts                 double precision[] NOT NULL DEFAULT '{{}}'
+        )
+        """,
+        f"CREATE TABLE {s}.flow_weights (tenant_id text PRIMARY KEY,"
+        " weight double precision NOT NULL)",
+        f"""
+        CREATE TABLE {s}.flow_turns (
+            job_type text NOT NULL,
+            tenant   text NOT NULL,
+            pass     double precision NOT NULL,
+            served   double precision NOT NULL,
+            PRIMARY KEY (job_type, tenant)
+        )
+        """,
+        # Per-tenant heads of a limited type: a loose index scan (recursive CTE) finds
+        # the tenants with ready jobs, a LATERAL probe each one's best jobs.
+        f"CREATE INDEX jobs_tenant_ready_idx ON {s}.jobs (type, tenant_id, {_CLAIM_ORDER})"
+        f" WHERE {_READY}",
+    )
+
+
 #: ``(version, builder)`` pairs, in order. Append only; never edit a released step.
-MIGRATIONS: Final = ((1, _migration_1), (2, _migration_2))
+MIGRATIONS: Final = ((1, _migration_1), (2, _migration_2), (3, _migration_3_flow))
 LATEST_VERSION: Final = MIGRATIONS[-1][0]
 
 
@@ -350,6 +389,10 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
         RETURNING {returning}
     """
 
+    # Types with flow settings are claimed by the limited claim (see ._flow), never
+    # here: read in the statement itself, so a limit set a moment ago is obeyed.
+    unlimited = f"AND type <> ALL (ARRAY(SELECT job_type FROM {s}.flow_limits))"
+
     def claims(types: str) -> tuple[str, str]:
         # Alone, a claim commits without waiting for the disk; sharing a transaction
         # with settles, it must not: that would make their commit asynchronous too.
@@ -460,10 +503,10 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
         delete=f"DELETE FROM {jobs} WHERE id = %s RETURNING id",
         stats=stats.format(where=""),
         stats_types=stats.format(where="WHERE type = ANY(%s)"),
-        claim=claims("")[0],
-        claim_types=claims("AND type = ANY(%(types)s)")[0],
-        claim_durable=claims("")[1],
-        claim_types_durable=claims("AND type = ANY(%(types)s)")[1],
+        claim=claims(unlimited)[0],
+        claim_types=claims(f"AND type = ANY(%(types)s) {unlimited}")[0],
+        claim_durable=claims(unlimited)[1],
+        claim_types_durable=claims(f"AND type = ANY(%(types)s) {unlimited}")[1],
         # Many workers' settles in one statement, passed as one JSON array (much
         # cheaper for the client to encode than an array per column). Each row is
         # fenced on its own (id, running, attempt, worker); ``idx`` tells the
