@@ -45,9 +45,7 @@ scenario = st.fixed_dictionaries(
             min_size=1,
             max_size=25,
         ),
-        "rounds": st.lists(
-            st.tuples(st.integers(1, 5), st.booleans()), min_size=1, max_size=12
-        ),
+        "rounds": st.lists(st.tuples(st.integers(1, 5), st.booleans()), min_size=1, max_size=12),
     }
 )
 
