@@ -73,6 +73,7 @@ VIRTUAL_TIME_EXAMPLES = [
     "tutorial_06_events",
     "tutorial_07_shutdown",
     "howto_custom_storage",
+    "howto_flow_control",
 ]
 
 
