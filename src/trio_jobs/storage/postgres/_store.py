@@ -250,6 +250,7 @@ class PostgresStorage(RecordQueries):
             self._wakeups.request_changes = listener.hear_changes
             listener.start(conn)
             self._pool, self._listener = pool, listener
+            await self._refresh_limited()  # so that a first claim needs no read first
 
     async def close(self) -> None:
         """Stop listening and close every connection. Idempotent.
@@ -342,8 +343,17 @@ class PostgresStorage(RecordQueries):
         jobs = await self._cycle.submit(request, orphaned=partial(self._give_back, worker_id))
         assert isinstance(jobs, list)
         if len(jobs) < limit:
-            self._limited = None  # short: look at the flow settings again next time
+            # Short: look at the flow settings again, now (shielded: the jobs are
+            # ours), so that the next claim goes straight to its batch.
+            with trio.CancelScope(shield=True):
+                await self._refresh_limited()
         return jobs
+
+    async def _refresh_limited(self) -> None:
+        try:
+            self._limited = await self._run(partial(pg_flow.limited_types, s=self._quoted))
+        except Exception:
+            self._limited = None  # read before the next claim instead
 
     async def _wants_limited(self, types: list[str] | None) -> bool:
         """Whether the claim must go through the limited claim (see ``._flow``).
@@ -354,9 +364,13 @@ class PostgresStorage(RecordQueries):
         waits at most until the next short claim.
         """
         if self._limited is None:
-            self._limited = await self._run(partial(pg_flow.limited_types, s=self._quoted))
+            await self._refresh_limited()
         limited = self._limited
-        return bool(limited) and (types is None or not limited.isdisjoint(types))
+        return (
+            limited is not None
+            and bool(limited)
+            and (types is None or not limited.isdisjoint(types))
+        )
 
     async def _claim_limited(
         self, worker_id: str, limit: int, types: list[str] | None
@@ -373,7 +387,8 @@ class PostgresStorage(RecordQueries):
         with trio.CancelScope(shield=True):  # claimed jobs must reach us (or go back)
             jobs: list[Job[Any]] | None = await self._run(claim)
         if jobs is None or len(jobs) < limit:
-            self._limited = None
+            with trio.CancelScope(shield=True):
+                await self._refresh_limited()
         return jobs
 
     # -- flow control (FlowControl) --------------------------------------------
@@ -383,6 +398,7 @@ class PostgresStorage(RecordQueries):
         await self._run(
             partial(pg_flow.store_limits, s=self._quoted, limits=limits, keep_paused=True)
         )
+        self._limited = None
         await self._announce_work()
 
     async def set_paused(self, job_type: str, paused: bool) -> None:
@@ -390,6 +406,7 @@ class PostgresStorage(RecordQueries):
         await self._run(
             partial(pg_flow.set_paused, s=self._quoted, job_type=job_type, paused=paused)
         )
+        self._limited = None
         await self._announce_work()
 
     async def get_limits(self, job_type: str) -> JobTypeLimits:
