@@ -357,7 +357,7 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
             FOR UPDATE SKIP LOCKED
         ),
         ready AS MATERIALIZED (
-            SELECT id, priority, ready_at, seq FROM {jobs}
+            SELECT id, type, priority, ready_at, seq FROM {jobs}
             WHERE {ready} AND NOT delayed {{types}}
             ORDER BY {_CLAIM_ORDER}
             LIMIT %(limit)s
@@ -365,10 +365,14 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
         ),
         picked AS MATERIALIZED (
             SELECT id FROM (
-                SELECT id, priority, ready_at, seq FROM due WHERE true {{types}}
+                SELECT id, type, priority, ready_at, seq FROM due WHERE true {{types}}
                 UNION ALL
-                SELECT id, priority, ready_at, seq FROM ready
+                SELECT id, type, priority, ready_at, seq FROM ready
             ) AS candidates
+            -- Types with flow settings go through the limited claim (see ._flow),
+            -- never here: read in the statement itself, so a limit set a moment ago
+            -- is obeyed. (Filtered after the index walk, which it would slow down.)
+            WHERE type <> ALL (ARRAY(SELECT job_type FROM {s}.flow_limits))
             ORDER BY {_CLAIM_ORDER}
             LIMIT %(limit)s
         ),
@@ -388,10 +392,6 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
         FROM picked {{join_async}} WHERE j.id = picked.id
         RETURNING {returning}
     """
-
-    # Types with flow settings are claimed by the limited claim (see ._flow), never
-    # here: read in the statement itself, so a limit set a moment ago is obeyed.
-    unlimited = f"AND type <> ALL (ARRAY(SELECT job_type FROM {s}.flow_limits))"
 
     def claims(types: str) -> tuple[str, str]:
         # Alone, a claim commits without waiting for the disk; sharing a transaction
@@ -503,10 +503,10 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
         delete=f"DELETE FROM {jobs} WHERE id = %s RETURNING id",
         stats=stats.format(where=""),
         stats_types=stats.format(where="WHERE type = ANY(%s)"),
-        claim=claims(unlimited)[0],
-        claim_types=claims(f"AND type = ANY(%(types)s) {unlimited}")[0],
-        claim_durable=claims(unlimited)[1],
-        claim_types_durable=claims(f"AND type = ANY(%(types)s) {unlimited}")[1],
+        claim=claims("")[0],
+        claim_types=claims("AND type = ANY(%(types)s)")[0],
+        claim_durable=claims("")[1],
+        claim_types_durable=claims("AND type = ANY(%(types)s)")[1],
         # Many workers' settles in one statement, passed as one JSON array (much
         # cheaper for the client to encode than an array per column). Each row is
         # fenced on its own (id, running, attempt, worker); ``idx`` tells the

@@ -342,11 +342,11 @@ class PostgresStorage(RecordQueries):
         # Cancelled once its batch took it, the claim still runs: its jobs go back.
         jobs = await self._cycle.submit(request, orphaned=partial(self._give_back, worker_id))
         assert isinstance(jobs, list)
-        if len(jobs) < limit:
-            # Short: look at the flow settings again, now (shielded: the jobs are
-            # ours), so that the next claim goes straight to its batch.
-            with trio.CancelScope(shield=True):
-                await self._refresh_limited()
+        if not jobs:
+            # Nothing ready (or all of it limited): look at the flow settings again
+            # before the next claim, so that it goes straight to its batch. Never
+            # when jobs were claimed: they must start without waiting for a read.
+            await self._refresh_limited()
         return jobs
 
     async def _refresh_limited(self) -> None:
@@ -359,7 +359,7 @@ class PostgresStorage(RecordQueries):
         """Whether the claim must go through the limited claim (see ``._flow``).
 
         Which types have flow settings is cached between claims and read again
-        after a claim that came back short. A stale cache is safe: the usual claim
+        after a claim that came back empty. A stale cache is safe: the usual claim
         reads the settings itself and never takes a limited type's job; such a job
         waits at most until the next short claim.
         """
@@ -386,9 +386,8 @@ class PostgresStorage(RecordQueries):
         )
         with trio.CancelScope(shield=True):  # claimed jobs must reach us (or go back)
             jobs: list[Job[Any]] | None = await self._run(claim)
-        if jobs is None or len(jobs) < limit:
-            with trio.CancelScope(shield=True):
-                await self._refresh_limited()
+        if not jobs:
+            await self._refresh_limited()  # (no jobs in hand: cancelling loses nothing)
         return jobs
 
     # -- flow control (FlowControl) --------------------------------------------
