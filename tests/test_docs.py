@@ -74,6 +74,7 @@ VIRTUAL_TIME_EXAMPLES = [
     "tutorial_07_shutdown",
     "howto_custom_storage",
     "howto_porting",
+    "howto_flow_control",
 ]
 
 

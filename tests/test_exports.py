@@ -25,6 +25,8 @@ EXPECTED = {
     "JobStatus",
     "RunnerEvent",
     "WorkerInfo",
+    "JobTypeLimits",
+    "FlowControl",
     # errors
     "JobCancelledError",
     "JobError",

@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "trio_jobs._exceptions",
             "trio_jobs._retry",
             "trio_jobs._priority_channel",
+            "trio_jobs._flow",
         ],
     ),
     (

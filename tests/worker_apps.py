@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -84,7 +85,41 @@ async def nap(job: Job[Any], ctx: JobContext[Any]) -> str:
     return "rested"
 
 
-HANDLERS = {"echo": echo, "count": count, "explode": explode, "nap": nap, "noop": noop}
+async def metered(job: Job[Any], ctx: JobContext[Any]) -> None:
+    """Sleep ``payload["seconds"]``, logging ``flow-start``/``flow-end`` with times.
+
+    Lines go to ``<pid>.flow``: ``start <wall time> <started_at from the store> <id>``
+    and ``end <wall time> - <id>`` (flow-control tests read them).
+    """
+    folder = os.environ.get("TRIO_JOBS_TEST_LOG_DIR")
+
+    def note(line: str) -> None:
+        if folder:
+            fd = os.open(
+                os.path.join(folder, f"{os.getpid()}.flow"),
+                os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+            )
+            try:
+                os.write(fd, f"{line}\n".encode())
+            finally:
+                os.close(fd)
+
+    started = job.started_at.timestamp() if job.started_at else 0.0
+    note(f"start {time.time()!r} {started!r} {job.id}")
+    try:
+        await trio.sleep(job.payload["seconds"])
+    finally:
+        note(f"end {time.time()!r} - {job.id}")
+
+
+HANDLERS = {
+    "echo": echo,
+    "count": count,
+    "explode": explode,
+    "nap": nap,
+    "noop": noop,
+    "metered": metered,
+}
 
 
 async def halfway(job: Job[Any], ctx: JobContext[Any]) -> str:

@@ -20,6 +20,7 @@ from ._exceptions import StorageCorruptError as StorageCorruptError
 from ._exceptions import StorageError as StorageError
 from ._exceptions import StorageUnavailableError as StorageUnavailableError
 from ._exceptions import UnknownJobTypeError as UnknownJobTypeError
+from ._flow import JobTypeLimits as JobTypeLimits
 from ._handle import JobHandle as JobHandle
 from ._middleware import JobLogFilter as JobLogFilter
 from ._middleware import log_context as log_context
@@ -38,6 +39,7 @@ from ._retry import retry as retry
 from ._retry import with_retry as with_retry
 from ._runner import JobRunner as JobRunner
 from .storage import CancelOutcome as CancelOutcome
+from .storage import FlowControl as FlowControl
 from .storage import Heartbeat as Heartbeat
 from .storage import JobStorage as JobStorage
 from .storage import MemoryStorage as MemoryStorage
@@ -65,6 +67,7 @@ __all__ = [
     "JobStatus",
     "RunnerEvent",
     "WorkerInfo",
+    "JobTypeLimits",
     # errors
     "JobCancelledError",
     "JobError",
@@ -89,6 +92,7 @@ __all__ = [
     "Heartbeat",
     "JobStorage",
     "WorkerRegistry",
+    "FlowControl",
     "MemoryStorage",
     "PostgresStorage",
     "SQLiteStorage",

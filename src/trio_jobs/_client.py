@@ -10,11 +10,12 @@ import trio
 
 from . import _admin
 from ._exceptions import JobNotFoundError, RunnerClosedError
+from ._flow import JobTypeLimits, check_job_type, check_weight, make_limits
 from ._handle import JobHandle
 from ._records import Job, JobPriority, JobStats, JobStatus, WorkerInfo
 from ._retry import RetryConfig
 from ._submit import build_job, check_seconds
-from .storage._base import CancelOutcome, JobStorage, list_workers
+from .storage._base import CancelOutcome, JobStorage, flow_control, list_workers
 
 
 @final
@@ -196,6 +197,51 @@ class JobClient:
             NotImplementedError: the store keeps no workers table.
         """
         return await list_workers(self._storage)
+
+    async def set_limits(
+        self,
+        job_type: str,
+        *,
+        max_running: int | None = None,
+        max_running_per_tenant: int | None = None,
+        rate: tuple[int, float] | None = None,
+        fair_tenants: bool = False,
+    ) -> None:
+        """Store the flow limits of ``job_type`` (see :meth:`JobRunner.set_limits`).
+
+        Raises:
+            TypeError: an argument has the wrong type (named in the message).
+            ValueError: an argument is out of range (named in the message).
+            NotImplementedError: the store does not implement flow control.
+        """
+        limits = make_limits(
+            job_type,
+            max_running=max_running,
+            max_running_per_tenant=max_running_per_tenant,
+            rate=rate,
+            fair_tenants=fair_tenants,
+        )
+        await flow_control(self._storage).set_limits(limits)
+
+    async def get_limits(self, job_type: str) -> JobTypeLimits:
+        """Return the stored flow settings of ``job_type`` (see :meth:`JobRunner.get_limits`)."""
+        check_job_type(job_type)
+        return await flow_control(self._storage).get_limits(job_type)
+
+    async def pause(self, job_type: str) -> None:
+        """Stop every runner from claiming ``job_type`` (see :meth:`JobRunner.pause`)."""
+        check_job_type(job_type)
+        await flow_control(self._storage).set_paused(job_type, True)
+
+    async def resume(self, job_type: str) -> None:
+        """Let runners claim ``job_type`` again (see :meth:`JobRunner.resume`)."""
+        check_job_type(job_type)
+        await flow_control(self._storage).set_paused(job_type, False)
+
+    async def set_tenant_weight(self, tenant_id: str, weight: float) -> None:
+        """Give ``tenant_id`` a share in fair turns (see :meth:`JobRunner.set_tenant_weight`)."""
+        tenant_id, weight = check_weight(tenant_id, weight)
+        await flow_control(self._storage).set_tenant_weight(tenant_id, weight)
 
     async def stats(self) -> JobStats:
         """Return counts of jobs by status."""

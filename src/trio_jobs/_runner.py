@@ -22,6 +22,7 @@ from ._exceptions import (
     RunnerStoppedError,
     UnknownJobTypeError,
 )
+from ._flow import JobTypeLimits, check_count, check_job_type, check_weight, make_limits
 from ._handle import JobHandle
 from ._middleware import Middleware, check_middleware
 from ._outcome import unwrap
@@ -30,7 +31,13 @@ from ._retry import RetryConfig
 from ._scheduler import Handler, Scheduler
 from ._submit import build_job, check_seconds
 from ._threads import as_handler
-from .storage._base import CancelOutcome, InProcessStorage, JobStorage, list_workers
+from .storage._base import (
+    CancelOutcome,
+    InProcessStorage,
+    JobStorage,
+    flow_control,
+    list_workers,
+)
 from .storage._memory import MemoryStorage
 
 H = TypeVar("H", bound=Callable[..., Any])
@@ -109,12 +116,14 @@ class JobRunner:
         # Plain-def handlers' threads: at most one per slot, apart from the threads
         # of the stores' drivers (Trio's default limiter).
         self._threads = trio.CapacityLimiter(concurrency)
+        self._caps: dict[str, int] = {}
         hostname, pid = socket.gethostname(), os.getpid()
         self._worker_id = f"{hostname}:{pid}:{uuid.uuid4().hex[:8]}"
         self._scheduler = Scheduler(
             storage=self._storage,
             handlers=self._handlers,
             concurrency=concurrency,
+            caps=self._caps,
             poll_interval=self._poll_interval,
             default_retry=self._default_retry,
             events=self._events,
@@ -153,7 +162,9 @@ class JobRunner:
 
     # -- handlers --------------------------------------------------------------------
 
-    def register_handler(self, job_type: str, handler: H, /) -> H:
+    def register_handler(
+        self, job_type: str, handler: H, /, *, concurrency: int | None = None
+    ) -> H:
         """Register ``async def handler(job, ctx) -> result`` for ``job_type``; return it.
 
         A plain ``def handler(job, ctx)`` runs in a worker thread instead (see
@@ -165,16 +176,27 @@ class JobRunner:
         Handlers may be registered before or after entering the block; a durable
         store's worker claims only jobs whose type has a handler.
 
+        Args:
+            job_type: The type of jobs this handler runs.
+            handler: ``async def handler(job, ctx)``.
+            concurrency: At most this many attempts of ``job_type`` run at once *in
+                this runner* (within its overall ``concurrency``); None: no cap of
+                its own. For a cap across all runners, see :meth:`set_limits`.
+
         Raises:
-            ValueError: ``job_type`` already has a handler.
+            ValueError: ``job_type`` already has a handler, or ``concurrency < 1``.
             TypeError: ``handler`` is neither an async nor a plain callable (a
-                generator function, a non-callable), or ``job_type`` not a string.
+                generator function, a non-callable), ``job_type`` not a string, or
+                ``concurrency`` not an int.
         """
         if not isinstance(job_type, str) or not job_type:
             raise TypeError(f"job_type must be a non-empty str, got {job_type!r}")
         wrapped = as_handler(handler, self._threads)
+        cap = check_count("concurrency", concurrency)
         if job_type in self._handlers:
             raise ValueError(f"job type {job_type!r} already has a handler")
+        if cap is not None:
+            self._caps[job_type] = cap
         self._handlers[job_type] = wrapped
         self._scheduler.types = frozenset(self._handlers)
         if self._in_process is not None:
@@ -427,6 +449,103 @@ class JobRunner:
         """
         async with self._store() as store:
             return await list_workers(store)
+
+    # -- flow control ----------------------------------------------------------------
+
+    async def set_limits(
+        self,
+        job_type: str,
+        *,
+        max_running: int | None = None,
+        max_running_per_tenant: int | None = None,
+        rate: tuple[int, float] | None = None,
+        fair_tenants: bool = False,
+    ) -> None:
+        """Store the flow limits of ``job_type``, obeyed by every runner on the store.
+
+        Replaces the type's previous limits (a pause stays as it is). Limits are
+        enforced when jobs are claimed: never more than ``max_running`` attempts
+        of the type run in total, never more than ``max_running_per_tenant`` for
+        one ``tenant_id``, never more than ``rate[0]`` start in any
+        ``rate[1]``-second window. A job held back stays PENDING, holds no slot,
+        and holds up no job of another type or tenant. With ``fair_tenants``,
+        tenants take turns in proportion to their weights (see
+        :meth:`set_tenant_weight`) among ready jobs of the same priority.
+
+        Args:
+            job_type: The job type.
+            max_running: Attempts of the type running at once, in total (>= 1).
+            max_running_per_tenant: The same, per tenant (>= 1).
+            rate: ``(starts, seconds)``: starts allowed per window of ``seconds``.
+            fair_tenants: Take turns between tenants instead of FIFO across them.
+
+        Raises:
+            TypeError: an argument has the wrong type (named in the message).
+            ValueError: an argument is out of range (named in the message).
+            NotImplementedError: the store does not implement flow control.
+        """
+        limits = make_limits(
+            job_type,
+            max_running=max_running,
+            max_running_per_tenant=max_running_per_tenant,
+            rate=rate,
+            fair_tenants=fair_tenants,
+        )
+        async with self._store() as store:
+            await flow_control(store).set_limits(limits)
+        self._wake_flow()
+
+    async def get_limits(self, job_type: str) -> JobTypeLimits:
+        """Return the stored flow settings of ``job_type``, ``paused`` included.
+
+        Raises:
+            NotImplementedError: the store does not implement flow control.
+        """
+        check_job_type(job_type)
+        async with self._store() as store:
+            return await flow_control(store).get_limits(job_type)
+
+    async def pause(self, job_type: str) -> None:
+        """Stop every runner on the store from claiming ``job_type`` until :meth:`resume`.
+
+        Running attempts finish; pending jobs of the type stay PENDING.
+
+        Raises:
+            NotImplementedError: the store does not implement flow control.
+        """
+        check_job_type(job_type)
+        async with self._store() as store:
+            await flow_control(store).set_paused(job_type, True)
+
+    async def resume(self, job_type: str) -> None:
+        """Let runners claim ``job_type`` again after :meth:`pause`.
+
+        Raises:
+            NotImplementedError: the store does not implement flow control.
+        """
+        check_job_type(job_type)
+        async with self._store() as store:
+            await flow_control(store).set_paused(job_type, False)
+        self._wake_flow()
+
+    async def set_tenant_weight(self, tenant_id: str, weight: float) -> None:
+        """Give ``tenant_id`` a share ``weight`` in fair turns (the default is 1.0).
+
+        With ``fair_tenants`` on a type, a tenant of weight 2 starts twice as many
+        jobs as one of weight 1 while both have jobs ready.
+
+        Raises:
+            TypeError: ``tenant_id`` is not a str or ``weight`` not a number.
+            ValueError: ``weight`` is not positive and finite.
+            NotImplementedError: the store does not implement flow control.
+        """
+        tenant_id, weight = check_weight(tenant_id, weight)
+        async with self._store() as store:
+            await flow_control(store).set_tenant_weight(tenant_id, weight)
+
+    def _wake_flow(self) -> None:
+        if self._in_process is not None:
+            self._in_process.wake()
 
     async def stats(self) -> JobStats:
         """Return counts of jobs by status, from the store."""

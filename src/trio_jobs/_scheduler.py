@@ -158,6 +158,7 @@ class Scheduler:
         storage: JobStorage,
         handlers: dict[str, Handler],
         concurrency: int,
+        caps: dict[str, int] | None = None,
         poll_interval: float,
         default_retry: RetryConfig,
         events: EventHub,
@@ -183,6 +184,13 @@ class Scheduler:
         self._in_process = storage if isinstance(storage, InProcessStorage) else None
         self._handlers = handlers
         self._concurrency = concurrency
+        #: ``register_handler(..., concurrency=N)``: at most N attempts of a type here.
+        self._caps: dict[str, int] = caps if caps is not None else {}
+        #: Attempts of each capped type holding a slot (kept with the slot: _new_attempt,
+        #: _release_slot).
+        self._capped_running: dict[str, int] = {}
+        #: Cancelled when a capped type gets a slot back while the claim loop waits.
+        self._cap_scope: trio.CancelScope | None = None
         self._poll_interval = poll_interval
         self._default_retry = default_retry
         self._events = events
@@ -392,14 +400,19 @@ class Scheduler:
             if free <= 0:
                 await self._slot_freed.park()
                 continue
+            types, free = self._claimable(free)
+            if not types and self.types:
+                # Every type we handle is at its concurrency= cap here.
+                await self._slot_freed.park()
+                continue
             sent = trio.current_time()
             try:
                 if claim_nowait is not None:
                     # Never blocks; the loop checkpoints when it parks or waits,
                     # which it does at the latest on the next turn.
-                    jobs = claim_nowait(self._worker_id, free, self.types)
+                    jobs = claim_nowait(self._worker_id, free, types)
                 else:
-                    jobs = await storage.claim(self._worker_id, free, self.types)
+                    jobs = await storage.claim(self._worker_id, free, types)
             except StorageCorruptError as exc:
                 self._fatal(exc)  # nothing to wait for: the runner stops, and says why
                 return
@@ -411,13 +424,43 @@ class Scheduler:
                 self._logger.warning("claiming jobs works again after %d failures", failures)
                 failures = 0
             self.store_dry = len(jobs) < free
-            if not jobs and wait_and_claim is not None:
-                sent = trio.current_time()
-                jobs = await wait_and_claim(self._worker_id, free, self.types, idle_wait) or []
             if jobs:
                 self._start_all(jobs, None if claim_nowait is not None else sent)
-            elif wait_and_claim is None:
-                await storage.wait_for_work(idle_wait)
+                continue
+            # A capped type getting a slot back ends the wait (its jobs may be waiting).
+            with trio.CancelScope() as self._cap_scope:
+                if wait_and_claim is not None:
+                    sent = trio.current_time()
+                    jobs = await wait_and_claim(self._worker_id, free, types, idle_wait) or []
+                    if jobs:
+                        self._start_all(jobs, sent)
+                else:
+                    await storage.wait_for_work(idle_wait)
+            self._cap_scope = None
+
+    def _claimable(self, free: int) -> tuple[frozenset[str], int]:
+        """The types to claim now and how many jobs at most, under the ``concurrency=`` caps.
+
+        A claim may not take more jobs of a capped type than its room here, so with
+        caps the claim asks for at most the smallest room among the capped types it
+        includes (the loop claims again at once when that came back full).
+        """
+        caps = self._caps
+        if not caps:
+            return self.types, free
+        running = self._capped_running
+        types = []
+        for job_type in self.types:
+            cap = caps.get(job_type)
+            if cap is not None:
+                room = cap - running.get(job_type, 0)
+                if room <= 0:
+                    continue
+                free = min(free, room)
+            types.append(job_type)
+        if len(types) == len(self.types):
+            return self.types, free
+        return frozenset(types), free
 
     @trio.lowlevel.enable_ki_protection
     def submit_in_process(self, store: InProcessStorage, job: Job[Any], delay: float) -> None:
@@ -425,15 +468,17 @@ class Scheduler:
 
         That spares waking the scheduler task for every job submitted.
         """
-        if delay or not self.accepting or self._free_slots() <= 0:
+        types, free = self._claimable(self._free_slots())
+        if delay or not self.accepting or free <= 0:
             store.save_nowait(job, delay=delay, wake=False)
             if not delay:
                 store.wake()  # for the scheduler task, when a slot frees
             return
-        running = store.save_and_claim_nowait(job, self._worker_id, self.types)
+        running = store.save_and_claim_nowait(job, self._worker_id, types)
         if running is None:
             # Queued behind better jobs: start those (the scheduler would).
-            self._start_all(store.claim_nowait(self._worker_id, self._free_slots(), self.types))
+            self._start_all(store.claim_nowait(self._worker_id, free, types))
+            store.wake()  # the scheduler claims the rest, if the caps held a claim short
         else:
             self._start_all([running])
 
@@ -463,6 +508,8 @@ class Scheduler:
         self._attempts[job.id] = attempt
         self._live += 1
         self._in_handlers += 1
+        if self._caps and job.type in self._caps:
+            self._capped_running[job.type] = self._capped_running.get(job.type, 0) + 1
         self.busy += 1
         if self._busy_waiters:
             self._busy_value.value = self.busy
@@ -474,12 +521,10 @@ class Scheduler:
 
     def _may_claim_next(self) -> bool:
         store = self._in_process
-        return (
-            store is not None
-            and self.accepting
-            and self._free_slots() > 0
-            and store.has_ready(self.types)
-        )
+        if store is None or not self.accepting:
+            return False
+        types, free = self._claimable(self._free_slots())
+        return free > 0 and bool(types) and store.has_ready(types)
 
     @trio.lowlevel.enable_ki_protection
     def _claim_next(self) -> Attempt | None:
@@ -491,7 +536,7 @@ class Scheduler:
         store = self._in_process
         if store is None or not self._may_claim_next():
             return None
-        jobs = store.claim_nowait(self._worker_id, 1, self.types)
+        jobs = store.claim_nowait(self._worker_id, 1, self._claimable(1)[0])
         return self._new_attempt(jobs[0], trio.current_time()) if jobs else None
 
     # -- one attempt -----------------------------------------------------------------
@@ -837,6 +882,11 @@ class Scheduler:
         if attempt.holds_slot:
             attempt.holds_slot = False
             self._in_handlers -= 1
+            job_type = attempt.job.type
+            if self._caps and job_type in self._caps:
+                self._capped_running[job_type] -= 1
+                if self._cap_scope is not None:
+                    self._cap_scope.cancel()
             if self._slot_freed:
                 self._slot_freed.unpark_all()
 

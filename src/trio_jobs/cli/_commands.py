@@ -11,13 +11,24 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import attrs
+
 from .._client import JobClient
 from .._exceptions import StorageError
+from .._flow import held_back_reason
 from .._records import Job
-from ..storage._base import CancelOutcome
+from ..storage._base import CancelOutcome, flow_control
 from ._errors import CliError, UsageError
 from ._follow import follow_jobs
-from ._format import job_details, jobs_table, one_line, stats_table, to_json, workers_table
+from ._format import (
+    job_details,
+    jobs_table,
+    limits_table,
+    one_line,
+    stats_table,
+    to_json,
+    workers_table,
+)
 from ._store import StoreSpec, open_storage, store_spec, unhandled_text, unhandled_types
 from ._worker import run_worker
 
@@ -281,3 +292,80 @@ __all__ = [
     "cmd_submit",
     "cmd_worker",
 ]
+
+
+# -- flow control -------------------------------------------------------------------------
+
+
+async def cmd_pause(args: argparse.Namespace) -> int:
+    """``pause TYPE``: no worker claims jobs of TYPE until it is resumed."""
+    async with _client(args, must_exist=True) as client:
+        await client.pause(args.type)
+        limits = await client.get_limits(args.type)
+    _emit(args, limits, f"paused {args.type}: running jobs finish, no new ones start")
+    return 0
+
+
+async def cmd_resume(args: argparse.Namespace) -> int:
+    """``resume TYPE``: workers claim jobs of TYPE again."""
+    async with _client(args, must_exist=True) as client:
+        await client.resume(args.type)
+        limits = await client.get_limits(args.type)
+    _emit(args, limits, f"resumed {args.type}")
+    return 0
+
+
+async def cmd_limits(args: argparse.Namespace) -> int:
+    """``limits [TYPE] [options]``: show the flow settings, or change those given."""
+    changes = {
+        name: getattr(args, name)
+        for name in ("max_running", "max_running_per_tenant", "rate", "fair_tenants")
+        if getattr(args, name) is not None
+    }
+    if changes and args.type is None:
+        raise CliError("give the TYPE whose limits to change")
+    async with _client(args, must_exist=True) as client:
+        if changes:
+            old = await client.get_limits(args.type)
+            await client.set_limits(
+                args.type,
+                max_running=changes.get("max_running", old.max_running),
+                max_running_per_tenant=changes.get(
+                    "max_running_per_tenant", old.max_running_per_tenant
+                ),
+                rate=changes.get("rate", old.rate),
+                fair_tenants=changes.get("fair_tenants", old.fair_tenants),
+            )
+        store = flow_control(client.storage)
+        if args.type is not None:
+            shown = [await store.get_limits(args.type)]
+        else:
+            shown = await store.all_limits()
+        rows = []
+        for limits in shown:
+            running, recent, _ = await store.flow_usage(limits.job_type)
+            reason = held_back_reason(limits, running, recent, None)
+            rows.append((limits, running, recent, reason))
+    data = [
+        {
+            **attrs.asdict(limits),
+            "running": running,
+            "starts_in_window": recent,
+            "held_back_by": reason,
+        }
+        for limits, running, recent, reason in rows
+    ]
+    _emit(args, data, limits_table(rows))
+    return 0
+
+
+async def cmd_tenant_weight(args: argparse.Namespace) -> int:
+    """``tenant-weight TENANT WEIGHT``: the tenant's share in fair turns."""
+    async with _client(args, must_exist=True) as client:
+        await client.set_tenant_weight(args.tenant, args.weight)
+    _emit(
+        args,
+        {"tenant_id": args.tenant, "weight": args.weight},
+        f"tenant {args.tenant} has weight {args.weight:g}",
+    )
+    return 0

@@ -394,3 +394,45 @@ def _compact(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
     except (TypeError, ValueError):
         return repr(value)
+
+
+def parse_rate(text: str) -> tuple[int, float]:
+    """``N/SECONDS`` (``20/1``, ``100/60``) -> ``(N, SECONDS)``."""
+    starts, sep, seconds = text.partition("/")
+    if not sep:
+        raise ValueError(f"expected N/SECONDS (e.g. 20/1), got {text!r}")
+    count = parse_positive_int(starts)
+    window = float(seconds)
+    if not 0 < window < float("inf"):
+        raise ValueError(f"SECONDS must be > 0, got {seconds!r}")
+    return count, window
+
+
+def parse_weight(text: str) -> float:
+    """A tenant weight: a number > 0."""
+    weight = float(text)
+    if not 0 < weight < float("inf"):
+        raise ValueError(f"WEIGHT must be > 0, got {text!r}")
+    return weight
+
+
+def limits_table(rows: list[tuple[Any, int, int, str | None]]) -> str:
+    """The flow settings of job types, with what runs now and what holds jobs back."""
+    if not rows:
+        return "no job type has limits"
+    lines = []
+    for limits, running, recent, reason in rows:
+        parts = [
+            "paused" if limits.paused else "active",
+            f"running {running}" + ("" if limits.max_running is None else f"/{limits.max_running}"),
+        ]
+        if limits.max_running_per_tenant is not None:
+            parts.append(f"per tenant {limits.max_running_per_tenant}")
+        if limits.rate is not None:
+            parts.append(f"rate {recent}/{limits.rate[0]} per {limits.rate[1]:g}s")
+        if limits.fair_tenants:
+            parts.append("fair tenants")
+        if reason is not None:
+            parts.append(f"held back by {reason}")
+        lines.append(f"{limits.job_type}: " + ", ".join(parts))
+    return "\n".join(lines)

@@ -18,13 +18,17 @@ from .._outcome import unwrap
 from ._commands import (
     cmd_cancel,
     cmd_demo,
+    cmd_limits,
     cmd_list,
     cmd_migrate,
+    cmd_pause,
     cmd_purge,
+    cmd_resume,
     cmd_retry,
     cmd_show,
     cmd_stats,
     cmd_submit,
+    cmd_tenant_weight,
     cmd_worker,
     cmd_workers,
 )
@@ -36,8 +40,10 @@ from ._format import (
     parse_duration,
     parse_positive_int,
     parse_priority,
+    parse_rate,
     parse_status,
     parse_timeout,
+    parse_weight,
 )
 from ._store import DEFAULT_DB, DEFAULT_SCHEMA, store_spec
 from ._worker import WORKER_HELP, add_worker_arguments
@@ -207,6 +213,51 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="e.g. 30s, 15m, 12h, 7d",
     )
+
+    pause = command("pause", cmd_pause, "stop every worker from claiming jobs of TYPE")
+    _add_json_option(pause, top=False)
+    pause.add_argument("type", metavar="TYPE")
+    resume = command("resume", cmd_resume, "let workers claim jobs of TYPE again")
+    _add_json_option(resume, top=False)
+    resume.add_argument("type", metavar="TYPE")
+    limits = command(
+        "limits", cmd_limits, "show the flow limits of job types, or change those of TYPE"
+    )
+    _add_json_option(limits, top=False)
+    limits.add_argument("type", metavar="TYPE", nargs="?", default=None)
+    limits.add_argument(
+        "--max-running",
+        type=argument_type(parse_positive_int),
+        default=None,
+        metavar="N",
+        help="at most N attempts of TYPE at once, across all workers",
+    )
+    limits.add_argument(
+        "--per-tenant",
+        dest="max_running_per_tenant",
+        type=argument_type(parse_positive_int),
+        default=None,
+        metavar="N",
+        help="at most N attempts at once per tenant",
+    )
+    limits.add_argument(
+        "--rate",
+        type=argument_type(parse_rate),
+        default=None,
+        metavar="N/SECONDS",
+        help="at most N starts in any window of SECONDS (e.g. 100/60)",
+    )
+    limits.add_argument(
+        "--fair",
+        dest="fair_tenants",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="tenants take turns by weight (--no-fair: FIFO across tenants)",
+    )
+    weight = command("tenant-weight", cmd_tenant_weight, "set a tenant's share in fair turns")
+    _add_json_option(weight, top=False)
+    weight.add_argument("tenant", metavar="TENANT")
+    weight.add_argument("weight", metavar="WEIGHT", type=argument_type(parse_weight))
 
     migrate = command("migrate", cmd_migrate, "create or update the store's tables")
     _add_json_option(migrate, top=False)

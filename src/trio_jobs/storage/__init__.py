@@ -1,6 +1,7 @@
 """Job stores: the protocol, the in-memory default, and the durable backends."""
 
 from ._base import CancelOutcome as CancelOutcome
+from ._base import FlowControl as FlowControl
 from ._base import Heartbeat as Heartbeat
 from ._base import JobStorage as JobStorage
 from ._base import WorkerRegistry as WorkerRegistry
@@ -13,6 +14,7 @@ from .postgres import PostgresStorage as PostgresStorage
 from .sqlite import SQLiteStorage as SQLiteStorage
 
 __all__ = [
+    "FlowControl",
     "CancelOutcome",
     "Heartbeat",
     "JobStorage",

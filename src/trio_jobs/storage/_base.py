@@ -30,6 +30,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
+from .._flow import JobTypeLimits
 from .._records import ErrorInfo, Job, JobStats, JobStatus, WorkerInfo
 
 
@@ -299,6 +300,44 @@ class WorkerRegistry(Protocol):
 
 
 @runtime_checkable
+class FlowControl(Protocol):
+    """What a store that enforces flow control adds: per-type limits, pauses, weights.
+
+    All three built-in stores implement it. The settings are stored, so every
+    runner on the store obeys them, and :meth:`JobStorage.claim` enforces them:
+    it never starts more attempts of a type than ``max_running`` allows in total,
+    nor more than ``max_running_per_tenant`` for one tenant, nor more than
+    ``rate[0]`` starts in any ``rate[1]``-second window, nor any of a paused type.
+    Running attempts are counted from the jobs themselves. A job held back stays
+    PENDING and holds up no job of another type or tenant.
+    """
+
+    async def set_limits(self, limits: JobTypeLimits) -> None:
+        """Store the limits of ``limits.job_type`` (all but ``paused``, which stays)."""
+        ...
+
+    async def get_limits(self, job_type: str) -> JobTypeLimits:
+        """Return the stored settings of ``job_type`` (defaults when none are stored)."""
+        ...
+
+    async def all_limits(self) -> list[JobTypeLimits]:
+        """Return the settings of every type that has any, by type."""
+        ...
+
+    async def set_paused(self, job_type: str, paused: bool) -> None:
+        """Pause or resume claims of ``job_type``; running attempts are not touched."""
+        ...
+
+    async def set_tenant_weight(self, tenant_id: str, weight: float) -> None:
+        """Store a tenant's weight in fair turns (the default is 1.0)."""
+        ...
+
+    async def flow_usage(self, job_type: str) -> tuple[int, int, dict[str, int]]:
+        """``(running, starts in the rate window, running per tenant)`` of ``job_type``."""
+        ...
+
+
+@runtime_checkable
 class InProcessStorage(JobStorage, Protocol):
     """A store living in this process, whose operations never block.
 
@@ -348,6 +387,20 @@ class InProcessStorage(JobStorage, Protocol):
         Returns the claimed (RUNNING) snapshot, or None when the job was queued.
         """
         ...
+
+
+def flow_control(store: JobStorage) -> FlowControl:
+    """``store`` as a :class:`FlowControl` store.
+
+    Raises:
+        NotImplementedError: the store does not implement flow control.
+    """
+    if not isinstance(store, FlowControl):
+        raise NotImplementedError(
+            f"{type(store).__name__} keeps no flow-control settings (it does not implement "
+            "trio_jobs.storage.FlowControl)"
+        )
+    return store
 
 
 async def list_workers(store: JobStorage) -> list[WorkerInfo]:

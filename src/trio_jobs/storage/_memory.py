@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Collection, Mapping
 from datetime import timedelta
 from types import TracebackType
@@ -13,6 +13,7 @@ from typing import Any, Self, final
 import trio
 from attrs import evolve
 
+from .._flow import JobTypeLimits, TypeBudget, tenant_key
 from .._priority_channel import PriorityReceiveChannel, PrioritySendChannel, open_priority_channel
 from .._records import ErrorInfo, Job, JobStats, JobStatus, WorkerInfo, replace, utcnow
 from ._base import CancelOutcome, Heartbeat
@@ -40,6 +41,15 @@ def worker_lost_error(worker_id: str, attempt: int) -> ErrorInfo:
         attempt=attempt,
         retryable=True,
     )
+
+
+#: A tenant's ready jobs of a limited type: (-priority, seq, job_id).
+_Heap = list[tuple[int, int, str]]
+
+
+def _head_key(queue: _Queue) -> tuple[int, int]:
+    """The claim order of a queue's live head: (-priority, seq)."""
+    return (-(queue.receive.peek_priority() or 0), queue.receive.peek()[0])
 
 
 class _Queue:
@@ -95,6 +105,17 @@ class MemoryStorage:
         self._workers: dict[str, tuple[WorkerInfo, float]] = {}
         #: The rows registered through this object, put back if a rescue dropped them.
         self._registered: dict[str, WorkerInfo] = {}
+        # Flow control. Types with active limits keep their ready jobs in a heap per
+        # tenant, (-priority, seq, job_id), instead of their channel: a claim looks at
+        # each tenant's head (see _flow.TypeBudget). Running counts come from the
+        # records (_put), so a rescue or an overwrite keeps them right.
+        self._limits: dict[str, JobTypeLimits] = {}
+        self._heads: dict[str, dict[str, _Heap]] = {}
+        self._running: Counter[str] = Counter()
+        self._running_tenant: Counter[tuple[str, str]] = Counter()
+        self._starts: dict[str, deque[float]] = {}
+        self._passes: dict[str, dict[str, tuple[float, float]]] = {}
+        self._weights: dict[str, float] = {}
 
     @property
     def lease_duration(self) -> float:
@@ -130,6 +151,11 @@ class MemoryStorage:
         self._jobs[job.id] = job
         status = job.status
         self._counts[status] += 1
+        if status is _RUNNING:
+            self._running[job.type] += 1
+            self._running_tenant[job.type, tenant_key(job.tenant_id)] += 1
+        elif old is not None and old.status is _RUNNING and job.type in self._limits:
+            self._work.set()  # a limited type's slot freed: a waiting claim may go
         if status in _UNFINISHED:
             self._unfinished_by_type[job.type] += 1
         elif status is JobStatus.COMPLETED and job.execution_time is not None:
@@ -142,6 +168,9 @@ class MemoryStorage:
     def _uncount(self, job: Job[Any]) -> None:
         status = job.status
         self._counts[status] -= 1
+        if status is _RUNNING:
+            self._running[job.type] -= 1
+            self._running_tenant[job.type, tenant_key(job.tenant_id)] -= 1
         if status in _UNFINISHED:
             self._unfinished_by_type[job.type] -= 1
         elif status is JobStatus.COMPLETED and job.execution_time is not None:
@@ -160,6 +189,14 @@ class MemoryStorage:
 
     def _push_ready(self, job: Job[Any], seq: int) -> None:
         self._queued[job.id] = seq
+        heads = self._heads.get(job.type)
+        if heads is not None:
+            tenant = tenant_key(job.tenant_id)
+            heap = heads.get(tenant)
+            if heap is None:
+                heap = heads[tenant] = []
+            heapq.heappush(heap, (-job.priority, seq, job.id))
+            return
         queue = self._ready.get(job.type)
         if queue is None:
             queue = self._ready[job.type] = _Queue()
@@ -210,6 +247,155 @@ class MemoryStorage:
         new = replace(job, **changes)
         self._put(new)
         return new
+
+    # -- flow control: the claim's side ------------------------------------------------
+
+    def _budgets(self, job_types: Collection[str] | None) -> dict[str, TypeBudget]:
+        """A :class:`TypeBudget` per limited type among ``job_types`` with ready jobs."""
+        now = trio.current_time()
+        budgets: dict[str, TypeBudget] = {}
+        for job_type, heads in self._heads.items():
+            if job_types is not None and job_type not in job_types:
+                continue
+            ready = [
+                tenant
+                for tenant, heap in list(heads.items())
+                if self._live_head(heads, tenant, heap)
+            ]
+            if not ready:
+                continue
+            budgets[job_type] = TypeBudget(
+                self._limits[job_type],
+                running=self._running[job_type],
+                running_by_tenant={t: self._running_tenant[job_type, t] for t in ready},
+                starts=self._window(job_type, now),
+                now=now,
+                passes=self._passes.setdefault(job_type, {}),
+                weights=self._weights,
+                ready_tenants=ready,
+            )
+        return budgets
+
+    def _live_head(
+        self,
+        heads: dict[str, list[tuple[int, int, str]]],
+        tenant: str,
+        heap: list[tuple[int, int, str]],
+    ) -> bool:
+        """Drop the tenant's dead entries (cancelled, re-queued); whether one is left."""
+        queued = self._queued
+        while heap and queued.get(heap[0][2]) != heap[0][1]:
+            heapq.heappop(heap)
+        if not heap:
+            del heads[tenant]
+            return False
+        return True
+
+    def _window(self, job_type: str, now: float) -> deque[float]:
+        """The type's starts within its rate window (older ones dropped)."""
+        starts = self._starts.setdefault(job_type, deque())
+        rate = self._limits[job_type].rate
+        if rate is None:
+            starts.clear()
+        else:
+            cutoff = now - rate[1]
+            while starts and starts[0] <= cutoff:
+                starts.popleft()
+        return starts
+
+    def _flow_pick(
+        self, budgets: dict[str, TypeBudget]
+    ) -> tuple[tuple[int, int], str, str, str] | None:
+        """The best ready job of the limited types that their limits let start."""
+        best: tuple[tuple[int, int], str, str, str] | None = None
+        for job_type, budget in budgets.items():
+            heads = self._heads[job_type]
+            pick = budget.pick(
+                ((heap[0][0], heap[0][1]), tenant, heap[0][2])
+                for tenant, heap in heads.items()
+                if heap
+            )
+            if pick is not None and (best is None or pick[0] < best[0]):
+                best = (pick[0], pick[1], pick[2], job_type)
+        return best
+
+    def _start_flow(self, budget: TypeBudget, tenant: str) -> None:
+        budget.take(tenant)
+        if budget.limits.rate is not None:
+            self._starts[budget.limits.job_type].append(trio.current_time())
+
+    def _flow_deadline(self) -> float:
+        """When a rate window next lets a ready job of a limited type start."""
+        deadline = math.inf
+        for job_type, heads in self._heads.items():
+            rate = self._limits[job_type].rate
+            starts = self._starts.get(job_type)
+            if rate is not None and heads and starts and len(starts) >= rate[0]:
+                deadline = min(deadline, starts[len(starts) - rate[0]] + rate[1])
+        return deadline
+
+    def _route(self, job_type: str) -> None:
+        """Move the type's ready jobs to per-tenant heaps or back, as its limits say."""
+        limited = job_type in self._limits
+        queued, jobs = self._queued, self._jobs
+        if limited and job_type not in self._heads:
+            self._heads[job_type] = {}
+            queue = self._ready.pop(job_type, None)
+            if queue is not None:
+                while len(queue.receive):
+                    seq, job_id = queue.receive.receive_nowait()
+                    if queued.get(job_id) == seq:
+                        self._push_ready(jobs[job_id], seq)
+        elif not limited and job_type in self._heads:
+            heads = self._heads.pop(job_type)
+            entries = sorted(entry for heap in heads.values() for entry in heap)
+            for _, seq, job_id in entries:
+                if queued.get(job_id) == seq:
+                    self._push_ready(jobs[job_id], seq)
+        self._work.set()
+
+    # -- flow control: the settings (FlowControl) -------------------------------------
+
+    async def set_limits(self, limits: JobTypeLimits) -> None:
+        """Store the type's limits (its paused flag stays as it is)."""
+        await trio.lowlevel.checkpoint()
+        old = self._limits.get(limits.job_type)
+        self._store_limits(evolve(limits, paused=old is not None and old.paused))
+
+    def _store_limits(self, limits: JobTypeLimits) -> None:
+        if limits.active:
+            self._limits[limits.job_type] = limits
+        else:
+            self._limits.pop(limits.job_type, None)
+        self._route(limits.job_type)
+
+    async def get_limits(self, job_type: str) -> JobTypeLimits:
+        """Return the type's settings (defaults when none are stored)."""
+        await trio.lowlevel.checkpoint()
+        return self._limits.get(job_type) or JobTypeLimits(job_type)
+
+    async def all_limits(self) -> list[JobTypeLimits]:
+        """Return the settings of every type that has any, by type."""
+        await trio.lowlevel.checkpoint()
+        return [self._limits[t] for t in sorted(self._limits)]
+
+    async def set_paused(self, job_type: str, paused: bool) -> None:
+        """Pause or resume claims of ``job_type``."""
+        await trio.lowlevel.checkpoint()
+        old = self._limits.get(job_type) or JobTypeLimits(job_type)
+        self._store_limits(evolve(old, paused=paused))
+
+    async def set_tenant_weight(self, tenant_id: str, weight: float) -> None:
+        """Store a tenant's weight in fair turns."""
+        await trio.lowlevel.checkpoint()
+        self._weights[tenant_id] = weight
+
+    async def flow_usage(self, job_type: str) -> tuple[int, int, dict[str, int]]:
+        """``(running, starts in the rate window, running per tenant)`` of the type."""
+        await trio.lowlevel.checkpoint()
+        recent = len(self._window(job_type, trio.current_time())) if job_type in self._limits else 0
+        tenants = {t: n for (jt, t), n in self._running_tenant.items() if jt == job_type and n}
+        return self._running[job_type], recent, tenants
 
     # -- the seed's methods ----------------------------------------------------------
 
@@ -355,11 +541,24 @@ class MemoryStorage:
         claimed: list[Job[Any]] = []
         now = utcnow()
         expires = trio.current_time() + self._lease_duration
+        budgets = self._budgets(job_types) if self._heads else None
         while len(claimed) < limit:
             queue = self._best_queue(job_types)
-            if queue is None:
+            if budgets:
+                flow = self._flow_pick(budgets)
+                if flow is not None and (queue is None or flow[0] < _head_key(queue)):
+                    _, tenant, job_id, job_type = flow
+                    heapq.heappop(self._heads[job_type][tenant])
+                    self._start_flow(budgets[job_type], tenant)
+                    queue = None
+                elif queue is None:
+                    break
+                else:
+                    _, job_id = queue.receive.receive_nowait()
+            elif queue is None:
                 break
-            _, job_id = queue.receive.receive_nowait()
+            else:
+                _, job_id = queue.receive.receive_nowait()
             del queued[job_id]
             job = jobs[job_id]
             running = replace(job, status=_RUNNING, attempts=job.attempts + 1, started_at=now)
@@ -374,7 +573,9 @@ class MemoryStorage:
         """Whether ``claim_nowait`` would find a job of ``job_types`` now."""
         if self._delayed:
             self._release_due()
-        return self._best_queue(job_types) is not None
+        if self._best_queue(job_types) is not None:
+            return True
+        return bool(self._heads) and self._flow_pick(self._budgets(job_types)) is not None
 
     def save_and_claim_nowait(
         self, job: Job[Any], worker_id: str, job_types: Collection[str] | None = None
@@ -393,7 +594,11 @@ class MemoryStorage:
         """
         if job.id in self._jobs:
             raise ValueError(f"a job with id {job.id!r} exists already")
-        if (job_types is not None and job.type not in job_types) or self.has_ready(job_types):
+        if (
+            (job_types is not None and job.type not in job_types)
+            or job.type in self._heads  # flow control decides: claim_nowait will
+            or self.has_ready(job_types)
+        ):
             self.save_nowait(job, wake=False)
             return None
         self._seq += 1  # the sequence number it would have queued under
@@ -640,6 +845,8 @@ class MemoryStorage:
         deadline = trio.current_time() + timeout
         if self._delayed:
             deadline = min(deadline, self._delayed[0][0])
+        if self._heads:
+            deadline = min(deadline, self._flow_deadline())
         if deadline == math.inf:
             await self._work.wait()  # no cancel scope: this is the runner's idle path
         else:

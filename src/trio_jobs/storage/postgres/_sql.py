@@ -157,8 +157,52 @@ def _migration_3(s: str) -> tuple[str, ...]:
     )
 
 
+def _migration_4_flow(s: str) -> tuple[str, ...]:
+    """Flow control (issue 14): per-type limits, tenant weights, fair turns.
+
+    Self-contained: new tables and one new index, nothing else touched.
+    """
+    return (
+        # One row per job type with any setting. A limited claim locks the rows of
+        # its types in key order (no deadlock between claimers). ``starts`` is the
+        # rate window: the latest start times (epoch seconds), at most rate_starts.
+        f"""
+        CREATE TABLE {s}.flow_limits (
+            job_type               text PRIMARY KEY,
+            max_running            integer,
+            max_running_per_tenant integer,
+            rate_starts            integer,
+            rate_seconds           double precision,
+            fair_tenants           boolean NOT NULL DEFAULT false,
+            paused                 boolean NOT NULL DEFAULT false,
+            starts                 double precision[] NOT NULL DEFAULT '{{}}'
+        )
+        """,
+        f"CREATE TABLE {s}.flow_weights (tenant_id text PRIMARY KEY,"
+        " weight double precision NOT NULL)",
+        f"""
+        CREATE TABLE {s}.flow_turns (
+            job_type text NOT NULL,
+            tenant   text NOT NULL,
+            pass     double precision NOT NULL,
+            served   double precision NOT NULL,
+            PRIMARY KEY (job_type, tenant)
+        )
+        """,
+        # Per-tenant heads of a limited type: a loose index scan (recursive CTE) finds
+        # the tenants with ready jobs, a LATERAL probe each one's best jobs.
+        f"CREATE INDEX jobs_tenant_ready_idx ON {s}.jobs (type, tenant_id, {_CLAIM_ORDER})"
+        f" WHERE {_READY}",
+    )
+
+
 #: ``(version, builder)`` pairs, in order. Append only; never edit a released step.
-MIGRATIONS: Final = ((1, _migration_1), (2, _migration_2), (3, _migration_3))
+MIGRATIONS: Final = (
+    (1, _migration_1),
+    (2, _migration_2),
+    (3, _migration_3),
+    (4, _migration_4_flow),
+)
 LATEST_VERSION: Final = MIGRATIONS[-1][0]
 
 
@@ -339,7 +383,7 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
             FOR UPDATE SKIP LOCKED
         ),
         ready AS MATERIALIZED (
-            SELECT id, priority, ready_at, seq FROM {jobs}
+            SELECT id, type, priority, ready_at, seq FROM {jobs}
             WHERE {ready} AND NOT delayed {{types}}
             ORDER BY {_CLAIM_ORDER}
             LIMIT %(limit)s
@@ -347,10 +391,14 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
         ),
         picked AS MATERIALIZED (
             SELECT id FROM (
-                SELECT id, priority, ready_at, seq FROM due WHERE true {{types}}
+                SELECT id, type, priority, ready_at, seq FROM due WHERE true {{types}}
                 UNION ALL
-                SELECT id, priority, ready_at, seq FROM ready
+                SELECT id, type, priority, ready_at, seq FROM ready
             ) AS candidates
+            -- Types with flow settings go through the limited claim (see ._flow),
+            -- never here: read in the statement itself, so a limit set a moment ago
+            -- is obeyed. (Filtered after the index walk, which it would slow down.)
+            WHERE type <> ALL (ARRAY(SELECT job_type FROM {s}.flow_limits))
             ORDER BY {_CLAIM_ORDER}
             LIMIT %(limit)s
         ),

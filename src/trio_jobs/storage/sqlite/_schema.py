@@ -24,6 +24,43 @@ from .._codec import (
     encode_retry,
 )
 
+#: Migration step 3 (issue 14), appended to ``MIGRATIONS``: the flow-control
+#: tables and the index of ready jobs by tenant. Self-contained: it touches no
+#: other step's objects.
+FLOW_MIGRATION: Final = (
+    # One row per job type with any setting; ``starts`` is the rate window: a JSON
+    # array of the latest start times (unix seconds), at most ``rate_starts`` of them.
+    """
+    CREATE TABLE flow_limits (
+        job_type               TEXT    PRIMARY KEY,
+        max_running            INTEGER,
+        max_running_per_tenant INTEGER,
+        rate_starts            INTEGER,
+        rate_seconds           REAL,
+        fair_tenants           INTEGER NOT NULL DEFAULT 0,
+        paused                 INTEGER NOT NULL DEFAULT 0,
+        starts                 TEXT    NOT NULL DEFAULT '[]'
+    )
+    """,
+    "CREATE TABLE flow_weights (tenant_id TEXT PRIMARY KEY, weight REAL NOT NULL)",
+    # Fair turns: each tenant's pass and when it was last served (see _flow).
+    """
+    CREATE TABLE flow_turns (
+        job_type TEXT NOT NULL,
+        tenant   TEXT NOT NULL,
+        pass     REAL NOT NULL,
+        served   REAL NOT NULL,
+        PRIMARY KEY (job_type, tenant)
+    )
+    """,
+    # Per-tenant heads for limited types: a loose index scan finds the tenants with
+    # ready jobs, then each tenant's best ones, without reading the whole queue.
+    """
+    CREATE INDEX jobs_tenant_ready ON jobs (type, tenant_id, priority DESC, run_at, seq)
+        WHERE status IN ('pending', 'retrying')
+    """,
+)
+
 # Each migration is a list of statements; migration N brings the schema from
 # version N-1 to N. Append new ones, never edit or remove applied ones.
 MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
@@ -106,6 +143,9 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX jobs_tenant_seq ON jobs (tenant_id) WHERE tenant_id IS NOT NULL",
         "CREATE INDEX jobs_completed ON jobs (completed_at) WHERE completed_at IS NOT NULL",
     ),
+    # 4: flow control (issue 14): per-type limits, tenant weights, fair turns, and the
+    # index of ready jobs by tenant (FLOW_MIGRATION above).
+    FLOW_MIGRATION,
 )
 
 #: The schema version this code writes.

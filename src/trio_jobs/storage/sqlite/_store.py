@@ -72,6 +72,7 @@ from .._codec import decode_json, encode_error, encode_json
 from ._browse import BrowseQueries
 from ._commit import GroupCommit, Op, Probe
 from ._connect import connect, translate_error
+from ._flow import FlowQueries, plan_claim, read_flow
 from ._records import RecordQueries, type_filter
 from ._schema import (
     CLAIM_ORDER,
@@ -95,7 +96,7 @@ _log = logging.getLogger("trio_jobs.storage.sqlite")
 _FENCE: Final = "id = ? AND status = 'running' AND attempts = ? AND worker_id = ?"
 
 
-class SQLiteStorage(RecordQueries, WorkerQueries, BrowseQueries):
+class SQLiteStorage(RecordQueries, WorkerQueries, BrowseQueries, FlowQueries):
     """A durable job store in one SQLite file: jobs survive restarts and crashes.
 
     Several processes on one machine may share the file: each claims jobs
@@ -328,11 +329,24 @@ class SQLiteStorage(RecordQueries, WorkerQueries, BrowseQueries):
         # row (a lease of its own is always safe: the heartbeat of a worker with a
         # row moves the claim under it).
         registered = worker_id in self._workers
+        flow_types = None if job_types is None else types
 
         def claim(conn: sqlite3.Connection, now: float) -> list[Any]:
             covered = (
                 registered and conn.execute(EXTEND_ROW, (now + lease, worker_id, now)).fetchall()
             )
+            flow = read_flow(conn, flow_types)
+            if flow:
+                # Some types have limits: choose under them (see ._flow).
+                seqs = plan_claim(conn, now, limit, flow_types, flow)
+                if not seqs:
+                    return []
+                return conn.execute(
+                    "UPDATE jobs SET status = 'running', attempts = attempts + 1,"
+                    " started_at = ?, completed_at = NULL, worker_id = ?, lease_expires_at = ?"
+                    f" WHERE seq IN ({', '.join('?' * len(seqs))}) RETURNING {COLUMNS}, seq",
+                    (now, worker_id, None if covered else now + lease, *seqs),
+                ).fetchall()
             rows = conn.execute(
                 "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = ?,"
                 " completed_at = NULL, worker_id = ?, lease_expires_at = ?"
