@@ -21,6 +21,7 @@ EXPECTED = {
     "JobStats",
     "JobStatus",
     "RunnerEvent",
+    "Schedule",
     "WorkerInfo",
     # errors
     "JobCancelledError",

@@ -48,6 +48,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "trio_jobs._submit",
             "trio_jobs._outcome",
             "trio_jobs._scheduler",
+            "trio_jobs._periodic",
             "trio_jobs._runner",
             "trio_jobs._client",
         ],

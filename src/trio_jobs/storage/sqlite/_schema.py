@@ -97,6 +97,50 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             WHERE status = 'running' AND lease_expires_at IS NULL
         """,
     ),
+    # (issue 13) Unique jobs, schedules and retention; self-contained.
+    # - unique_key: at most one active (pending, running, retrying) job per key, a
+    #   partial unique index (a retry keeps its row, so it never conflicts).
+    # - schedules: one row per schedule key (definition, last tick enqueued);
+    #   schedule_ticks: one row per (key, tick), whose primary key makes exactly
+    #   one runner win each tick (inserted in the job's transaction).
+    # - jobs_completed: retention deletes the oldest final jobs by completed_at;
+    #   leases: a named lease row, so one runner at a time does it.
+    (
+        "ALTER TABLE jobs ADD COLUMN unique_key TEXT",
+        """
+        CREATE UNIQUE INDEX jobs_unique_key ON jobs (unique_key)
+            WHERE unique_key IS NOT NULL AND status IN ('pending', 'running', 'retrying')
+        """,
+        """
+        CREATE TABLE schedules (
+            key         TEXT PRIMARY KEY,
+            job_type    TEXT NOT NULL,
+            cron        TEXT,
+            every       REAL,
+            timezone    TEXT NOT NULL,
+            last_run_at REAL                  -- unix seconds, UTC
+        )
+        """,
+        """
+        CREATE TABLE schedule_ticks (
+            key           TEXT NOT NULL,
+            scheduled_for REAL NOT NULL,      -- the tick, unix seconds, UTC
+            job_id        TEXT NOT NULL,
+            PRIMARY KEY (key, scheduled_for)
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE INDEX jobs_completed ON jobs (status, completed_at)
+            WHERE completed_at IS NOT NULL
+        """,
+        """
+        CREATE TABLE leases (
+            name       TEXT PRIMARY KEY,
+            holder     TEXT NOT NULL,
+            expires_at REAL NOT NULL          -- unix seconds, UTC
+        )
+        """,
+    ),
 )
 
 #: The schema version this code writes.
@@ -105,7 +149,7 @@ SCHEMA_VERSION: Final = len(MIGRATIONS)
 COLUMN_NAMES: Final = (
     "id", "type", "payload", "status", "priority", "attempts", "max_attempts", "created_at",
     "started_at", "completed_at", "run_at", "timeout", "last_error", "result", "execution_time",
-    "progress", "progress_message", "metadata", "tenant_id", "retry",
+    "progress", "progress_message", "metadata", "tenant_id", "retry", "unique_key",
 )  # fmt: skip
 COLUMNS: Final = ", ".join(COLUMN_NAMES)
 INSERT: Final = f"INSERT INTO jobs ({COLUMNS}) VALUES ({', '.join('?' * len(COLUMN_NAMES))})"
@@ -227,6 +271,7 @@ def encode_record(job: Job[Any]) -> tuple[Any, ...]:
         metadata,
         job.tenant_id,
         encode_retry(job.retry),
+        job.unique_key,
     )
 
 
@@ -252,6 +297,7 @@ def job_from_row(row: Sequence[Any]) -> Job[Any]:
         metadata=decode_json(row[17]),
         tenant_id=row[18],
         retry=decode_retry(row[19]),
+        unique_key=row[20],
     )
 
 

@@ -71,7 +71,8 @@ from .._base import CancelOutcome, Heartbeat, pop_due
 from .._codec import decode_json, encode_error, encode_json
 from ._commit import GroupCommit, Op, Probe
 from ._connect import connect, translate_error
-from ._records import RecordQueries, type_filter
+from ._batches import BatchQueries
+from ._records import type_filter
 from ._schema import (
     CLAIM_ORDER,
     COLUMNS,
@@ -94,7 +95,7 @@ _log = logging.getLogger("trio_jobs.storage.sqlite")
 _FENCE: Final = "id = ? AND status = 'running' AND attempts = ? AND worker_id = ?"
 
 
-class SQLiteStorage(RecordQueries, WorkerQueries):
+class SQLiteStorage(BatchQueries, WorkerQueries):
     """A durable job store in one SQLite file: jobs survive restarts and crashes.
 
     Several processes on one machine may share the file: each claims jobs
@@ -260,7 +261,11 @@ class SQLiteStorage(RecordQueries, WorkerQueries):
             run_at = now + delay
             try:
                 conn.execute(INSERT, (*values[:10], run_at, *values[11:]))
-            except sqlite3.IntegrityError:
+            except sqlite3.IntegrityError as exc:
+                if "unique_key" in str(exc):
+                    raise ValueError(
+                        f"an active job holds the unique_key {job.unique_key!r}"
+                    ) from None
                 raise ValueError(f"a job with id {job.id!r} exists already") from None
             self._note_work()
             return run_at
