@@ -26,7 +26,7 @@ MAX_PAYLOAD: Final = 7000
 _MAX_ID_IN_PAYLOAD: Final = 500
 #: Number of columns in ``JOB_COLUMNS`` (see :mod:`._sql`) that belong to the
 #: :class:`Job`; a claim's rows carry two more, which it sorts by.
-JOB_FIELD_COUNT: Final = 20
+JOB_FIELD_COUNT: Final = 21
 
 
 def row_to_job(row: tuple[Any, ...]) -> Job[Any]:
@@ -34,7 +34,7 @@ def row_to_job(row: tuple[Any, ...]) -> Job[Any]:
     (
         job_id, job_type, payload, status, priority, attempts, max_attempts, created_at,
         started_at, completed_at, run_at, timeout, last_error, result, execution_time,
-        progress, progress_message, metadata, tenant_id, retry,
+        progress, progress_message, metadata, tenant_id, retry, unique_key,
     ) = row[: JOB_FIELD_COUNT]  # fmt: skip
     return Job(
         id=job_id,
@@ -57,6 +57,7 @@ def row_to_job(row: tuple[Any, ...]) -> Job[Any]:
         metadata=decode_json(metadata),
         tenant_id=tenant_id,
         retry=decode_retry(retry),
+        unique_key=unique_key,
     )
 
 
@@ -86,6 +87,7 @@ def job_record(job: Job[Any]) -> dict[str, Any]:
         "metadata": metadata,
         "tenant_id": job.tenant_id,
         "retry": encode_retry(job.retry),
+        "unique_key": job.unique_key,
     }
 
 

@@ -41,8 +41,8 @@ from ._connect import (
     with_connection,
 )
 from ._listen import Listener, ParkedClaim, Wakeups
+from ._batches import BatchQueries
 from ._records import (
-    RecordQueries,
     check_limit,
     check_seconds,
     finite_or_none,
@@ -66,7 +66,7 @@ _SETTLE_STATUSES: Final = frozenset(JobStatus) - {JobStatus.RUNNING}
 
 
 @final
-class PostgresStorage(RecordQueries):
+class PostgresStorage(BatchQueries):
     """A durable job store on PostgreSQL, shared safely by many workers.
 
     Jobs live in the table ``<schema>.jobs``, created (and later migrated) on
@@ -304,6 +304,12 @@ class PostgresStorage(RecordQueries):
 
         """
         delay = check_seconds(delay, "delay")
+        if job.unique_key is not None:
+            # Not in a shared batch: a key conflict must fail this save alone.
+            (holder,) = await self.save_many([job], delay=delay)
+            if holder != job.id:
+                raise ValueError(f"an active job holds the unique_key {job.unique_key!r}")
+            return
         record = pg_rows.job_record(job)
         record["delay"] = delay
         failure = await self._saves.submit(record)

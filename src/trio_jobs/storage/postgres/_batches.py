@@ -1,0 +1,230 @@
+"""Batches, unique keys, schedule ticks and retention of :class:`PostgresStorage`.
+
+The tables and indexes are those of migration 3 in :mod:`._sql`.
+
+- ``save_many`` inserts a whole batch in **one statement** (the rows travel as one
+  JSON array through ``json_to_recordset``) with ``ON CONFLICT DO NOTHING``: a row
+  whose ``unique_key`` an active job holds (the partial unique index
+  ``jobs_unique_key_idx``) is skipped by the database itself, race-free across
+  processes, and the holder's id is read in the same transaction.
+- ``enqueue_tick`` inserts the ``(key, tick)`` row and the job in one transaction;
+  the tick's primary key lets exactly one runner win.
+- ``purge_batch`` deletes at most ``limit`` rows per statement, under a
+  transaction-level advisory lock that no two runners hold at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+
+from ..._records import Job, JobStatus, Schedule
+from . import _rows as pg_rows
+from ._records import RecordQueries, check_seconds
+
+if TYPE_CHECKING:
+    from ._connect import Connection
+
+#: How often ``save_many`` starts over when a key's holder finished meanwhile.
+_TRIES: Final = 5
+
+
+class _HolderGone(Exception):
+    """The active job holding a key ended between the insert and the read: try again."""
+
+
+def retention_key(schema: str) -> int:
+    """The 64-bit advisory lock key that one retention batch of ``schema`` holds."""
+    digest = hashlib.blake2b(f"trio_jobs.retention:{schema}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+class BatchQueries(RecordQueries):
+    """``save_many``, schedules and ``purge_batch`` of a PostgreSQL job table (see the module)."""
+
+    _schema: str
+
+    def _batch_sql(self, name: str) -> str:
+        s = f'"{self._schema}"'
+        active = "status IN ('pending', 'running', 'retrying')"
+        statements = {
+            "insert": self._sql.insert_many.replace("ON CONFLICT (id)", "ON CONFLICT"),
+            "holders": f"SELECT unique_key, id FROM {s}.jobs"
+            f" WHERE unique_key = ANY(%s) AND {active}",
+            "tick": f"INSERT INTO {s}.schedule_ticks (key, scheduled_for, job_id)"
+            " VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+            "last_run": f"UPDATE {s}.schedules SET last_run_at = %(tick)s WHERE key = %(key)s"
+            " AND (last_run_at IS NULL OR last_run_at < %(tick)s)",
+            "put_schedule": f"INSERT INTO {s}.schedules (key, job_type, cron, every, timezone)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (key) DO UPDATE SET"
+            " job_type = excluded.job_type, cron = excluded.cron, every = excluded.every,"
+            " timezone = excluded.timezone",
+            "schedules": "SELECT key, job_type, cron, every, timezone, last_run_at"
+            f" FROM {s}.schedules ORDER BY key",
+            # One statement, one transaction: the lock is taken first (a
+            # MATERIALIZED CTE), and without it nothing is selected.
+            "purge": f"""
+                WITH lock AS MATERIALIZED (
+                    SELECT pg_try_advisory_xact_lock(%(lock)s) AS held
+                ), victims AS (
+                    SELECT id FROM {s}.jobs
+                    WHERE status = %(status)s AND completed_at IS NOT NULL
+                      AND completed_at < now() - %(age)s * interval '1 second'
+                      AND (SELECT held FROM lock)
+                    ORDER BY completed_at
+                    LIMIT %(limit)s
+                ), deleted AS (
+                    DELETE FROM {s}.jobs WHERE id IN (SELECT id FROM victims) RETURNING 1
+                )
+                SELECT (SELECT held FROM lock), (SELECT count(*) FROM deleted)
+            """,
+        }
+        return statements[name]
+
+    async def save_many(self, jobs: Sequence[Job[Any]], *, delay: float = 0.0) -> list[str]:
+        """Insert jobs in one statement and one transaction, all or none.
+
+        See :class:`~trio_jobs.storage.BatchStorage`.
+
+        Raises:
+            TypeError: a payload or metadata is not JSON-encodable; nothing stored.
+            ValueError: a duplicate id, or a negative ``delay``; nothing stored.
+        """
+        delay = check_seconds(delay, "delay")
+        records = []
+        for job in jobs:
+            record = pg_rows.job_record(job)
+            record["delay"] = delay
+            records.append(pg_rows.json_record(record))
+        batch = json.dumps(records)
+        token = uuid.uuid4().hex
+        insert, holders_sql = self._batch_sql("insert"), self._batch_sql("holders")
+
+        def write(conn: Connection) -> list[str]:
+            for _ in range(_TRIES):
+                try:
+                    with conn.transaction():
+                        rows = conn.execute(insert, {"batch": batch, "token": token}).fetchall()
+                        holders = _holders(conn, holders_sql, jobs, {row[0] for row in rows})
+                except _HolderGone:
+                    continue
+                conn.execute(self._sql.notify, (self._work_channel, repr(delay)))
+                return holders
+            raise RuntimeError("unique keys kept changing hands; save_many gave up")
+
+        holders = await self._run(write)
+        self._wakeups.schedule_work(delay)
+        return holders
+
+    async def put_schedule(self, schedule: Schedule) -> None:
+        """Insert or replace a schedule's definition, keeping its ``last_run_at``."""
+        params = (
+            schedule.key,
+            schedule.job_type,
+            schedule.cron,
+            schedule.every,
+            schedule.timezone,
+        )
+        statement = self._batch_sql("put_schedule")
+
+        def put(conn: Connection) -> None:
+            conn.execute(statement, params)
+
+        await self._run(put)
+
+    async def list_schedules(self) -> list[Schedule]:
+        """Return the stored schedules by key (``next_run_at`` left to the caller)."""
+        statement = self._batch_sql("schedules")
+
+        def read(conn: Connection) -> list[tuple[Any, ...]]:
+            return conn.execute(statement).fetchall()
+
+        return [
+            Schedule(
+                key=key,
+                job_type=job_type,
+                cron=cron,
+                every=every,
+                timezone=timezone,
+                next_run_at=None,
+                last_run_at=None if last is None else last.astimezone(UTC),
+            )
+            for key, job_type, cron, every, timezone, last in await self._run(read)
+        ]
+
+    async def enqueue_tick(
+        self, key: str, tick: datetime, job: Job[Any], *, delay: float = 0.0
+    ) -> bool:
+        """Record the tick and save ``job`` in one transaction; False if the tick was taken."""
+        record = pg_rows.job_record(job)
+        record["delay"] = check_seconds(delay, "delay")
+        batch = json.dumps([pg_rows.json_record(record)])
+        token = uuid.uuid4().hex
+        tick_sql, insert, last_run = (
+            self._batch_sql("tick"),
+            self._sql.insert_many,
+            self._batch_sql("last_run"),
+        )
+
+        def write(conn: Connection) -> bool:
+            with conn.transaction():
+                if not conn.execute(tick_sql, (key, tick, job.id)).rowcount:
+                    return False
+                conn.execute(insert, {"batch": batch, "token": token})
+                conn.execute(last_run, {"tick": tick, "key": key})
+            conn.execute(self._sql.notify, (self._work_channel, "0"))
+            return True
+
+        stored = await self._run(write)
+        if stored:
+            self._wakeups.wake_work()
+        return stored
+
+    async def purge_batch(
+        self, status: JobStatus, older_than: float, *, limit: int, holder: str
+    ) -> int | None:
+        """Delete up to ``limit`` old jobs of ``status``, oldest first, under an advisory lock.
+
+        Returns:
+            How many were deleted, or ``None`` when another runner's batch holds the lock.
+        """
+        params = {
+            "lock": retention_key(self._schema),
+            "status": JobStatus(status).value,
+            "age": older_than,
+            "limit": limit,
+        }
+        statement = self._batch_sql("purge")
+
+        def purge(conn: Connection) -> int | None:
+            row = conn.execute(statement, params).fetchone()
+            assert row is not None
+            return int(row[1]) if row[0] else None
+
+        return await self._run(purge)
+
+
+def _holders(
+    conn: Connection, statement: str, jobs: Sequence[Job[Any]], inserted: set[str]
+) -> list[str]:
+    """Each job's holder: itself if inserted, else the active job with its key."""
+    keys = [job.unique_key for job in jobs if job.id not in inserted]
+    if not keys:
+        return [job.id for job in jobs]
+    if any(key is None for key in keys):
+        missing = next(job.id for job in jobs if job.id not in inserted and job.unique_key is None)
+        raise ValueError(f"a job with id {missing!r} exists already")
+    found = dict(conn.execute(statement, (list(set(keys)),)).fetchall())
+    holders = []
+    for job in jobs:
+        if job.id in inserted:
+            holders.append(job.id)
+        elif job.unique_key in found:
+            holders.append(found[job.unique_key])
+        else:
+            raise _HolderGone
+    return holders
