@@ -93,6 +93,12 @@ def setup(runner: JobRunner) -> None:
         runner.register_handler(job_type, handler)
 
 
+def setup_ticks(runner: JobRunner) -> None:
+    """:func:`setup`, plus a schedule ticking every 0.2 s (every runner tries each tick)."""
+    setup(runner)
+    runner.add_schedule("noop", every=0.2, key="ticks")
+
+
 NOT_HANDLERS = 42
 
 

@@ -37,8 +37,8 @@ RETENTION_INTERVAL = 60.0
 class Clock:
     """The Trio clock anchored to the wall clock at one moment (a runner's start)."""
 
-    wall0: float = attrs.field(factory=time.time)
-    trio0: float = attrs.field(factory=trio.current_time)
+    wall0: float = attrs.field(factory=lambda: time.time())
+    trio0: float = attrs.field(factory=lambda: trio.current_time())
 
     def now(self) -> datetime:
         """The wall-clock time now, as the Trio clock measures it since the anchor."""
