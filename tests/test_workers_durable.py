@@ -35,9 +35,7 @@ async def test_a_runner_on_postgres_lists_itself_and_its_row_goes_with_it(
             assert (me.worker_id, me.concurrency) == (runner.worker_id, 3)
             assert me.job_types == frozenset({"email"})
             shown = assert_ok(
-                await cli(
-                    "workers", "--dsn", PG_DSN, "--schema", pg_schema, "--json", cwd=tmp_path
-                )
+                await cli("workers", "--dsn", PG_DSN, "--schema", pg_schema, "--json", cwd=tmp_path)
             ).json()
             assert [(w["worker_id"], w["job_types"]) for w in shown] == [
                 (runner.worker_id, ["email"])

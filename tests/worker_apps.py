@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -204,3 +205,17 @@ def events_by(
     return Counter(
         (job_id, attempt) for lines in logs.values() for e, job_id, attempt in lines if e == event
     )
+
+
+async def submit_unique_burst(store: Mapping[str, str], count: int, keys: int) -> None:
+    """Submit ``count`` jobs at once over ``keys`` unique keys (run in a subprocess)."""
+    from trio_jobs import JobClient, PostgresStorage, SQLiteStorage
+
+    storage: Any
+    if store["kind"] == "sqlite":
+        storage = SQLiteStorage(store["path"])
+    else:
+        storage = PostgresStorage(store["dsn"], schema=store["schema"], max_connections=20)
+    async with JobClient(storage) as client, trio.open_nursery() as nursery:
+        for i in range(count):
+            nursery.start_soon(partial(client.submit, "noop", i, unique_key=f"key-{i % keys}"))
