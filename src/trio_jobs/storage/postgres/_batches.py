@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from ..._records import Job, JobStatus, Schedule
+from .._codec import BatchCodec
 from . import _rows as pg_rows
 from ._records import RecordQueries, check_seconds
 
@@ -96,8 +97,9 @@ class BatchQueries(RecordQueries):
         """
         delay = check_seconds(delay, "delay")
         records = []
+        codec = BatchCodec()
         for job in jobs:
-            record = pg_rows.job_record(job)
+            record = pg_rows.job_record(job, codec)
             record["delay"] = delay
             records.append(pg_rows.json_record(record))
         batch = json.dumps(records)

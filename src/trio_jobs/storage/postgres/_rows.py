@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from ..._records import Job, JobStatus, WorkerInfo
 from .._codec import (
+    BatchCodec,
     decode_error,
     decode_json,
     decode_retry,
@@ -61,10 +62,18 @@ def row_to_job(row: tuple[Any, ...]) -> Job[Any]:
     )
 
 
-def job_record(job: Job[Any]) -> dict[str, Any]:
-    """Encode ``job`` for a row: every field that can fail is encoded before any I/O."""
+def job_record(job: Job[Any], codec: BatchCodec | None = None) -> dict[str, Any]:
+    """Encode ``job`` for a row: every field that can fail is encoded before any I/O.
+
+    A ``codec`` shared by a batch encodes its jobs' common metadata and retry once.
+    """
     payload = encode_json(job.payload, "payload")
-    metadata = encode_json(dict(job.metadata), "metadata")
+    if codec is None:
+        metadata = encode_json(dict(job.metadata), "metadata")
+        retry = encode_retry(job.retry)
+    else:
+        metadata = codec.metadata(job.metadata)
+        retry = codec.retry(job.retry)
     result = None if job.result is None else encode_json(job.result, "result")
     return {
         "id": job.id,
@@ -86,7 +95,7 @@ def job_record(job: Job[Any]) -> dict[str, Any]:
         "progress_message": job.progress_message,
         "metadata": metadata,
         "tenant_id": job.tenant_id,
-        "retry": encode_retry(job.retry),
+        "retry": retry,
         "unique_key": job.unique_key,
     }
 

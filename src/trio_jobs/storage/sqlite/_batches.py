@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from ..._records import Job, JobStatus, Schedule
+from .._codec import BatchCodec
 from ._records import RecordQueries
 from ._schema import INSERT, encode_record
 
@@ -83,7 +84,8 @@ class BatchQueries(RecordQueries):
         """
         if not delay >= 0:
             raise ValueError(f"delay must be >= 0, got {delay!r}")
-        rows = [encode_record(job) for job in jobs]
+        codec = BatchCodec()
+        rows = [encode_record(job, codec) for job in jobs]
 
         def op(conn: sqlite3.Connection, now: float) -> list[str]:
             with _Savepoint(conn):

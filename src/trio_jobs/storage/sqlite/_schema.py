@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from ..._records import Job, JobPriority, JobStatus, WorkerInfo
 from .._codec import (
+    BatchCodec,
     decode_error,
     decode_json,
     decode_retry,
@@ -242,13 +243,19 @@ def _schema_version(conn: sqlite3.Connection, path: str) -> int:
 # -- records <-> rows -------------------------------------------------------------------
 
 
-def encode_record(job: Job[Any]) -> tuple[Any, ...]:
+def encode_record(job: Job[Any], codec: BatchCodec | None = None) -> tuple[Any, ...]:
     """Return a job's column values in ``COLUMNS`` order (``run_at`` may be ``None``).
 
     The JSON fields are encoded first, so a bad value fails before anything is written.
+    A ``codec`` shared by a batch encodes its jobs' common metadata and retry once.
     """
     payload = encode_json(job.payload, "payload")
-    metadata = encode_json(dict(job.metadata), "metadata")
+    if codec is None:
+        metadata = encode_json(dict(job.metadata), "metadata")
+        retry = encode_retry(job.retry)
+    else:
+        metadata = codec.metadata(job.metadata)
+        retry = codec.retry(job.retry)
     result = None if job.result is None else encode_json(job.result, "result")
     return (
         job.id,
@@ -270,7 +277,7 @@ def encode_record(job: Job[Any]) -> tuple[Any, ...]:
         job.progress_message,
         metadata,
         job.tenant_id,
-        encode_retry(job.retry),
+        retry,
         job.unique_key,
     )
 
