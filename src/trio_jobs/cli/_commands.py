@@ -15,7 +15,15 @@ from .._client import JobClient
 from .._records import Job
 from ..storage._base import CancelOutcome
 from ._errors import CliError, UsageError
-from ._format import job_details, jobs_table, one_line, stats_table, to_json, workers_table
+from ._format import (
+    job_details,
+    jobs_table,
+    one_line,
+    schedules_table,
+    stats_table,
+    to_json,
+    workers_table,
+)
 from ._store import StoreSpec, open_storage, store_spec
 from ._worker import run_worker
 
@@ -44,30 +52,64 @@ async def _find(client: JobClient, job_id: str) -> Job[Any]:
     return job
 
 
-async def cmd_submit(args: argparse.Namespace) -> int:
-    """``submit TYPE [JSON]``: enqueue a job; print its id."""
-    text = sys.stdin.read() if args.payload == "-" else args.payload
-    payload = None
-    if text is not None:
+def _stdin_payloads(text: str) -> list[Any]:
+    """One JSON payload per non-empty line; a single multi-line document is one payload."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    try:
+        return [json.loads(line) for line in lines]
+    except json.JSONDecodeError as exc:
         try:
-            payload = json.loads(text)
+            return [json.loads(text)]
+        except json.JSONDecodeError:
+            raise UsageError(f"submit: invalid JSON payload on stdin: {exc}") from None
+
+
+async def cmd_submit(args: argparse.Namespace) -> int:
+    """``submit TYPE [JSON]``: enqueue a job; print its id.
+
+    ``submit TYPE -`` reads one JSON payload per line from stdin and enqueues them
+    all with one ``submit_many`` (one transaction); it prints one id per line.
+    """
+    retry = None if args.max_attempts is None else {"max_attempts": args.max_attempts}
+    options: dict[str, Any] = {
+        "priority": args.priority,
+        "retry": retry,
+        "timeout": args.timeout,
+        "delay": args.delay,
+        "run_at": args.run_at,
+        "unique_key": args.unique_key,
+    }
+    if args.payload == "-":
+        payloads = _stdin_payloads(sys.stdin.read())
+        async with _client(args, must_exist=False) as client:
+            try:
+                handles = await client.submit_many(args.type, payloads, **options)
+            except (TypeError, ValueError) as exc:
+                raise UsageError(f"submit: {exc}") from None
+        ids = [handle.id for handle in handles]
+        _emit(args, ids, "\n".join(ids) if ids else "no payloads on stdin: nothing submitted")
+        return 0
+    payload = None
+    if args.payload is not None:
+        try:
+            payload = json.loads(args.payload)
         except json.JSONDecodeError as exc:
             raise UsageError(f"submit: invalid JSON payload: {exc}") from None
-    retry = None if args.max_attempts is None else {"max_attempts": args.max_attempts}
     async with _client(args, must_exist=False) as client:
         try:
-            handle = await client.submit(
-                args.type,
-                payload,
-                priority=args.priority,
-                retry=retry,
-                timeout=args.timeout,
-                delay=args.delay,
-            )
+            handle = await client.submit(args.type, payload, **options)
         except (TypeError, ValueError) as exc:
             raise UsageError(f"submit: {exc}") from None
         job = await client.get_job(handle.id)
     _emit(args, job, handle.id)
+    return 0
+
+
+async def cmd_schedules(args: argparse.Namespace) -> int:
+    """``schedules``: every schedule runners stored, with its last and next run."""
+    async with _client(args, must_exist=True) as client:
+        schedules = await client.schedules()
+    _emit(args, schedules, schedules_table(schedules))
     return 0
 
 

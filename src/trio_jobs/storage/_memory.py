@@ -286,9 +286,7 @@ class MemoryStorage:
         self.save_nowait(job, delay=delay)
         self._ticks.add(mark)
         schedule = self._schedules.get(key)
-        if schedule is not None and (
-            schedule.last_run_at is None or schedule.last_run_at < tick
-        ):
+        if schedule is not None and (schedule.last_run_at is None or schedule.last_run_at < tick):
             self._schedules[key] = evolve(schedule, last_run_at=tick)
         return True
 
@@ -300,11 +298,7 @@ class MemoryStorage:
         cutoff = utcnow() - timedelta(seconds=older_than)
         old = []
         for job in self._jobs.values():
-            if (
-                job.status is status
-                and job.completed_at is not None
-                and job.completed_at < cutoff
-            ):
+            if job.status is status and job.completed_at is not None and job.completed_at < cutoff:
                 old.append(job.id)
                 if len(old) >= limit:
                     break

@@ -193,4 +193,3 @@ class BatchQueries(RecordQueries):
             ).rowcount
 
         return await self._write(op)
-
