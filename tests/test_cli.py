@@ -509,7 +509,8 @@ async def test_submit_dash_reads_one_payload_per_line_as_one_batch(tmp_path: Pat
         payloads = [(await jobs.get_job(i)).payload for i in ids]  # type: ignore[union-attr]
     assert payloads == [{"a": 1}, 2, "three"]
     bad = await cli("submit", "echo", "-", "--db", db, cwd=tmp_path, stdin='1\n{"oops"\n')
-    assert bad.code == 2 and "invalid JSON" in bad.stderr
+    assert bad.code == 2
+    assert "invalid JSON" in bad.stderr
 
 
 async def test_submit_run_at_and_unique_key(tmp_path: Path) -> None:
@@ -524,11 +525,13 @@ async def test_submit_run_at_and_unique_key(tmp_path: Path) -> None:
     assert first.stdout == again.stdout
     async with JobClient(SQLiteStorage(db)) as jobs:
         job = await jobs.get_job(first.stdout.strip())
-    assert job is not None and job.run_at is not None
+    assert job is not None
+    assert job.run_at is not None
     # Stored as a delay from the save: exact to the time the save took.
     assert abs(job.run_at.timestamp() - datetime(2030, 1, 1, 8, tzinfo=UTC).timestamp()) < 5
     naive = await cli("submit", "echo", "--db", db, "--run-at", "2030-01-01T09:00", cwd=tmp_path)
-    assert naive.code == 2 and "UTC offset" in naive.stderr
+    assert naive.code == 2
+    assert "UTC offset" in naive.stderr
 
 
 async def test_schedules_lists_stored_schedules(tmp_path: Path) -> None:
@@ -540,9 +543,11 @@ async def test_schedules_lists_stored_schedules(tmp_path: Path) -> None:
             await trio.sleep(0.01)
         await runner.stop()
     table = assert_ok(await cli("schedules", "--db", db, cwd=tmp_path))
-    assert "hourly" in table.stdout and "every 1h" in table.stdout
+    assert "hourly" in table.stdout
+    assert "every 1h" in table.stdout
     data = assert_ok(await cli("schedules", "--db", db, "--json", cwd=tmp_path)).json()
-    assert data[0]["key"] == "hourly" and data[0]["every"] == 3600.0
+    assert data[0]["key"] == "hourly"
+    assert data[0]["every"] == 3600.0
     assert data[0]["next_run_at"] is not None
 
 

@@ -139,8 +139,11 @@ async def test_schedules_report_next_and_last_run(autojump_clock: trio.testing.M
         (after,) = await runner.schedules()
         await runner.stop()
     assert isinstance(after, Schedule)
-    assert after.job_type == "t" and after.every == 30.0 and after.cron is None
-    assert after.last_run_at is not None and after.next_run_at is not None
+    assert after.job_type == "t"
+    assert after.every == 30.0
+    assert after.cron is None
+    assert after.last_run_at is not None
+    assert after.next_run_at is not None
     assert after.next_run_at - after.last_run_at == timedelta(seconds=30)
     assert after.timezone == "UTC"
 

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import trio
 
-from test_worker_processes import client, poll, spawn, store, log_dir  # noqa: F401
-from worker_apps import TESTS_DIR, Worker, cli_env
+from test_worker_processes import client, log_dir, poll, spawn, store  # noqa: F401
 from trio_jobs import JobStatus
+from worker_apps import TESTS_DIR, Worker, cli_env
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ Store = dict[str, str]
 
 
 async def test_two_workers_enqueue_each_tick_exactly_once(
-    store: Store,
+    store: Store,  # noqa: F811
     spawn: Callable[..., Worker],  # noqa: F811
 ) -> None:
     workers = [spawn(store, "--concurrency", "4", app="worker_apps:setup_ticks") for _ in range(2)]
@@ -49,12 +49,13 @@ async def test_two_workers_enqueue_each_tick_exactly_once(
         assert len(counts) >= 30
         assert set(counts.values()) == {1}, counts
         (schedule,) = await jobs.schedules()
-        assert schedule.key == "ticks" and schedule.every == 0.2
+        assert schedule.key == "ticks"
+        assert schedule.every == 0.2
         assert schedule.last_run_at is not None
 
 
 async def test_two_processes_racing_on_ten_keys_leave_ten_active_jobs(
-    store: Store,
+    store: Store,  # noqa: F811
     tmp_path: Path,
     spawn: Callable[..., Worker],  # noqa: F811
 ) -> None:
@@ -83,7 +84,8 @@ async def test_two_processes_racing_on_ten_keys_leave_ten_active_jobs(
             again = await jobs.submit("noop", unique_key="key-3")
             assert not again.deduplicated
             dup = await jobs.submit("noop", unique_key="key-3")
-            assert dup.deduplicated and dup.id == again.id
+            assert dup.deduplicated
+            assert dup.id == again.id
 
 
 async def partial_run(command: list[str], cwd: Path) -> Any:

@@ -44,15 +44,18 @@ async def test_an_active_unique_key_deduplicates_and_a_final_one_does_not(
         first = await client.submit("echo", 1, unique_key="k")
         again = await client.submit("echo", 2, unique_key="k", delay=60)
         other = await client.submit("echo", 3, unique_key="other")
-        assert not first.deduplicated and not other.deduplicated
-        assert again.deduplicated and again.id == first.id
+        assert not first.deduplicated
+        assert not other.deduplicated
+        assert again.deduplicated
+        assert again.id == first.id
         assert (await client.get_job(first.id)).unique_key == "k"  # type: ignore[union-attr]
         assert (await client.stats()).pending == 2
     async with runner_on(store_factory) as runner:
         assert await (await runner.get_handle(first.id)).wait() == 1
         # Final now: the key is free again.
         fresh = await runner.submit("echo", 4, unique_key="k")
-        assert not fresh.deduplicated and fresh.id != first.id
+        assert not fresh.deduplicated
+        assert fresh.id != first.id
         assert await fresh.wait() == 4
 
 
@@ -76,7 +79,8 @@ async def test_a_retrying_job_keeps_its_key_and_never_conflicts_with_itself(
         )
         assert await handle.wait() == "ok"
         job = await handle.get_status()
-        assert job.attempts == 3 and job.status is JobStatus.COMPLETED
+        assert job.attempts == 3
+        assert job.status is JobStatus.COMPLETED
 
 
 async def test_concurrent_submits_of_one_key_store_one_job(store_factory: StoreFactory) -> None:

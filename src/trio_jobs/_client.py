@@ -139,7 +139,9 @@ class JobClient:
         run_at: datetime | None = None,
         unique_key: str | None = None,
     ) -> list[JobHandle[Any]]:
-        """Store one job per payload, all in one transaction or none (see :meth:`JobRunner.submit_many`).
+        """Store one job per payload, all in one transaction or none.
+
+        See :meth:`JobRunner.submit_many`.
 
         Raises:
             RunnerClosedError: the client is not open.

@@ -39,7 +39,6 @@ from ._retry import RetryConfig
 from ._scheduler import Handler, Scheduler
 from ._submit import build_job, build_jobs, check_seconds, resolve_delay, store_jobs
 from .storage._base import (
-    BatchStorage,
     CancelOutcome,
     InProcessStorage,
     JobStorage,
@@ -511,7 +510,11 @@ class JobRunner:
             timezone: The IANA timezone of ``cron`` (daylight saving followed).
             backfill: At start, ticks missed at most this many seconds ago are
                 enqueued, oldest first; older ones are skipped.
-            priority, retry, timeout, metadata, tenant_id: As for :meth:`submit`.
+            priority: As for :meth:`submit`.
+            retry: As for :meth:`submit`.
+            timeout: As for :meth:`submit`.
+            metadata: As for :meth:`submit`; ``schedule`` and ``scheduled_for`` are added.
+            tenant_id: As for :meth:`submit`.
 
         Raises:
             ValueError: not exactly one of ``cron`` and ``every``, an invalid
@@ -573,7 +576,8 @@ class JobRunner:
                 await trio.sleep_forever()
 
     async def _run_schedule(self, spec: ScheduleSpec) -> None:
-        assert self._clock is not None and isinstance(self._storage, ScheduleStorage)
+        assert self._clock is not None
+        assert isinstance(self._storage, ScheduleStorage)
         store = self._storage
         while True:
             try:

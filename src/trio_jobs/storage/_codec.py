@@ -15,7 +15,6 @@ from typing import Any
 from .._records import ErrorInfo
 from .._retry import RetryConfig, RetryStrategy
 
-
 # One encoder for every call: json.dumps with options builds a new one each time.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 

@@ -220,7 +220,7 @@ def _holders(
     if any(key is None for key in keys):
         missing = next(job.id for job in jobs if job.id not in inserted and job.unique_key is None)
         raise ValueError(f"a job with id {missing!r} exists already")
-    found = dict(conn.execute(statement, (list(set(keys)),)).fetchall())
+    found: dict[str, str] = dict(conn.execute(statement, (list(set(keys)),)).fetchall())
     holders = []
     for job in jobs:
         if job.id in inserted:

@@ -32,6 +32,7 @@ from .._codec import decode_json, encode_error, encode_json
 from . import _rows as pg_rows
 from . import _sql as sql
 from ._batch import Batcher, BatchWriters, ClaimRequest, SettleRequest
+from ._batches import BatchQueries
 from ._connect import (
     configure_connection,
     connect_listener,
@@ -41,7 +42,6 @@ from ._connect import (
     with_connection,
 )
 from ._listen import Listener, ParkedClaim, Wakeups
-from ._batches import BatchQueries
 from ._records import (
     check_limit,
     check_seconds,

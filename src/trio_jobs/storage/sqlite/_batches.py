@@ -73,7 +73,7 @@ class BatchQueries(RecordQueries):
     """``save_many``, schedules and ``purge_batch`` of a SQLite job table (see the module)."""
 
     async def save_many(self, jobs: Sequence[Job[Any]], *, delay: float = 0.0) -> list[str]:
-        """Insert jobs in one transaction, all or none; see :class:`~trio_jobs.storage.BatchStorage`.
+        """Insert jobs in one transaction, all or none (see ``BatchStorage``).
 
         Unique keys are checked under the write lock (SQLite has one writer at a
         time), and the partial unique index ``jobs_unique_key`` stands behind it.
@@ -109,7 +109,8 @@ class BatchQueries(RecordQueries):
 
         def op(conn: sqlite3.Connection, now: float) -> None:
             conn.execute(
-                "INSERT INTO schedules (key, job_type, cron, every, timezone) VALUES (?, ?, ?, ?, ?)"
+                "INSERT INTO schedules (key, job_type, cron, every, timezone)"
+                " VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (key) DO UPDATE SET job_type = excluded.job_type,"
                 " cron = excluded.cron, every = excluded.every, timezone = excluded.timezone",
                 values,

@@ -69,9 +69,9 @@ import trio
 from ..._records import ErrorInfo, Job, JobStatus, WorkerInfo
 from .._base import CancelOutcome, Heartbeat, pop_due
 from .._codec import decode_json, encode_error, encode_json
+from ._batches import BatchQueries
 from ._commit import GroupCommit, Op, Probe
 from ._connect import connect, translate_error
-from ._batches import BatchQueries
 from ._records import type_filter
 from ._schema import (
     CLAIM_ORDER,
