@@ -105,7 +105,7 @@ class Job(Generic[P]):
 
     ``unique_key``: while a job with this key is pending, delayed, running or
     retrying, submitting another with the same key stores nothing (see
-    :attr:`JobHandle.deduplicated`).
+    ``JobHandle.deduplicated``).
     """
 
     id: str

@@ -368,7 +368,7 @@ class JobRunner:
                 start (instead of ``delay``; a past time means at once).
             unique_key: While a job with this key is pending, delayed, running or
                 retrying, store nothing and return that job's handle, with
-                :attr:`JobHandle.deduplicated` True. Race-free across processes.
+                ``JobHandle.deduplicated`` True. Race-free across processes.
 
         Raises:
             RunnerClosedError: the runner is not running.

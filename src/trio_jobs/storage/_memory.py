@@ -236,7 +236,7 @@ class MemoryStorage:
             self._enqueue(job, delay, wake=wake or delay > 0)
 
     async def save_many(self, jobs: Sequence[Job[Any]], *, delay: float = 0.0) -> list[str]:
-        """Insert new jobs, all or none; see :meth:`BatchStorage.save_many`.
+        """Insert new jobs, all or none; see ``BatchStorage.save_many``.
 
         Raises:
             ValueError: a job with one of these ids exists already; nothing is stored.

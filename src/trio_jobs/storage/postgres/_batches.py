@@ -89,7 +89,7 @@ class BatchQueries(RecordQueries):
     async def save_many(self, jobs: Sequence[Job[Any]], *, delay: float = 0.0) -> list[str]:
         """Insert jobs in one statement and one transaction, all or none.
 
-        See :class:`~trio_jobs.storage.BatchStorage`.
+        See ``BatchStorage``.
 
         Raises:
             TypeError: a payload or metadata is not JSON-encodable; nothing stored.
