@@ -139,7 +139,7 @@ async def test_version_1_schemas_migrate_keeping_jobs_and_marking_delayed_ones(
         " ('now', 't', '2', 'pending', 1, 3, now(), now())"
     )
     async with PostgresStorage(PG_DSN, schema=pg_schema) as store:
-        assert await store.migrate() == _sql.LATEST_VERSION == 2
+        assert await store.migrate() == _sql.LATEST_VERSION >= 2
         flags = dict(await admin_async(f"SELECT id, delayed FROM {s}.jobs"))
         assert flags == {"later": True, "now": False}
         assert [job.id for job in await store.claim("w", 5)] == ["now"]
