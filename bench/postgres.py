@@ -54,6 +54,7 @@ import importlib.util
 import math
 import os
 import random
+import select
 import shlex
 import signal
 import statistics
@@ -580,7 +581,21 @@ async def bench_saq(dsn: str, total: int, samples: int, folder: Path) -> Result:
 # -- the ceiling ----------------------------------------------------------------------------
 
 
-def bench_raw(dsn: str, total: int) -> Result:
+def _create_raw_table(conn: psycopg.Connection[Any], schema: str, table: str) -> None:
+    """The raw loops' queue: a schema with one table and its index of pending rows."""
+    conn.execute(f'CREATE SCHEMA "{schema}"')
+    conn.execute(
+        f"""CREATE TABLE {table} (
+            id bigserial PRIMARY KEY,
+            status text NOT NULL DEFAULT 'pending',
+            payload jsonb,
+            claimed_at timestamptz,
+            completed_at timestamptz)"""
+    )
+    conn.execute(f"CREATE INDEX ON {table} (id) WHERE status = 'pending'")
+
+
+def bench_raw(dsn: str, total: int, samples: int) -> Result:
     schema = _schema("raw")
     table = f'"{schema}".jobs'
     claim = f"""
@@ -592,16 +607,7 @@ def bench_raw(dsn: str, total: int) -> Result:
     complete = f"UPDATE {table} SET status = 'completed', completed_at = now() WHERE id = ANY(%s)"
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f'CREATE SCHEMA "{schema}"')
-            conn.execute(
-                f"""CREATE TABLE {table} (
-                    id bigserial PRIMARY KEY,
-                    status text NOT NULL DEFAULT 'pending',
-                    payload jsonb,
-                    claimed_at timestamptz,
-                    completed_at timestamptz)"""
-            )
-            conn.execute(f"CREATE INDEX ON {table} (id) WHERE status = 'pending'")
+            _create_raw_table(conn, schema, table)
             start = time.perf_counter()
             conn.execute(
                 f"INSERT INTO {table} (payload) SELECT '{{}}'::jsonb FROM generate_series(1, %s)",
@@ -624,9 +630,82 @@ def bench_raw(dsn: str, total: int) -> Result:
                 raise RuntimeError(f"raw loop completed {done} of {total}")
     finally:
         _drop_schema(dsn, schema)
+    idle_p50, idle_p95 = _raw_idle_latency(dsn, samples)
     return Result("raw psycopg claim-10", rate=total / elapsed, submit=total / submit,
                   worker_cpu=client_cpu / total, pg_cpu=_nan_none(pg_cpu / total),
+                  idle_p50=idle_p50, idle_p95=idle_p95,
                   note="one connection, in this process; submit is one INSERT")  # fmt: skip
+
+
+def _raw_listener(dsn: str, table: str, channel: str, latencies: Any, ready: Any) -> None:
+    """The floor of the idle path: LISTEN, and on each notification one claim (a process)."""
+    claim = f"""
+        UPDATE {table} SET status = 'running', claimed_at = now()
+        WHERE id IN (
+            SELECT id FROM {table} WHERE status = 'pending'
+            ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 10)
+        RETURNING id, payload"""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"LISTEN {channel}")
+        ready.set()
+        while True:
+            # Wait on the socket, then take what arrived (psycopg also keeps aside
+            # what came during a statement): as trio_jobs' LISTEN thread does.
+            select.select([conn.fileno()], [], [])
+            for note in list(conn.notifies(timeout=0)):
+                if note.payload == "stop":
+                    return
+                with conn.transaction():
+                    # Claims commit without waiting for the disk, as trio_jobs' do.
+                    conn.execute("SET LOCAL synchronous_commit = off")
+                    for _, payload in conn.execute(claim).fetchall():
+                        latencies.put(time.time() - payload["t0"])
+
+
+def _raw_idle_latency(dsn: str, samples: int) -> tuple[float, float]:
+    """Submit->claim of single jobs 25-75 ms apart, in raw psycopg: the floor for a worker.
+
+    The producer inserts (a durable commit) and notifies in a second transaction
+    sent in the same round trip (a pipeline, as trio_jobs does); a listener in
+    another process claims on each notification and takes ``time.time()`` once the
+    claim's rows are back. What trio_jobs adds on top is its own work: the
+    hand-off from the LISTEN thread to Trio, the attempt, the handler's start.
+    """
+    import multiprocessing
+
+    schema = _schema("rawidle")
+    table = f'"{schema}".jobs'
+    channel = f"{schema}_work"
+    ctx = multiprocessing.get_context("spawn")
+    latencies = ctx.Queue()
+    ready = ctx.Event()
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            _create_raw_table(conn, schema, table)
+            listener = ctx.Process(
+                target=_raw_listener, args=(dsn, table, channel, latencies, ready)
+            )
+            listener.start()
+            try:
+                if not ready.wait(SAMPLE_LIMIT):
+                    raise RuntimeError("raw listener did not start")
+                insert = f"INSERT INTO {table} (payload) VALUES (%s)"
+                for _ in range(samples):
+                    time.sleep(random.uniform(0.025, 0.075))
+                    with conn.pipeline():
+                        conn.execute("BEGIN")
+                        conn.execute(insert, (psycopg.types.json.Jsonb({"t0": time.time()}),))
+                        conn.execute("COMMIT")
+                        conn.execute(f"NOTIFY {channel}")
+                found = [latencies.get(timeout=SAMPLE_LIMIT) for _ in range(samples)]
+            finally:
+                conn.execute(f"NOTIFY {channel}, 'stop'")
+                listener.join(SAMPLE_LIMIT)
+                if listener.is_alive():
+                    listener.kill()
+    finally:
+        _drop_schema(dsn, schema)
+    return _percentiles(found)
 
 
 # -- main -----------------------------------------------------------------------------------
@@ -683,7 +762,7 @@ def main() -> None:
                 else:
                     rows.append(Result("saq", note="not installed"))
             else:
-                rows.append(bench_raw(args.dsn, args.jobs))
+                rows.append(bench_raw(args.dsn, args.jobs, args.samples))
         fleet: list[tuple[int, float]] = []
         if args.fleet_jobs and "trio_jobs" in only:
             for processes in (1, args.fleet_workers):

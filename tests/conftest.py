@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 
+#: The PostgreSQL tests' shared fixture (make_store) lives beside their admin helpers.
+pytest_plugins = ["pg_admin"]
+
 PG_DSN = os.environ.get("TRIO_JOBS_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
 

@@ -97,8 +97,12 @@ def assert_one_line_error(result: Result, code: int, fragment: str) -> None:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> str:
-    return str(tmp_path / "jobs.db")
+async def db(tmp_path: Path) -> str:
+    """An SQLite database with trio_jobs tables (as a worker or `migrate` leaves it)."""
+    path = str(tmp_path / "jobs.db")
+    async with SQLiteStorage(path):
+        pass
+    return path
 
 
 async def run_jobs(db: str, submissions: Sequence[tuple[str, Any, dict[str, Any]]]) -> list[str]:
@@ -240,10 +244,14 @@ async def test_list_show_and_stats_as_tables_and_json(tmp_path: Path, db: str) -
     for result in (table, listed, by_status, by_type, limited, shown_ok, shown_failed, stats):
         assert_ok(result)
 
-    header, *rows = table.stdout.splitlines()
+    store, header, *rows, note = table.stdout.splitlines()
+    assert store == f"SQLite database {db}, newest first:"
     assert header.split() == [
-        "ID", "TYPE", "STATUS", "PRIORITY", "ATTEMPTS", "CREATED", "DURATION", "PROGRESS",
+        "ID", "TYPE", "STATUS", "PRIORITY", "ATTEMPTS", "CREATED", "NEXT", "RUN", "DURATION",
+        "PROGRESS",
     ]  # fmt: skip
+    # Nothing runs "later" jobs: the list says so (a worker runs only its types).
+    assert note.startswith("warning: 1 waiting job (1 of type 'later') that no live worker")
     assert len(rows) == 3
     assert {row.split()[0] for row in rows} == {ok, failed, waiting}
     # Aligned: every row's status starts in the header's STATUS column.
@@ -266,22 +274,30 @@ async def test_list_show_and_stats_as_tables_and_json(tmp_path: Path, db: str) -
     assert record["last_error"]["message"] == "disk on fire"
     assert "Traceback (most recent call last)" in record["last_error"]["traceback"]
 
+    assert stats.stdout.startswith(f"SQLite database {db}:\n")
     assert re.search(r"^completed\s+1$", stats.stdout, re.M)
     assert re.search(r"^failed\s+1$", stats.stdout, re.M)
     assert re.search(r"^pending\s+1$", stats.stdout, re.M)
     counts = stats_json.json()
     assert (counts["completed"], counts["failed"], counts["pending"]) == (1, 1, 1)
     assert counts["total_processed"] == 2
+    assert (counts["store"], counts["path"]) == ("sqlite", db)
+    assert counts["unhandled"] == {"later": 1}
 
 
 async def test_store_comes_from_the_environment_or_the_current_directory(tmp_path: Path) -> None:
     env_db = tmp_path / "from-env.db"
+    # Only a worker or `migrate` creates a database; then jobs may be submitted.
+    assert_ok(await cli("migrate", env={"TRIO_JOBS_DB": str(env_db)}, cwd=tmp_path))
+    default = assert_ok(await cli("migrate", cwd=tmp_path))
     by_env = await cli("submit", "echo", env={"TRIO_JOBS_DB": str(env_db)}, cwd=tmp_path)
     by_default = await cli("submit", "echo", cwd=tmp_path)
     listed = await cli("list", "--json", "--db", str(env_db), cwd=tmp_path)
     assert [job["id"] for job in listed.json()] == [assert_ok(by_env).stdout.strip()]
     assert_ok(by_default)
     assert await trio.Path(tmp_path / "trio_jobs.db").exists()
+    # The default depends on the working directory: the command says which file it used.
+    assert default.stdout.startswith(f"SQLite database {tmp_path / 'trio_jobs.db'} is at")
 
 
 # -- cancel, retry, purge, migrate --------------------------------------------------------------
@@ -413,7 +429,10 @@ async def test_worker_runs_jobs_logs_each_event_and_stops_on_sigint(
         rf"job {failing.id} explode attempt 2/2 failed for good: RuntimeError: nope$", log, re.M
     )
     assert "SIGINT: stopping after the running jobs finish" in log
-    assert "worker stopped (1 completed, 1 failed, 1 retried)" in log
+    assert (
+        "worker stopped: 2 jobs finished (1 completed, 1 failed); 1 failed attempt retried" in log
+    )
+    assert re.search(rf"WARNING +job {failing.id} explode attempt 2/2 failed for good", log)
 
 
 # -- mistakes: one line, no traceback --------------------------------------------------------------
@@ -441,9 +460,10 @@ async def test_every_mistake_is_one_line_with_the_right_exit_status(
         (("show", unknown, "--db", db), 1, f"no job with id '{unknown}'"),
         (("cancel", unknown, "--db", db), 1, "no job with id"),
         (("retry", unknown, "--db", db), 1, "no job with id"),
-        (("list", "--db", str(tmp_path / "missing.db")), 1, "no database at"),
-        (("submit", "echo", "--db", str(tmp_path / "no" / "such" / "dir.db")), 1, "cannot open"),
-        (("stats", "--db", str(garbage)), 1, "not a trio_jobs SQLite database"),
+        (("list", "--db", str(tmp_path / "missing.db")), 3, "no database at"),
+        (("submit", "echo", "--db", str(tmp_path / "missing.db")), 3, "no database at"),
+        (("submit", "echo", "--db", str(tmp_path / "no" / "such" / "dir.db")), 3, "no database"),
+        (("stats", "--db", str(garbage)), 3, "not a trio_jobs SQLite database"),
         (("stats", "--db", str(tmp_path)), 1, "cannot open"),
         (("stats", "--dsn", "postgresql://postgres@127.0.0.1:1/test"), 1, "cannot open PostgreSQL"),
         (("worker", "nocolon", "--db", db), 2, "APP must be module:attribute"),
@@ -498,8 +518,7 @@ async def test_demo_runs_in_memory_and_on_a_temporary_sqlite_file(tmp_path: Path
     assert not await trio.Path(path.group(1)).exists()
 
 
-async def test_submit_dash_reads_one_payload_per_line_as_one_batch(tmp_path: Path) -> None:
-    db = str(tmp_path / "jobs.db")
+async def test_submit_dash_reads_one_payload_per_line_as_one_batch(tmp_path: Path, db: str) -> None:
     piped = assert_ok(
         await cli("submit", "echo", "-", "--db", db, cwd=tmp_path, stdin='{"a": 1}\n\n2\n"three"\n')
     )
@@ -511,10 +530,25 @@ async def test_submit_dash_reads_one_payload_per_line_as_one_batch(tmp_path: Pat
     bad = await cli("submit", "echo", "-", "--db", db, cwd=tmp_path, stdin='1\n{"oops"\n')
     assert bad.code == 2
     assert "invalid JSON" in bad.stderr
+    tagged = assert_ok(
+        await cli(
+            "submit", "echo", "-", "--db", db, "--metadata", '{"source": "batch"}',
+            "--tenant", "acme", cwd=tmp_path, stdin="1\n2\n",
+        )
+    )  # fmt: skip
+    async with JobClient(SQLiteStorage(db)) as jobs:
+        tagged_jobs = [await jobs.get_job(i) for i in tagged.stdout.split()]
+    assert [(j.metadata, j.tenant_id) for j in tagged_jobs if j is not None] == [
+        ({"source": "batch"}, "acme")
+    ] * 2
+    missing = str(tmp_path / "missing.db")
+    refused = await cli("submit", "echo", "-", "--db", missing, cwd=tmp_path, stdin="1\n")
+    assert refused.code == 3
+    assert "no database" in refused.stderr
+    assert not await trio.Path(missing).exists()
 
 
-async def test_submit_run_at_and_unique_key(tmp_path: Path) -> None:
-    db = str(tmp_path / "jobs.db")
+async def test_submit_run_at_and_unique_key(tmp_path: Path, db: str) -> None:
     first = assert_ok(
         await cli(
             "submit", "echo", "--db", db, "--run-at", "2030-01-01T09:00+01:00",

@@ -11,6 +11,9 @@ import trio_jobs
 EXPECTED = {
     # running jobs
     "JobClient",
+    "BlockingJobClient",
+    "JobLogFilter",
+    "log_context",
     "JobContext",
     "JobHandle",
     "JobRunner",
@@ -31,6 +34,9 @@ EXPECTED = {
     "JobTimeoutError",
     "RunnerClosedError",
     "RunnerStoppedError",
+    "StorageCorruptError",
+    "StorageError",
+    "StorageUnavailableError",
     "UnknownJobTypeError",
     # retry toolkit
     "RetryConfig",

@@ -13,13 +13,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,40 +26,23 @@ import pytest
 import trio
 import trio.testing
 
-from trio_jobs import CancelOutcome, ErrorInfo, Job, JobPriority, JobStatus, PostgresStorage
+from pg_admin import PG_DSN, MakeStore, admin, admin_async
+from trio_jobs import (
+    CancelOutcome,
+    ErrorInfo,
+    Job,
+    JobPriority,
+    JobStatus,
+    PostgresStorage,
+    StorageCorruptError,
+)
 from trio_jobs.storage.postgres import _sql
 from trio_jobs.storage.postgres._batch import ClaimRequest, SettleRequest, _settle_record
 
 pytestmark = pytest.mark.slow
 
-PG_DSN = os.environ.get("TRIO_JOBS_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 WAKE_TIMEOUT = 30.0  # what a waiter asks for; a notification must beat it by far
 DEADLINE = 5.0  # the test fails if the notification has not arrived by then
-
-MakeStore = Callable[..., Any]
-
-
-@pytest.fixture
-async def make_store(pg_schema: str) -> AsyncIterator[MakeStore]:
-    """Open stores on this test's schema; all are closed after the test."""
-    async with AsyncExitStack() as stack:
-
-        async def make(**kwargs: Any) -> PostgresStorage:
-            kwargs.setdefault("schema", pg_schema)
-            store = PostgresStorage(PG_DSN, **kwargs)
-            return await stack.enter_async_context(store)
-
-        yield make
-
-
-def admin(query: str, params: Any = None) -> list[tuple[Any, ...]]:
-    with psycopg.connect(PG_DSN, autocommit=True) as conn:
-        cur = conn.execute(query, params)
-        return cur.fetchall() if cur.description else []
-
-
-async def admin_async(query: str, params: Any = None) -> list[tuple[Any, ...]]:
-    return await trio.to_thread.run_sync(admin, query, params)
 
 
 async def backend_pids(application_name: str) -> set[int]:
@@ -1115,3 +1096,43 @@ async def test_close_completes_even_when_cancelled(make_store: MakeStore) -> Non
         await store.close()
     with pytest.raises(RuntimeError, match="not open"):
         await store.get("x")
+
+
+# -- read-only opening (issue 17) --------------------------------------------------------------
+
+
+async def test_read_only_refuses_a_missing_schema_and_creates_nothing(
+    make_store: MakeStore, pg_schema: str
+) -> None:
+    with pytest.raises(StorageCorruptError, match=f"no trio_jobs schema named '{pg_schema}' here"):
+        await make_store(read_only=True)
+    assert (
+        await admin_async("SELECT nspname FROM pg_namespace WHERE nspname = %s", (pg_schema,)) == []
+    )
+
+
+async def test_read_only_reads_a_migrated_schema_without_migrating_it(
+    make_store: MakeStore, pg_schema: str
+) -> None:
+    writer = await make_store()
+    await writer.save(Job(id="a" * 32, type="mail"))
+    versions = await admin_async(f'SELECT count(*) FROM "{pg_schema}".schema_version')
+
+    reader = await make_store(read_only=True)
+
+    assert reader.read_only
+    assert [job.id for job in await reader.list_jobs()] == ["a" * 32]
+    assert await reader.waiting_by_type() == {"mail": 1}
+    assert await admin_async(f'SELECT count(*) FROM "{pg_schema}".schema_version') == versions
+
+
+async def test_read_only_refuses_a_schema_not_migrated_to_this_version(
+    make_store: MakeStore, pg_schema: str
+) -> None:
+    await make_store()
+    await admin_async(
+        f'DELETE FROM "{pg_schema}".schema_version WHERE version = %s', (_sql.LATEST_VERSION,)
+    )
+
+    with pytest.raises(StorageCorruptError, match="older than this trio_jobs reads"):
+        await make_store(read_only=True)

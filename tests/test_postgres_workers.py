@@ -8,10 +8,8 @@ statement are counted with ``pg_stat_xact_user_tables``, as in test_postgres.py.
 
 from __future__ import annotations
 
-import os
 import threading
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -22,6 +20,7 @@ import pytest
 import trio
 import trio.testing
 
+from pg_admin import PG_DSN, MakeStore, admin_async
 from trio_jobs import (
     Heartbeat,
     Job,
@@ -35,33 +34,7 @@ from trio_jobs.storage.postgres import _sql
 
 pytestmark = pytest.mark.slow
 
-PG_DSN = os.environ.get("TRIO_JOBS_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 DEADLINE = 10.0  # generous: what should happen at once must happen well before this
-
-MakeStore = Callable[..., Any]
-
-
-@pytest.fixture
-async def make_store(pg_schema: str) -> AsyncIterator[MakeStore]:
-    """Open stores on this test's schema; all are closed after the test."""
-    async with AsyncExitStack() as stack:
-
-        async def make(**kwargs: Any) -> PostgresStorage:
-            kwargs.setdefault("schema", pg_schema)
-            store = PostgresStorage(PG_DSN, **kwargs)
-            return await stack.enter_async_context(store)
-
-        yield make
-
-
-def admin(query: str, params: Any = None) -> list[tuple[Any, ...]]:
-    with psycopg.connect(PG_DSN, autocommit=True) as conn:
-        cur = conn.execute(query, params)
-        return cur.fetchall() if cur.description else []
-
-
-async def admin_async(query: str, params: Any = None) -> list[tuple[Any, ...]]:
-    return await trio.to_thread.run_sync(admin, query, params)
 
 
 def info(worker_id: str, *, started: datetime | None = None, **fields: Any) -> WorkerInfo:

@@ -18,7 +18,7 @@ import pytest
 import trio
 import trio.testing
 
-from trio_jobs import Job, JobStatus, SQLiteStorage
+from trio_jobs import Job, JobStatus, SQLiteStorage, StorageCorruptError, StorageUnavailableError
 from trio_jobs.storage.sqlite import _connect, _store
 
 DEADLINE = 10.0
@@ -183,8 +183,10 @@ async def test_a_corrupt_database_is_a_clear_error(tmp_path: Path) -> None:
     data[100:4096] = b"\xff" * (4096 - 100)  # the header's tail and the schema page
     path.write_bytes(bytes(data))
 
-    with pytest.raises(ValueError, match="not a trio_jobs SQLite database"):
+    # A StorageCorruptError, still a ValueError as before.
+    with pytest.raises(ValueError, match=r"is corrupt|not a trio_jobs SQLite database") as info:
         await SQLiteStorage(path).open()
+    assert isinstance(info.value, StorageCorruptError)
 
 
 async def test_another_programs_jobs_table_is_not_touched(sqlite_path: Path) -> None:
@@ -652,3 +654,75 @@ def raw_journal_mode(path: Path) -> str:
         return str(conn.execute("PRAGMA journal_mode").fetchone()[0])
     finally:
         conn.close()
+
+
+# -- read-only opening (issue 17) --------------------------------------------------------------
+
+
+async def test_read_only_reads_jobs_and_refuses_every_write(sqlite_path: Path) -> None:
+    async with SQLiteStorage(sqlite_path) as store:
+        await store.save(new_job("mail"))
+    before = await trio.Path(sqlite_path).read_bytes()
+
+    async with SQLiteStorage(sqlite_path, read_only=True) as reader:
+        assert reader.read_only
+        (job,) = await reader.list_jobs()
+        assert job.type == "mail"
+        assert (await reader.get_stats()).pending == 1
+        with pytest.raises(StorageUnavailableError, match="cannot write"):
+            await reader.save(new_job())
+        with pytest.raises(StorageUnavailableError):
+            await reader.request_cancel(job.id)
+    assert await trio.Path(sqlite_path).read_bytes() == before
+
+
+async def test_read_only_leaves_another_programs_database_as_it_was(sqlite_path: Path) -> None:
+    conn = raw(sqlite_path)
+    conn.execute("CREATE TABLE notes (body TEXT)")
+    conn.close()
+
+    with pytest.raises(StorageCorruptError, match="not a trio_jobs SQLite database"):
+        await SQLiteStorage(sqlite_path, read_only=True).open()
+
+    conn = raw(sqlite_path)
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+    conn.close()
+    assert tables == {"notes"}
+
+
+async def test_read_only_turns_neither_an_empty_nor_a_missing_file_into_a_database(
+    tmp_path: Path,
+) -> None:
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    missing = tmp_path / "missing.db"
+
+    with pytest.raises(StorageCorruptError, match="it has no tables"):
+        await SQLiteStorage(empty, read_only=True).open()
+    with pytest.raises(StorageCorruptError, match="no SQLite database at"):
+        await SQLiteStorage(missing, read_only=True).open()
+
+    assert empty.read_bytes() == b""
+    assert not missing.exists()
+    assert [p.name for p in await trio.Path(tmp_path).iterdir()] == ["empty.db"]
+
+
+async def test_read_only_refuses_an_older_schema_that_a_writable_opening_migrates(
+    sqlite_path: Path,
+) -> None:
+    from trio_jobs.storage.sqlite import _schema
+
+    conn = raw(sqlite_path)
+    conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at REAL)")
+    for statement in _schema.MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute("INSERT INTO schema_version VALUES (1, 0)")
+    conn.close()
+
+    with pytest.raises(StorageCorruptError, match=r"version 1, older .* `trio-jobs migrate`"):
+        await SQLiteStorage(sqlite_path, read_only=True).open()
+
+    async with SQLiteStorage(sqlite_path):
+        pass
+    async with SQLiteStorage(sqlite_path, read_only=True) as reader:
+        assert await reader.workers() == []

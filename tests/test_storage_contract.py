@@ -816,3 +816,141 @@ async def test_jobs_survive_reopening_the_store(durable_store_factory: StoreFact
         assert got.status is JobStatus.COMPLETED
         assert got.result == [1]
         assert await store.count_unfinished() == 1
+
+
+async def test_a_dropped_worker_row_is_put_back_by_its_next_heartbeat(
+    store_factory: Any,
+) -> None:
+    """A worker that stalled past its row's expiry is listed again once it renews.
+
+    A rescuer drops the stale row with the worker's jobs; the worker, registered
+    through this store object, writes the row back on its next heartbeat, even
+    when it holds no job (an idle worker must not vanish from workers() forever).
+    """
+    from datetime import UTC, datetime
+
+    from trio_jobs import WorkerInfo
+    from trio_jobs.storage import WorkerRegistry
+
+    s = store_factory(lease_duration=0.05)
+    if not isinstance(s, WorkerRegistry):
+        pytest.skip("this store has no workers table")
+    await s.open()
+    try:
+        now = datetime.now(UTC)
+        info = WorkerInfo(
+            worker_id="w-stalled",
+            hostname="host",
+            pid=1,
+            started_at=now,
+            last_seen=now,
+            concurrency=2,
+            running=0,
+            job_types=frozenset({"work"}),
+        )
+        await s.register_worker(info)
+        with trio.fail_after(10):
+            # The row expires by the store's clock (the server's, for the durable ones).
+            while await s.workers():  # noqa: ASYNC110 - nothing to wait on but time
+                await trio.sleep(0.01)
+        await s.rescue_expired()  # drops the stale row
+        assert await s.workers() == []
+        beat = await s.heartbeat("w-stalled", [])
+        assert beat.lost == frozenset()
+        [back] = await s.workers()
+        assert (back.worker_id, back.concurrency, back.job_types) == (
+            "w-stalled",
+            2,
+            frozenset({"work"}),
+        )
+        await s.unregister_worker("w-stalled")
+        await s.heartbeat("w-stalled", [])  # unregistered: nothing is put back
+        assert await s.workers() == []
+    finally:
+        await s.close()
+
+
+# -- a fresh attempt starts from no progress (issue 17) ---------------------------------------
+
+
+async def _claim_with_progress(store: Any, worker: str = "w1") -> Job[Any]:
+    job = await claim_one(store, worker)
+    assert await store.record_progress(
+        job.id, worker_id=worker, attempt=job.attempts, progress=60.0, message="60 of 100"
+    )
+    return job
+
+
+@pytest.mark.parametrize("status", [JobStatus.PENDING, JobStatus.RETRYING])
+async def test_a_job_given_back_or_retried_loses_the_progress_of_its_last_attempt(
+    store: Any, status: JobStatus
+) -> None:
+    await store.save(new_job())
+    job = await _claim_with_progress(store)
+
+    assert await store.settle(job.id, worker_id="w1", attempt=1, status=status)
+
+    got = await store.get(job.id)
+    assert got.status is status
+    assert (got.progress, got.progress_message) == (None, None)
+
+
+async def test_a_rescued_job_loses_the_progress_of_its_lost_attempt(
+    store_factory: StoreFactory,
+) -> None:
+    async with opened(store_factory, lease_duration=SHORT_LEASE) as store:
+        await store.save(new_job(max_attempts=3))
+        await _claim_with_progress(store, "doomed")
+
+        (rescued,) = await wait_for_rescue(store)
+
+        assert rescued.status is JobStatus.PENDING
+        assert (rescued.progress, rescued.progress_message) == (None, None)
+        assert (await store.get(rescued.id)).progress is None
+
+
+async def test_a_final_failure_keeps_the_progress_it_reached(store: Any) -> None:
+    await store.save(new_job())
+    job = await _claim_with_progress(store)
+
+    assert await store.settle(job.id, worker_id="w1", attempt=1, status=JobStatus.FAILED)
+
+    assert (await store.get(job.id)).progress == 60.0
+
+
+# -- what the command line asks of stores (issue 17) -------------------------------------------
+
+
+def needs(store: Any, method: str) -> None:
+    """Skip for a store without this optional method (a custom store need not have it)."""
+    if not hasattr(store, method):
+        pytest.skip(f"{type(store).__name__} has no {method}() (optional)")
+
+
+async def test_waiting_by_type_counts_pending_and_retrying_jobs_of_each_type(store: Any) -> None:
+    needs(store, "waiting_by_type")
+    for job_type in ("mail", "mail", "report", "done"):
+        await store.save(new_job(job_type))
+    (claimed,) = await store.claim("w1", 1, job_types=["report"])
+    assert await store.settle(
+        claimed.id, worker_id="w1", attempt=1, status=JobStatus.RETRYING, delay=3600
+    )
+    (done,) = await store.claim("w1", 1, job_types=["done"])
+    assert await store.settle(done.id, worker_id="w1", attempt=1, status=JobStatus.COMPLETED)
+
+    assert await store.waiting_by_type() == {"mail": 2, "report": 1}
+
+
+async def test_job_ids_starting_with_finds_ids_by_prefix_in_order(store: Any) -> None:
+    needs(store, "job_ids_starting_with")
+    ids = ["abc1" + "0" * 28, "abc2" + "0" * 28, "abd0" + "0" * 28]
+    for job_id in ids:
+        await store.save(Job(id=job_id, type="work"))
+
+    assert await store.job_ids_starting_with("abc") == ids[:2]
+    assert await store.job_ids_starting_with("abc", limit=1) == ids[:1]
+    assert await store.job_ids_starting_with("abd0") == ids[2:]
+    assert await store.job_ids_starting_with("ffff") == []
+    assert await store.job_ids_starting_with(ids[0]) == ids[:1]
+    with pytest.raises(ValueError, match="prefix"):
+        await store.job_ids_starting_with("")

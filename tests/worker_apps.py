@@ -88,6 +88,17 @@ async def nap(job: Job[Any], ctx: JobContext[Any]) -> str:
 HANDLERS = {"echo": echo, "count": count, "explode": explode, "nap": nap, "noop": noop}
 
 
+async def halfway(job: Job[Any], ctx: JobContext[Any]) -> str:
+    """Report 60 % progress, then sleep ``payload["seconds"]``."""
+    ctx.report_progress(60, "60 of 100")
+    await trio.sleep(job.payload["seconds"])
+    return "done"
+
+
+#: :data:`HANDLERS` and ``halfway``, a job that reports progress.
+PROGRESS_HANDLERS = {**HANDLERS, "halfway": halfway}
+
+
 def setup(runner: JobRunner) -> None:
     """Register :data:`HANDLERS` on ``runner`` (the ``setup(runner)`` form of an APP)."""
     for job_type, handler in HANDLERS.items():

@@ -214,7 +214,9 @@ class DictStorage:
             changes["result"] = result
         if status.is_final:
             changes["completed_at"] = now()
-        elif status is JobStatus.RETRYING:
+        if status in WAITING:
+            changes |= {"progress": None, "progress_message": None}  # Rule: a fresh attempt
+        if status is JobStatus.RETRYING:
             changes["run_at"] = now() + timedelta(seconds=delay)
             row.ready_at = trio.current_time() + delay
         elif status is JobStatus.PENDING:
@@ -282,7 +284,10 @@ class DictStorage:
                     job, status=JobStatus.FAILED, last_error=lost, completed_at=now()
                 )
             else:
-                row.job = attrs.evolve(job, status=JobStatus.PENDING, last_error=lost)
+                row.job = attrs.evolve(
+                    job, status=JobStatus.PENDING, last_error=lost, progress=None,
+                    progress_message=None,
+                )  # fmt: skip
                 row.ready_at = trio.current_time()
             row.worker_id, row.lease_expires = None, math.inf
             rescued.append(row.job)

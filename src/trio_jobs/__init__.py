@@ -6,6 +6,7 @@ events, and a handle to await the result. The same API runs in memory, on an
 embedded SQLite file, or on PostgreSQL shared by many worker processes.
 """
 
+from ._blocking import BlockingJobClient as BlockingJobClient
 from ._client import JobClient as JobClient
 from ._context import JobContext as JobContext
 from ._exceptions import JobCancelledError as JobCancelledError
@@ -15,8 +16,13 @@ from ._exceptions import JobNotFoundError as JobNotFoundError
 from ._exceptions import JobTimeoutError as JobTimeoutError
 from ._exceptions import RunnerClosedError as RunnerClosedError
 from ._exceptions import RunnerStoppedError as RunnerStoppedError
+from ._exceptions import StorageCorruptError as StorageCorruptError
+from ._exceptions import StorageError as StorageError
+from ._exceptions import StorageUnavailableError as StorageUnavailableError
 from ._exceptions import UnknownJobTypeError as UnknownJobTypeError
 from ._handle import JobHandle as JobHandle
+from ._middleware import JobLogFilter as JobLogFilter
+from ._middleware import log_context as log_context
 from ._records import ErrorInfo as ErrorInfo
 from ._records import Job as Job
 from ._records import JobPriority as JobPriority
@@ -44,10 +50,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     # running jobs
+    "BlockingJobClient",
     "JobClient",
     "JobContext",
     "JobHandle",
     "JobRunner",
+    # middleware
+    "JobLogFilter",
+    "log_context",
     # records and enums
     "ErrorInfo",
     "Job",
@@ -65,6 +75,9 @@ __all__ = [
     "JobTimeoutError",
     "RunnerClosedError",
     "RunnerStoppedError",
+    "StorageCorruptError",
+    "StorageError",
+    "StorageUnavailableError",
     "UnknownJobTypeError",
     # retry toolkit
     "RetryConfig",

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, final
 
 import trio
 
+from . import _admin
 from ._exceptions import JobNotFoundError, RunnerClosedError
 from ._handle import JobHandle
 from ._periodic import Clock, schedules_from_rows
-from ._records import Job, JobPriority, JobStats, Schedule, WorkerInfo
+from ._records import Job, JobPriority, JobStats, JobStatus, Schedule, WorkerInfo
 from ._retry import RetryConfig
 from ._submit import build_job, build_jobs, check_seconds, resolve_delay, store_jobs
 from .storage._base import CancelOutcome, JobStorage, ScheduleStorage, list_workers
@@ -203,6 +204,55 @@ class JobClient:
             unknown or already final job.
         """
         return await self._storage.request_cancel(job_id) is not CancelOutcome.NOTHING
+
+    async def list_jobs(
+        self,
+        *,
+        status: JobStatus | str | None = None,
+        job_type: str | None = None,
+        limit: int | None = None,
+    ) -> list[Job[Any]]:
+        """Return snapshots of jobs in the store, newest first (``trio-jobs list``).
+
+        Args:
+            status: Only jobs with this status.
+            job_type: Only jobs of this type.
+            limit: At most this many; ``None`` for all.
+
+        Raises:
+            ValueError: an unknown ``status`` or a negative ``limit``.
+            TypeError: ``job_type`` or ``limit`` has the wrong type.
+        """
+        return await _admin.list_jobs(self._storage, status=status, job_type=job_type, limit=limit)
+
+    async def retry(self, job_id: str) -> bool:
+        """Run a FAILED, TIMEOUT or CANCELLED job again, with fresh attempts (``trio-jobs retry``).
+
+        Returns:
+            True if the job was queued again; False for an unknown job or one that
+            is not FAILED, TIMEOUT or CANCELLED.
+        """
+        return await _admin.retry(self._storage, job_id)
+
+    async def purge(
+        self,
+        *,
+        older_than: float = 0.0,
+        statuses: Collection[JobStatus | str] | None = None,
+    ) -> int:
+        """Delete final jobs that ended more than ``older_than`` seconds ago (``trio-jobs purge``).
+
+        Args:
+            older_than: Keep jobs that ended more recently than this many seconds ago.
+            statuses: Final statuses to delete; ``None`` for all four.
+
+        Returns:
+            How many jobs were deleted.
+
+        Raises:
+            ValueError: a negative ``older_than``, or a status that is not final.
+        """
+        return await _admin.purge(self._storage, older_than=older_than, statuses=statuses)
 
     async def workers(self) -> list[WorkerInfo]:
         """Return the live runners on the store (see :meth:`JobRunner.workers`).

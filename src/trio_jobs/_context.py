@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, Generic, TypeVar, final
 
@@ -38,7 +39,17 @@ class JobContext(Generic[P]):
             cleanup with its own scopes, as in any Trio code.
     """
 
-    __slots__ = ("_log", "_logger", "_on_update", "attempt", "cancel_scope", "job")
+    __slots__ = (
+        "_cancelled_flag",
+        "_log",
+        "_logger",
+        "_loop_thread",
+        "_on_update",
+        "_token",
+        "attempt",
+        "cancel_scope",
+        "job",
+    )
 
     def __init__(
         self,
@@ -54,6 +65,26 @@ class JobContext(Generic[P]):
         self._logger = logger
         self._log: logging.LoggerAdapter[logging.Logger] | None = None
         self._on_update = on_update
+        # Set for a plain-def handler: how its worker thread reaches the Trio loop.
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._loop_thread = 0
+        self._cancelled_flag: threading.Event | None = None
+
+    def _link_thread(self, cancelled: threading.Event) -> None:
+        """Make this context usable from a worker thread (a plain-def handler's).
+
+        ``cancelled`` is set when the attempt's scope is cancelled; from the Trio
+        thread the scope itself is asked.
+        """
+        self._token = trio.lowlevel.current_trio_token()
+        self._loop_thread = threading.get_ident()
+        self._cancelled_flag = cancelled
+
+    def _from_thread(self) -> trio.lowlevel.TrioToken | None:
+        """The loop's token when called from another thread than the loop's; else None."""
+        if self._token is None or threading.get_ident() == self._loop_thread:
+            return None
+        return self._token
 
     @property
     def log(self) -> logging.LoggerAdapter[logging.Logger]:
@@ -70,8 +101,13 @@ class JobContext(Generic[P]):
         """Whether this attempt was cancelled (job cancelled, timed out, or runner force-stopped).
 
         The seed's ``ctx.signal.aborted``. In Trio the next checkpoint raises
-        :class:`trio.Cancelled` anyway; this is for code that polls.
+        :class:`trio.Cancelled` anyway; this is for code that polls. In a plain
+        ``def`` handler's thread, which no cancellation can interrupt, it turns True
+        the moment the attempt is cancelled or times out: check it to stop early.
         """
+        flag = self._cancelled_flag
+        if flag is not None and self._from_thread() is not None:
+            return flag.is_set()
         return self.cancel_scope.cancel_called
 
     @property
@@ -84,6 +120,7 @@ class JobContext(Generic[P]):
 
         Emits ``job:progress`` at once; the store is updated in the background
         (writes coalesce, and the last one lands before the attempt settles).
+        Safe to call from a plain ``def`` handler's thread.
 
         Raises:
             ValueError: ``progress`` is outside 0..100 or NaN.
@@ -95,18 +132,33 @@ class JobContext(Generic[P]):
             raise ValueError(f"progress must be between 0 and 100, got {progress!r}")
         if message is not None and not isinstance(message, str):
             raise TypeError(f"message must be a str or None, got {message!r}")
+        token = self._from_thread()
+        if token is not None:
+            trio.from_thread.run_sync(self._set_progress, progress, message, trio_token=token)
+        else:
+            self._set_progress(progress, message)
+
+    def _set_progress(self, progress: float, message: str | None) -> None:
         self.job = replace(self.job, progress=float(progress), progress_message=message)
         self._on_update(self, True)
 
     def update_metadata(self, metadata: Mapping[str, Any]) -> None:
         """Merge ``metadata`` into the job's metadata (stored in the background, like progress).
 
-        Unlike :meth:`report_progress`, it emits no event.
+        Unlike :meth:`report_progress`, it emits no event. Safe to call from a
+        plain ``def`` handler's thread.
 
         Raises:
             TypeError: ``metadata`` is not a mapping.
         """
         if not isinstance(metadata, Mapping):
             raise TypeError(f"metadata must be a mapping, got {metadata!r}")
+        token = self._from_thread()
+        if token is not None:
+            trio.from_thread.run_sync(self._merge_metadata, dict(metadata), trio_token=token)
+        else:
+            self._merge_metadata(metadata)
+
+    def _merge_metadata(self, metadata: Mapping[str, Any]) -> None:
         self.job = replace(self.job, metadata={**self.job.metadata, **metadata})
         self._on_update(self, False)

@@ -49,3 +49,41 @@ class RunnerClosedError(JobError):
 
 class RunnerStoppedError(JobError):
     """The runner stopped before the job reached a final status."""
+
+
+class StorageError(JobError):
+    """The store failed: catch this to handle any store trouble in one place.
+
+    Two kinds derive from it, and say what to do next:
+
+    - :class:`StorageCorruptError`: the store cannot be used as it is (a damaged
+      file, another program's database, a schema newer than this trio_jobs knows,
+      or no trio_jobs tables where a read-only opening expected them). Retrying
+      does not help; a person must look. A runner stops on it.
+    - :class:`StorageUnavailableError`: the store cannot be reached or written
+      right now (locked, disk full, permissions, the server is down). It may pass;
+      a runner backs off and tries again.
+
+    Attributes:
+        transient: Whether trying again later may succeed.
+    """
+
+    transient: bool = False
+
+
+class StorageCorruptError(StorageError, ValueError):
+    """The store cannot be used as it is: damaged, foreign, too new, or missing.
+
+    Also a :class:`ValueError`, which stores raised for these cases before.
+    """
+
+    transient = False
+
+
+class StorageUnavailableError(StorageError, OSError):
+    """The store cannot be reached or written right now; trying again later may work.
+
+    Also an :class:`OSError`, which stores raised for these cases before.
+    """
+
+    transient = True

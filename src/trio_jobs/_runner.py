@@ -7,7 +7,15 @@ import math
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from types import TracebackType
@@ -15,14 +23,17 @@ from typing import Any, Self, TypeVar, final
 
 import trio
 
+from . import _admin
 from ._events import Callback, EventHub
 from ._exceptions import (
     JobNotFoundError,
     RunnerClosedError,
     RunnerStoppedError,
+    StorageCorruptError,
     UnknownJobTypeError,
 )
 from ._handle import JobHandle
+from ._middleware import Middleware, check_middleware
 from ._outcome import unwrap
 from ._periodic import (
     RETENTION_BATCH,
@@ -38,6 +49,7 @@ from ._records import Job, JobPriority, JobStats, JobStatus, RunnerEvent, Schedu
 from ._retry import RetryConfig
 from ._scheduler import Handler, Scheduler
 from ._submit import build_job, build_jobs, check_seconds, resolve_delay, store_jobs
+from ._threads import as_handler
 from .storage._base import (
     CancelOutcome,
     InProcessStorage,
@@ -48,7 +60,8 @@ from .storage._base import (
 )
 from .storage._memory import MemoryStorage
 
-H = TypeVar("H", bound=Handler)
+H = TypeVar("H", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 @final
@@ -77,6 +90,10 @@ class JobRunner:
         storage: Where jobs live; a fresh :class:`MemoryStorage` by default. The
             runner opens it on entry and closes it on exit.
         logger: Where the runner logs; ``logging.getLogger("trio_jobs")`` by default.
+        middleware: Callables ``(job, ctx) -> async context manager``, entered
+            around every attempt in this order (and left in reverse), inside the
+            attempt's cancel scope: a database session per job, error reporting,
+            :func:`log_context`. An exception one raises is the attempt's error.
         retention: Final statuses mapped to ages in seconds: jobs of such a status
             completed longer ago are deleted in the background, in batches of
             1,000, by one runner on the store at a time. ``None`` keeps everything.
@@ -84,6 +101,7 @@ class JobRunner:
     Raises:
         ValueError: ``concurrency < 1``, a negative time, or a negative or
             non-final ``retention`` entry.
+        TypeError: an argument has the wrong type.
     """
 
     def __init__(
@@ -95,6 +113,7 @@ class JobRunner:
         default_retry: RetryConfig | None = None,
         storage: JobStorage | None = None,
         logger: logging.Logger | None = None,
+        middleware: Sequence[Middleware] = (),
         retention: Mapping[JobStatus, float] | None = None,
     ) -> None:
         self._retention = check_retention(retention)
@@ -121,6 +140,9 @@ class JobRunner:
         self._logger = logger or logging.getLogger("trio_jobs")
         self._events = EventHub(self._logger)
         self._handlers: dict[str, Handler] = {}
+        # Plain-def handlers' threads: at most one per slot, apart from the threads
+        # of the stores' drivers (Trio's default limiter).
+        self._threads = trio.CapacityLimiter(concurrency)
         hostname, pid = socket.gethostname(), os.getpid()
         self._worker_id = f"{hostname}:{pid}:{uuid.uuid4().hex[:8]}"
         self._scheduler = Scheduler(
@@ -134,6 +156,7 @@ class JobRunner:
             worker_id=self._worker_id,
             hostname=hostname,
             pid=pid,
+            middleware=check_middleware(middleware),
         )
 
         self._state = "new"  # new -> running -> stopping -> stopped
@@ -173,20 +196,26 @@ class JobRunner:
     def register_handler(self, job_type: str, handler: H, /) -> H:
         """Register ``async def handler(job, ctx) -> result`` for ``job_type``; return it.
 
+        A plain ``def handler(job, ctx)`` runs in a worker thread instead (see
+        :ref:`sync-handlers`): it holds its concurrency slot until it returns, and
+        cannot be interrupted, so it should check ``ctx.cancelled``. A callable
+        object with an ``async def __call__`` and a :func:`functools.partial` of an
+        ``async def`` function are async handlers.
+
         Handlers may be registered before or after entering the block; a durable
         store's worker claims only jobs whose type has a handler.
 
         Raises:
             ValueError: ``job_type`` already has a handler.
-            TypeError: ``handler`` is not callable or ``job_type`` not a string.
+            TypeError: ``handler`` is neither an async nor a plain callable (a
+                generator function, a non-callable), or ``job_type`` not a string.
         """
         if not isinstance(job_type, str) or not job_type:
             raise TypeError(f"job_type must be a non-empty str, got {job_type!r}")
-        if not callable(handler):
-            raise TypeError(f"handler must be an async callable, got {handler!r}")
+        wrapped = as_handler(handler, self._threads)
         if job_type in self._handlers:
             raise ValueError(f"job type {job_type!r} already has a handler")
-        self._handlers[job_type] = handler
+        self._handlers[job_type] = wrapped
         self._scheduler.types = frozenset(self._handlers)
         if self._in_process is not None:
             self._in_process.wake()  # jobs of this type may be waiting already
@@ -579,14 +608,32 @@ class JobRunner:
         assert self._clock is not None
         assert isinstance(self._storage, ScheduleStorage)
         store = self._storage
+        clock = self._clock
+        await self._retry_store(
+            f"storing schedule {spec.key!r}",
+            lambda: store.put_schedule(spec.record(None, clock.now())),
+        )
+        await run_schedule(spec, self._clock, self._enqueue_tick)
+
+    async def _retry_store(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``await call()`` until it works, backing off as the claim loop does.
+
+        A corrupt store stops the runner (and this task waits to be cancelled).
+        """
+        failures = 0
         while True:
             try:
-                await store.put_schedule(spec.record(None, self._clock.now()))
-                break
+                result = await call()
+            except StorageCorruptError as exc:
+                self._scheduler._fatal(exc)
+                await trio.sleep_forever()
             except Exception as exc:
-                self._scheduler._report_error(f"storing schedule {spec.key!r} failed", exc)
-                await trio.sleep(self._poll_interval)
-        await run_schedule(spec, self._clock, self._enqueue_tick)
+                failures += 1
+                await trio.sleep(self._scheduler._store_failed(what, exc, failures))
+                continue
+            if failures:
+                self._logger.warning("%s works again after %d failures", what, failures)
+            return result
 
     async def _enqueue_tick(self, spec: ScheduleSpec, tick: datetime) -> None:
         """Try to enqueue ``spec``'s job for ``tick``; retried while the store fails."""
@@ -603,13 +650,10 @@ class JobRunner:
             default_timeout=self._default_timeout,
             **options,
         )
-        while True:
-            try:
-                stored = await self._storage.enqueue_tick(spec.key, tick, job)
-                break
-            except Exception as exc:
-                self._scheduler._report_error(f"enqueueing schedule {spec.key!r} failed", exc)
-                await trio.sleep(self._poll_interval)
+        store = self._storage
+        stored = await self._retry_store(
+            f"enqueueing schedule {spec.key!r}", lambda: store.enqueue_tick(spec.key, tick, job)
+        )
         if stored:
             self._scheduler.remember_policy(job)
             if self._events.active:
@@ -629,8 +673,12 @@ class JobRunner:
                         deleted = await store.purge_batch(
                             status, age, limit=RETENTION_BATCH, holder=self._worker_id
                         )
+                    except StorageCorruptError as exc:
+                        self._scheduler._fatal(exc)
+                        return
                     except Exception as exc:
-                        self._scheduler._report_error("deleting old jobs failed", exc)
+                        # Tried again at the next interval.
+                        self._scheduler._store_failed("deleting old jobs", exc, 1)
                         break
                     if deleted is None or deleted < RETENTION_BATCH:
                         break
@@ -687,6 +735,65 @@ class JobRunner:
         """Return counts of jobs by status, from the store."""
         async with self._store() as store:
             return await store.get_stats()
+
+    async def list_jobs(
+        self,
+        *,
+        status: JobStatus | str | None = None,
+        job_type: str | None = None,
+        limit: int | None = None,
+    ) -> list[Job[Any]]:
+        """Return snapshots of jobs in the store, newest first (``trio-jobs list``).
+
+        Args:
+            status: Only jobs with this status.
+            job_type: Only jobs of this type.
+            limit: At most this many; ``None`` for all.
+
+        Raises:
+            ValueError: an unknown ``status`` or a negative ``limit``.
+            TypeError: ``job_type`` or ``limit`` has the wrong type.
+        """
+        async with self._store() as store:
+            return await _admin.list_jobs(store, status=status, job_type=job_type, limit=limit)
+
+    async def retry(self, job_id: str) -> bool:
+        """Run a FAILED, TIMEOUT or CANCELLED job again, with fresh attempts (``trio-jobs retry``).
+
+        The job goes back to PENDING with its attempts at 0 and its result and
+        progress cleared; its ``last_error`` is kept until the next attempt ends.
+
+        Returns:
+            True if the job was queued again; False for an unknown job or one that
+            is not FAILED, TIMEOUT or CANCELLED.
+        """
+        async with self._store() as store:
+            requeued = await _admin.retry(store, job_id)
+        if requeued and self._in_process is not None:
+            self._in_process.wake()
+        return requeued
+
+    async def purge(
+        self,
+        *,
+        older_than: float = 0.0,
+        statuses: Collection[JobStatus | str] | None = None,
+    ) -> int:
+        """Delete final jobs that ended more than ``older_than`` seconds ago (``trio-jobs purge``).
+
+        Args:
+            older_than: Keep jobs that ended more recently than this many seconds ago.
+            statuses: Final statuses to delete; ``None`` for all four (COMPLETED,
+                FAILED, CANCELLED, TIMEOUT).
+
+        Returns:
+            How many jobs were deleted.
+
+        Raises:
+            ValueError: a negative ``older_than``, or a status that is not final.
+        """
+        async with self._store() as store:
+            return await _admin.purge(store, older_than=older_than, statuses=statuses)
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel a job.

@@ -43,7 +43,8 @@ from trio_util import AsyncValue
 
 from ._context import JobContext
 from ._events import EventHub
-from ._exceptions import JobTimeoutError
+from ._exceptions import JobTimeoutError, StorageCorruptError
+from ._middleware import Middleware, call_with_middleware
 from ._outcome import drop_frames, error_info, judge, unwrap
 from ._records import ErrorInfo, Job, JobStatus, WorkerInfo, replace, utcnow
 from ._retry import RetryConfig, compute_delay
@@ -59,6 +60,8 @@ _POLICIES_KEPT = 10_000
 _FENCE_MARGIN = 0.2
 #: Backoff between tries of an outcome write that failed: first, factor, cap (seconds).
 _WRITE_RETRY = (0.05, 2.0, 2.0)
+#: The longest pause between claims while the store keeps failing (seconds).
+_CLAIM_BACKOFF_CAP = 30.0
 
 #: The scheduler whose attempt the current task runs (inherited by a handler's tasks):
 #: how ``stop()`` called from inside a handler knows not to wait for its caller.
@@ -161,8 +164,10 @@ class Scheduler:
         worker_id: str,
         hostname: str,
         pid: int,
+        middleware: tuple[Middleware, ...] = (),
     ) -> None:
         self._storage = storage
+        self._middleware = middleware
         self._registry = storage if isinstance(storage, WorkerRegistry) else None
         self._hostname = hostname
         self._pid = pid
@@ -212,6 +217,8 @@ class Scheduler:
         #: In-process stores: attempt tasks parked between attempts, ready for the next.
         self._idle_tasks: list[trio.lowlevel.Task] = []
         self._local_errors: dict[str, BaseException] = {}
+        #: Why the store cannot be used any more (the runner ends with it).
+        self._fatal_error: StorageCorruptError | None = None
         self._retry_policies: dict[str, RetryConfig] = {}
 
     # -- what the runner asks of it --------------------------------------------------
@@ -366,6 +373,9 @@ class Scheduler:
                 await self._claim_loop()
         finally:
             done.set()
+        if self._fatal_error is not None:
+            # The one task that raises it: the runner's block ends with this error.
+            raise self._fatal_error
 
     async def _claim_loop(self) -> None:
         storage = self._storage
@@ -375,6 +385,7 @@ class Scheduler:
         wait_and_claim: Callable[..., Awaitable[list[Job[Any]] | None]] | None = getattr(
             storage, "wait_and_claim", None
         )
+        failures = 0
         while True:
             free = self._free_slots()
             if free <= 0:
@@ -388,10 +399,16 @@ class Scheduler:
                     jobs = claim_nowait(self._worker_id, free, self.types)
                 else:
                     jobs = await storage.claim(self._worker_id, free, self.types)
+            except StorageCorruptError as exc:
+                self._fatal(exc)  # nothing to wait for: the runner stops, and says why
+                return
             except Exception as exc:
-                self._report_error("claiming jobs failed", exc)
-                await trio.sleep(self._poll_interval)
+                failures += 1
+                await trio.sleep(self._store_failed("claiming jobs", exc, failures))
                 continue
+            if failures:
+                self._logger.warning("claiming jobs works again after %d failures", failures)
+                failures = 0
             self.store_dry = len(jobs) < free
             if not jobs and wait_and_claim is not None:
                 sent = trio.current_time()
@@ -558,7 +575,10 @@ class Scheduler:
         started = trio.current_time()
         with scope:
             try:
-                result = await handler(job, ctx)
+                if self._middleware:
+                    result = await call_with_middleware(self._middleware, handler, job, ctx)
+                else:
+                    result = await handler(job, ctx)
             except Exception as exc:
                 error = exc
             except BaseException as exc:
@@ -785,8 +805,13 @@ class Scheduler:
                 }
             except Exception as exc:
                 # Keep trying while the write's window lasts: the lease (renewals push
-                # it back), or the short grace a write always gets.
+                # it back), or the short grace a write always gets. A corrupt store
+                # will not heal meanwhile: give up at once.
                 window = attempt.write_scope.deadline if attempt.write_scope else math.inf
+                if isinstance(exc, StorageCorruptError):
+                    self._unsettled_claims += 1
+                    self._fatal(exc)
+                    return False
                 if trio.current_time() + wait >= window:
                     self._unsettled_claims += 1
                     self._report_error(
@@ -926,10 +951,17 @@ class Scheduler:
                     await self._wait_for_cancel_requests(interval)
                     await self._renew_leases()
                     try:
-                        if await self._storage.rescue_expired() and self.settled:
-                            self.settled.unpark_all()
+                        rescued = await self._storage.rescue_expired()
+                    except StorageCorruptError as exc:
+                        self._fatal(exc)
+                        continue
                     except Exception as exc:
                         self._report_error("rescuing expired leases failed", exc)
+                        continue
+                    if rescued:
+                        self._log_rescued(rescued)
+                        if self.settled:
+                            self.settled.unpark_all()
 
     async def _run_fences(self, interval: float) -> None:
         """Cancel each attempt whose lease would run out unrenewed, before it does.
@@ -967,6 +999,9 @@ class Scheduler:
                 # Handlers were registered since: the row says which types we claim.
                 await self._reregister(len(held))
             beat = await self._storage.heartbeat(self._worker_id, list(held))
+        except StorageCorruptError as exc:
+            self._fatal(exc)
+            return
         except Exception as exc:
             # The fences cancel attempts whose leases run out before a renewal works.
             self._report_error("renewing leases failed", exc)
@@ -1003,6 +1038,51 @@ class Scheduler:
             await trio.sleep(timeout)
         else:
             await wait(timeout)
+
+    def _fatal(self, error: StorageCorruptError) -> None:
+        """The store cannot be used: claim nothing more, and end the runner with ``error``.
+
+        Retrying would only repeat the error (a traceback a second, forever); the
+        scheduler task raises it once it has stopped claiming, which ends the
+        runner's block with it.
+        """
+        if self._fatal_error is None:
+            self._fatal_error = error
+            self._events.emit("runner:error", error=error)
+        self.stop_claiming()
+
+    def _store_failed(self, what: str, error: Exception, failures: int) -> float:
+        """Note a store call that failed ``failures`` times in a row; return the pause.
+
+        The pause doubles from ``poll_interval`` up to half a minute. One warning
+        line (no traceback: the store, not the code, is at fault) on the first
+        failure and every tenth, so a store that is down for an hour does not fill
+        the log; every failure is still sent as ``runner:error``.
+        """
+        pause = min(self._poll_interval * 2.0 ** min(failures - 1, 30), _CLAIM_BACKOFF_CAP)
+        pause = max(pause, self._poll_interval)
+        if failures == 1 or failures % 10 == 0:
+            self._logger.warning(
+                "%s failed (%s: %s); trying again in %.1f s%s",
+                what,
+                type(error).__name__,
+                " ".join(str(error).split()),
+                pause,
+                f" ({failures} failures in a row)" if failures > 1 else "",
+            )
+        self._events.emit("runner:error", error=error)
+        return pause
+
+    def _log_rescued(self, jobs: list[Job[Any]]) -> None:
+        for job in jobs:
+            error = job.last_error
+            self._logger.warning(
+                "rescued job %s %s: %s; now %s",
+                job.id,
+                job.type,
+                error.message if error is not None else "its worker was lost",
+                job.status.value,
+            )
 
     def _report_error(self, what: str, error: Exception) -> None:
         self._logger.error("%s: %r", what, error, exc_info=error)

@@ -146,11 +146,15 @@ def sync_handler(job: Job[Any], ctx: JobContext[Any]) -> int:
     return 1
 
 
+def plain_def_handlers_are_accepted() -> None:
+    registered = runner.register_handler("sync", sync_handler)  # runs in a worker thread
+    assert registered is sync_handler
+
+
 async def wrong_calls_are_type_errors() -> None:
     JobRunner(4)  # type: ignore[call-arg]
     JobRunner(concurrency="4")  # type: ignore[arg-type]
     JobRunner(default_retry={"max_attempts": 2})  # type: ignore[arg-type]
-    runner.register_handler("sync", sync_handler)  # type: ignore[type-var]
     await runner.submit("resize", None, JobPriority.HIGH)  # type: ignore[call-arg]
     await runner.submit("resize", priority="high")  # type: ignore[arg-type]
     await runner.submit("resize", delay="1s")  # type: ignore[arg-type]

@@ -12,9 +12,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from .._client import JobClient
+from .._exceptions import StorageError
 from .._records import Job
 from ..storage._base import CancelOutcome
 from ._errors import CliError, UsageError
+from ._follow import follow_jobs
 from ._format import (
     job_details,
     jobs_table,
@@ -24,14 +26,16 @@ from ._format import (
     to_json,
     workers_table,
 )
-from ._store import StoreSpec, open_storage, store_spec
+from ._store import StoreSpec, open_storage, store_spec, unhandled_text, unhandled_types
 from ._worker import run_worker
 
 
 @asynccontextmanager
-async def _client(args: argparse.Namespace, *, must_exist: bool) -> AsyncIterator[JobClient]:
+async def _client(
+    args: argparse.Namespace, *, must_exist: bool, read_only: bool = False
+) -> AsyncIterator[JobClient]:
     spec = args.store
-    storage = spec.create(max_connections=2)
+    storage = spec.create(max_connections=2, read_only=read_only)
     await open_storage(storage, spec, must_exist=must_exist)
     async with JobClient(storage) as client:
         yield client
@@ -45,11 +49,46 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
         print(text)
 
 
+def _note(args: argparse.Namespace, text: str) -> None:
+    """A remark beside the output: in the table (stdout), or on stderr beside JSON."""
+    if args.json:
+        print(f"trio-jobs: {text}", file=sys.stderr)
+    else:
+        print(text)
+
+
+#: The shortest id prefix ``show``, ``cancel`` and ``retry`` look up (as git does).
+MIN_PREFIX = 4
+
+
 async def _find(client: JobClient, job_id: str) -> Job[Any]:
+    """The job with this id, or the one job whose id starts with it."""
     job = await client.get_job(job_id)
-    if job is None:
-        raise CliError(f"no job with id {job_id!r}")
-    return job
+    if job is not None:
+        return job
+    find = getattr(client.storage, "job_ids_starting_with", None)
+    if find is not None and len(job_id) >= MIN_PREFIX:
+        ids: list[str] = await find(job_id, limit=6)
+        if len(ids) > 1:
+            shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
+            raise CliError(
+                f"id prefix {job_id!r} is ambiguous: it starts {shown}; give more characters"
+            )
+        if ids:
+            job = await client.get_job(ids[0])
+            if job is not None:
+                return job
+    short = (
+        f" (a prefix needs at least {MIN_PREFIX} characters)" if len(job_id) < MIN_PREFIX else ""
+    )
+    raise CliError(f"no job with id {job_id!r}{short}")
+
+
+def _parse_json(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"submit: invalid JSON {what}: {exc}") from None
 
 
 def _stdin_payloads(text: str) -> list[Any]:
@@ -70,34 +109,42 @@ async def cmd_submit(args: argparse.Namespace) -> int:
     ``submit TYPE -`` reads one JSON payload per line from stdin and enqueues them
     all with one ``submit_many`` (one transaction); it prints one id per line.
     """
+    metadata = None
+    if args.metadata is not None:
+        metadata = _parse_json(args.metadata, "--metadata")
+        if not isinstance(metadata, dict):
+            raise UsageError('submit: --metadata must be a JSON object, e.g. \'{"source": "cli"}\'')
+    if args.tenant is not None and not args.tenant.strip():
+        raise UsageError("submit: --tenant must not be empty")
     retry = None if args.max_attempts is None else {"max_attempts": args.max_attempts}
     options: dict[str, Any] = {
         "priority": args.priority,
         "retry": retry,
         "timeout": args.timeout,
         "delay": args.delay,
+        "metadata": metadata,
+        "tenant_id": args.tenant,
         "run_at": args.run_at,
         "unique_key": args.unique_key,
     }
     if args.payload == "-":
         payloads = _stdin_payloads(sys.stdin.read())
-        async with _client(args, must_exist=False) as client:
+        async with _client(args, must_exist=True) as client:
             try:
                 handles = await client.submit_many(args.type, payloads, **options)
+            except StorageError:
+                raise
             except (TypeError, ValueError) as exc:
                 raise UsageError(f"submit: {exc}") from None
         ids = [handle.id for handle in handles]
         _emit(args, ids, "\n".join(ids) if ids else "no payloads on stdin: nothing submitted")
         return 0
-    payload = None
-    if args.payload is not None:
-        try:
-            payload = json.loads(args.payload)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"submit: invalid JSON payload: {exc}") from None
-    async with _client(args, must_exist=False) as client:
+    payload = None if args.payload is None else _parse_json(args.payload, "payload")
+    async with _client(args, must_exist=True) as client:
         try:
             handle = await client.submit(args.type, payload, **options)
+        except StorageError:
+            raise
         except (TypeError, ValueError) as exc:
             raise UsageError(f"submit: {exc}") from None
         job = await client.get_job(handle.id)
@@ -107,41 +154,65 @@ async def cmd_submit(args: argparse.Namespace) -> int:
 
 async def cmd_schedules(args: argparse.Namespace) -> int:
     """``schedules``: every schedule runners stored, with its last and next run."""
-    async with _client(args, must_exist=True) as client:
+    async with _client(args, must_exist=True, read_only=True) as client:
         schedules = await client.schedules()
     _emit(args, schedules, schedules_table(schedules))
     return 0
 
 
 async def cmd_list(args: argparse.Namespace) -> int:
-    """``list``: the newest jobs, filtered by status and type."""
-    async with _client(args, must_exist=True) as client:
-        jobs = await client.storage.list_jobs(
-            status=args.status, job_type=args.type, limit=args.limit
+    """``list``: the newest jobs, filtered by status and type; ``--follow`` watches them."""
+    spec: StoreSpec = args.store
+    async with _client(args, must_exist=True, read_only=True) as client:
+        found = await client.storage.list_jobs(
+            status=args.status, job_type=args.type, limit=args.limit + 1
         )
-    _emit(args, jobs, jobs_table(jobs) if jobs else "no jobs")
+        jobs, more = found[: args.limit], len(found) > args.limit
+        unhandled = await unhandled_types(client.storage, await client.workers())
+        if args.json and not args.follow:
+            _emit(args, jobs, "")
+        elif not args.json:
+            print(f"{spec.describe()}, newest first:")
+            print(jobs_table(jobs) if jobs else "no jobs")
+        if more:
+            _note(args, f"showing the newest {args.limit} jobs; more match (raise --limit)")
+        if unhandled:
+            _note(args, f"warning: {unhandled_text(unhandled)}")
+        if args.follow:
+            await follow_jobs(client, args, jobs)
     return 0
 
 
 async def cmd_show(args: argparse.Namespace) -> int:
     """``show ID``: every field of one job, with its last error's traceback."""
-    async with _client(args, must_exist=True) as client:
+    async with _client(args, must_exist=True, read_only=True) as client:
         job = await _find(client, args.id)
     _emit(args, job, job_details(job))
     return 0
 
 
 async def cmd_stats(args: argparse.Namespace) -> int:
-    """``stats``: counts by status."""
-    async with _client(args, must_exist=True) as client:
+    """``stats``: counts by status, and the types no live worker handles."""
+    spec: StoreSpec = args.store
+    async with _client(args, must_exist=True, read_only=True) as client:
         stats = await client.stats()
-    _emit(args, stats, stats_table(stats))
+        unhandled = await unhandled_types(client.storage, await client.workers())
+    if args.json:
+        data = {**to_json(stats), **spec.to_json(), "unhandled": unhandled}
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+        if unhandled:
+            _note(args, f"warning: {unhandled_text(unhandled)}")
+        return 0
+    text = f"{spec.describe()}:\n\n{stats_table(stats)}"
+    if unhandled:
+        text += f"\n\nwarning: {unhandled_text(unhandled)}"
+    print(text)
     return 0
 
 
 async def cmd_workers(args: argparse.Namespace) -> int:
     """``workers``: the live runners on the store, from its workers table."""
-    async with _client(args, must_exist=True) as client:
+    async with _client(args, must_exist=True, read_only=True) as client:
         workers = await client.workers()
     _emit(args, workers, workers_table(workers))
     return 0
@@ -150,29 +221,31 @@ async def cmd_workers(args: argparse.Namespace) -> int:
 async def cmd_cancel(args: argparse.Namespace) -> int:
     """``cancel ID``: cancel a waiting job, or ask a running job's worker to stop it."""
     async with _client(args, must_exist=True) as client:
-        outcome = await client.storage.request_cancel(args.id)
-        job = await _find(client, args.id)
+        job_id = (await _find(client, args.id)).id
+        outcome = await client.storage.request_cancel(job_id)
+        job = await _find(client, job_id)
     if outcome is CancelOutcome.NOTHING:
-        raise CliError(f"job {args.id} is already {job.status.value}: nothing to cancel")
+        raise CliError(f"job {job_id} is already {job.status.value}: nothing to cancel")
     if outcome is CancelOutcome.CANCELLED:
-        text = f"cancelled job {args.id}"
+        text = f"cancelled job {job_id}"
     else:
-        text = f"job {args.id} is running: its worker was asked to cancel it"
-    _emit(args, {"id": args.id, "outcome": outcome.value, "status": job.status}, text)
+        text = f"job {job_id} is running: its worker was asked to cancel it"
+    _emit(args, {"id": job_id, "outcome": outcome.value, "status": job.status}, text)
     return 0
 
 
 async def cmd_retry(args: argparse.Namespace) -> int:
     """``retry ID``: re-queue a failed, timed-out or cancelled job with fresh attempts."""
     async with _client(args, must_exist=True) as client:
-        requeued = await client.storage.requeue(args.id)
-        job = await _find(client, args.id)
+        job_id = (await _find(client, args.id)).id
+        requeued = await client.storage.requeue(job_id)
+        job = await _find(client, job_id)
     if not requeued:
         raise CliError(
-            f"job {args.id} is {job.status.value}: only failed, timeout and cancelled"
+            f"job {job_id} is {job.status.value}: only failed, timeout and cancelled"
             " jobs can be retried"
         )
-    _emit(args, job, f"requeued job {args.id} ({job.type}) with fresh attempts")
+    _emit(args, job, f"requeued job {job_id} ({job.type}) with fresh attempts")
     return 0
 
 

@@ -18,4 +18,15 @@ class UsageError(CliError):
         super().__init__(message, 2)
 
 
-__all__ = ["CliError", "UsageError"]
+class StoreUnusableError(CliError):
+    """The store is missing, corrupt, or not a trio_jobs store (exit status 3).
+
+    Trying again will not help: a person must look. (A service manager can be told
+    not to restart a worker that exits with it.)
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 3)
+
+
+__all__ = ["CliError", "StoreUnusableError", "UsageError"]

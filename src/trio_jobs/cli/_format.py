@@ -17,23 +17,31 @@ from .._retry import RetryConfig
 
 T = TypeVar("T")
 
-_DURATION_RE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d|w)?\s*", re.IGNORECASE)
+_DURATION_RE = re.compile(
+    r"\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?)\s*(ms|s|m|h|d|w)?\s*", re.IGNORECASE
+)
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
 
 def parse_duration(text: str) -> float:
-    """Parse ``30``, ``1.5s``, ``250ms``, ``15m``, ``12h``, ``7d`` or ``2w`` into seconds.
+    """Parse ``30``, ``1.5s``, ``1e3``, ``250ms``, ``15m``, ``12h``, ``7d`` or ``2w`` into seconds.
 
-    A bare number is seconds.
+    A bare number is seconds. The result is finite and not negative (``inf`` is
+    no duration: :func:`parse_timeout` takes ``none`` for "no limit").
 
     Raises:
-        ValueError: ``text`` is not such a duration.
+        ValueError: ``text`` is not such a duration, or is negative or too large.
     """
     match = _DURATION_RE.fullmatch(text)
     if match is None:
         raise ValueError(f"invalid duration {text!r} (use e.g. 30s, 15m, 12h, 7d)")
     number, unit = match.groups()
-    return float(number) * _UNIT_SECONDS[(unit or "s").lower()]
+    value = float(number) * _UNIT_SECONDS[(unit or "s").lower()]
+    if value < 0:
+        raise ValueError(f"a duration cannot be negative, got {text.strip()!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"duration {text.strip()!r} is too large")
+    return value
 
 
 def parse_positive_duration(text: str) -> float:
@@ -56,8 +64,13 @@ def parse_run_at(text: str) -> datetime:
 
 
 def parse_timeout(text: str) -> float:
-    """Parse a positive duration, or ``none``/``inf`` for no timeout (``math.inf``)."""
-    if text.strip().lower() in ("none", "inf"):
+    """Parse a positive duration, or ``none`` for no timeout (``math.inf``).
+
+    ``inf``, ``infinity`` and ``unlimited`` mean ``none`` too: every spelling of
+    "no limit" is accepted and shown as ``none``, and every finite number (``1e9``
+    included) is a limit.
+    """
+    if text.strip().lower() in ("none", "inf", "infinity", "unlimited"):
         return math.inf
     return parse_positive_duration(text)
 
@@ -260,7 +273,10 @@ def job_to_json(job: Job[Any]) -> dict[str, Any]:
 def jobs_table(jobs: Sequence[Job[Any]], now: datetime | None = None) -> str:
     """Render jobs as the ``list`` command's table."""
     now = now or datetime.now(UTC)
-    headers = ("ID", "TYPE", "STATUS", "PRIORITY", "ATTEMPTS", "CREATED", "DURATION", "PROGRESS")
+    headers = (
+        "ID", "TYPE", "STATUS", "PRIORITY", "ATTEMPTS", "CREATED", "NEXT RUN", "DURATION",
+        "PROGRESS",
+    )  # fmt: skip
     rows = [
         (
             job.id,
@@ -269,12 +285,23 @@ def jobs_table(jobs: Sequence[Job[Any]], now: datetime | None = None) -> str:
             priority_name(job.priority),
             attempts_text(job),
             format_age(job.created_at, now),
+            next_run_text(job, now),
             format_seconds(job.execution_time),
             "-" if job.progress is None else f"{job.progress:.0f}%",
         )
         for job in jobs
     ]
     return render_table(headers, rows, right=("ATTEMPTS", "DURATION", "PROGRESS"))
+
+
+def next_run_text(job: Job[Any], now: datetime | None = None) -> str:
+    """When a waiting job runs: ``due`` (as soon as a worker is free), ``in 5.00s``; else ``-``."""
+    if job.status not in (JobStatus.PENDING, JobStatus.RETRYING):
+        return "-"
+    now = now or datetime.now(UTC)
+    if job.run_at is None or job.run_at <= now:
+        return "due"
+    return format_age(job.run_at, now)
 
 
 def job_details(job: Job[Any]) -> str:

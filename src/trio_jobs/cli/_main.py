@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 import trio
 
+from .._exceptions import StorageCorruptError, StorageError
 from .._outcome import unwrap
 from ._commands import (
     cmd_cancel,
@@ -28,7 +29,7 @@ from ._commands import (
     cmd_worker,
     cmd_workers,
 )
-from ._errors import CliError, UsageError
+from ._errors import CliError, StoreUnusableError, UsageError
 from ._format import (
     argument_type,
     one_line,
@@ -94,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Start with: trio-jobs demo",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {_version()}", help="print the version"
+    )
     _add_store_options(parser, top=True)
     _add_json_option(parser, top=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -153,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=argument_type(parse_timeout),
         default=None,
         metavar="S",
-        help="seconds each attempt may run, or 'none' (default 300)",
+        help="seconds each attempt may run, or 'none' (also 'inf') for no limit (default 300)",
     )
     submit.add_argument(
         "--max-attempts",
@@ -161,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="default 3",
+    )
+    submit.add_argument(
+        "--metadata", metavar="JSON", default=None, help="a JSON object stored with the job"
+    )
+    submit.add_argument(
+        "--tenant", metavar="ID", default=None, help="the tenant the job belongs to"
     )
 
     listing = command("list", cmd_list, "list jobs, newest first")
@@ -173,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=100,
         metavar="N",
         help="default 100",
+    )
+    listing.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="then keep watching: print each change as it happens, until Ctrl-C",
     )
 
     show = command("show", cmd_show, "show every field of one job")
@@ -231,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: The arguments (``sys.argv[1:]`` when ``None``).
     """
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(_join_negative_values(argv))
         if args.command != "demo":
             args.store = store_spec(args, os.environ)
         code = trio.run(_run, args)
@@ -243,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if leaf is None:
             raise
         return _fail(leaf)
+    except StorageError as exc:
+        return _fail(_store_error(exc))
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
@@ -270,7 +288,49 @@ def _fail(error: CliError) -> int:
 
 def _single_cli_error(group: BaseExceptionGroup[BaseException]) -> CliError | None:
     single = unwrap(group)
+    if isinstance(single, StorageError):
+        return _store_error(single)
     return single if isinstance(single, CliError) else None
+
+
+def _store_error(error: StorageError) -> CliError:
+    """A store error that reached the top: exit 3 if it will not pass, else 1."""
+    if isinstance(error, StorageCorruptError):
+        return StoreUnusableError(str(error))
+    return CliError(f"the store failed: {error}")
+
+
+#: Options whose value may start with "-" (a negative duration is refused by its
+#: parser with a clear message; argparse would take it for an option).
+_VALUE_OPTIONS = frozenset(
+    {"--delay", "--timeout", "--older-than", "--poll-interval", "--lease-duration", "--limit"}
+)
+
+
+def _join_negative_values(argv: Sequence[str] | None) -> list[str]:
+    """Turn ``--older-than -1d`` into ``--older-than=-1d``, so its parser judges the value."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    joined: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        following = args[i + 1] if i + 1 < len(args) else ""
+        if arg in _VALUE_OPTIONS and following[:2].startswith("-") and following[1:2].isdigit():
+            joined.append(f"{arg}={following}")
+            i += 2
+            continue
+        joined.append(arg)
+        i += 1
+    return joined
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("trio-jobs")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 __all__ = ["PROG", "build_parser", "main"]

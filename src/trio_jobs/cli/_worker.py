@@ -14,9 +14,10 @@ from typing import Any
 
 import trio
 
+from .._exceptions import StorageCorruptError
 from .._records import Job
 from .._runner import JobRunner
-from ._errors import CliError, UsageError
+from ._errors import CliError, StoreUnusableError, UsageError
 from ._format import (
     argument_type,
     attempts_text,
@@ -25,7 +26,7 @@ from ._format import (
     parse_positive_duration,
     parse_positive_int,
 )
-from ._store import StoreSpec, open_storage
+from ._store import StoreSpec, open_storage, unhandled_text, unhandled_types
 
 Installer = Callable[[JobRunner], Awaitable[None]]
 
@@ -135,6 +136,12 @@ def load_app(spec: str) -> Installer:
 
         return install_mapping
     if callable(target):
+        if _looks_like_a_handler(target):
+            raise CliError(
+                f"{spec} looks like a handler (job, ctx), not a setup(runner) function:"
+                f" point APP at a mapping {{job_type: handler}}, e.g. HANDLERS ="
+                f" {{{attribute.rsplit('.', 1)[-1]!r}: {attribute.rsplit('.', 1)[-1]}}}"
+            )
         setup = target
 
         async def install_setup(runner: JobRunner) -> None:
@@ -151,6 +158,17 @@ def load_app(spec: str) -> Installer:
     )
 
 
+def _looks_like_a_handler(target: Any) -> bool:
+    """Whether ``target`` needs two positional arguments, as a handler does."""
+    try:
+        parameters = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [p for p in parameters if p.kind in positional and p.default is p.empty]
+    return len(required) >= 2
+
+
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {one_line(str(exc))}"
 
@@ -161,11 +179,17 @@ def registered_types(runner: JobRunner) -> list[str]:
 
 
 class _EventLog:
-    """Logs one line per job event, and counts outcomes for the closing line."""
+    """Logs one line per job event, and counts jobs (not attempts) for the closing line."""
 
     def __init__(self, logger: logging.Logger) -> None:
         self.logger = logger
-        self.counts = {"completed": 0, "failed": 0, "retried": 0, "timed out": 0, "cancelled": 0}
+        #: Jobs that reached a final status here, by outcome.
+        self.counts = {"completed": 0, "failed": 0, "timed out": 0, "cancelled": 0}
+        #: Failed attempts that were retried.
+        self.retried = 0
+        #: Jobs with an attempt running here (started, no outcome yet).
+        self.active: set[str] = set()
+        self._timeouts: set[str] = set()
 
     def attach(self, runner: JobRunner) -> None:
         runner.on("job:started", self.started)
@@ -175,36 +199,98 @@ class _EventLog:
         runner.on("job:timeout", self.timed_out)
         runner.on("job:cancelled", self.cancelled)
 
-    def _line(self, job: Job[Any], what: str, *args: object) -> None:
-        self.logger.info(
-            "job %s %s attempt %s " + what, job.id, job.type, attempts_text(job), *args
+    def _line(self, job: Job[Any], what: str, *args: object, level: int = logging.INFO) -> None:
+        self.logger.log(
+            level, "job %s %s attempt %s " + what, job.id, job.type, attempts_text(job), *args
         )
 
+    def _ended(self, job: Job[Any], outcome: str) -> None:
+        if job.id in self.active:
+            self.active.discard(job.id)
+            self.counts[outcome] += 1
+
     def started(self, job: Job[Any]) -> None:
+        self.active.add(job.id)
         self._line(job, "started")
 
     def completed(self, job: Job[Any], result: Any) -> None:
-        self.counts["completed"] += 1
+        self._ended(job, "completed")
         self._line(job, "completed in %s", format_seconds(job.execution_time))
 
     def retrying(self, job: Job[Any], attempt: int, delay: float) -> None:
-        self.counts["retried"] += 1
+        self.active.discard(job.id)
+        self.counts["timed out"] -= job.id in self._timeouts
+        self._timeouts.discard(job.id)
+        self.retried += 1
         error = job.last_error
         reason = f"{error.type}: {one_line(error.message, 200)}" if error else "error"
         self._line(job, "failed, retrying in %s: %s", format_seconds(delay), reason)
 
     def failed(self, job: Job[Any], error: BaseException) -> None:
-        self.counts["failed"] += 1
-        self._line(job, "failed for good: %s", _describe(error))
+        self._ended(job, "failed")
+        self._line(job, "failed for good: %s", _describe(error), level=logging.WARNING)
+
+    #: Jobs counted as timed out for good whose retry may still be announced
+    #: (``job:timeout`` comes before the job is judged; ``job:retrying`` after).
+    _timeouts: set[str]
 
     def timed_out(self, job: Job[Any]) -> None:
-        self.counts["timed out"] += 1
         limit = "its timeout" if job.timeout is None else format_seconds(job.timeout)
-        self._line(job, "timed out after %s", limit)
+        if job.attempts < job.max_attempts:
+            # Most likely retried (``job:retrying`` follows and undoes the count).
+            self._line(job, "timed out after %s", limit)
+        else:
+            self._line(job, "timed out after %s, for good", limit, level=logging.WARNING)
+        if job.id in self.active:
+            self.active.discard(job.id)
+            self.counts["timed out"] += 1
+            self._timeouts.add(job.id)
 
     def cancelled(self, job: Job[Any]) -> None:
-        self.counts["cancelled"] += 1
+        self._ended(job, "cancelled")
         self.logger.info("job %s %s cancelled", job.id, job.type)
+
+    def summary(self) -> str:
+        """The closing line: what became of the jobs this worker ran."""
+        finished = sum(self.counts.values())
+        parts = []
+        if finished:
+            outcomes = ", ".join(f"{n} {what}" for what, n in self.counts.items() if n)
+            parts.append(f"{finished} job{'' if finished == 1 else 's'} finished ({outcomes})")
+        if self.active:
+            n = len(self.active)
+            parts.append(f"{n} interrupted job{'' if n == 1 else 's'} back to pending")
+        if self.retried:
+            n = self.retried
+            parts.append(f"{n} failed attempt{'' if n == 1 else 's'} retried")
+        return "; ".join(parts) or "no jobs run"
+
+
+#: The loggers whose lines the worker prints: ours, and the PostgreSQL driver's.
+_LOGGERS = ("trio_jobs", "psycopg")
+
+
+#: How often a worker looks for waiting jobs that no live worker handles (seconds).
+UNHANDLED_CHECK_INTERVAL = 60.0
+
+
+async def _warn_of_unhandled_jobs(runner: JobRunner, log: logging.Logger) -> None:
+    """Warn when jobs sit in the store that no live worker (this one included) can run.
+
+    Looks at start and every minute; warns again only when the set of such types
+    grows. Store errors are left to the runner, which reports them.
+    """
+    warned: set[str] = set()
+    while True:
+        try:
+            unhandled = await unhandled_types(runner.storage, await runner.workers())
+        except Exception as exc:
+            log.debug("looking for jobs no worker handles failed: %r", exc)
+        else:
+            if set(unhandled) - warned:
+                log.warning("%s", unhandled_text(unhandled))
+            warned = set(unhandled)
+        await trio.sleep(UNHANDLED_CHECK_INTERVAL)
 
 
 def _configure_logging(level: str) -> tuple[logging.Logger, logging.Handler]:
@@ -213,6 +299,14 @@ def _configure_logging(level: str) -> tuple[logging.Logger, logging.Handler]:
     logger = logging.getLogger("trio_jobs")
     logger.addHandler(handler)
     logger.setLevel(level)
+    # psycopg's pool says "discarding closed connection: <psycopg.Connection [BAD]>"
+    # at WARNING whenever the server dropped a pooled connection; the store replaces
+    # it and says so itself. Format its lines like ours, and show the pool's chatter
+    # only at DEBUG.
+    driver = logging.getLogger("psycopg")
+    driver.addHandler(handler)
+    driver.propagate = False
+    logging.getLogger("psycopg.pool").setLevel("DEBUG" if level == "DEBUG" else "ERROR")
     return logger, handler
 
 
@@ -260,12 +354,20 @@ async def _run_worker(args: argparse.Namespace) -> int:
                 raise CliError(f"{args.app} registered no handlers")
             await open_storage(storage, spec)
             events = _EventLog(logger.getChild("worker"))
-            if events.logger.isEnabledFor(logging.INFO):
-                # Below INFO nothing would be printed: spare every job its snapshots.
+            if events.logger.isEnabledFor(logging.WARNING):
+                # Above WARNING nothing would be printed: spare every job its snapshots.
                 events.attach(runner)
-            await _serve(runner, signals, events, spec, types, args.concurrency)
+            try:
+                await _serve(runner, signals, events, spec, types, args.concurrency)
+            except StorageCorruptError as exc:
+                # Trying again cannot help: stop with one line, not a traceback a second.
+                raise StoreUnusableError(
+                    f"worker stopped: {one_line(str(exc))}; jobs that were running go"
+                    " back to pending once the store is repaired"
+                ) from None
         finally:
-            logging.getLogger("trio_jobs").removeHandler(handler)
+            for name in _LOGGERS:
+                logging.getLogger(name).removeHandler(handler)
     return 0
 
 
@@ -288,6 +390,7 @@ async def _serve(
             ", ".join(types),
         )
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(_warn_of_unhandled_jobs, runner, log)
 
             async def stop(graceful: bool) -> None:
                 await runner.stop(graceful)
@@ -308,5 +411,4 @@ async def _serve(
                     nursery.start_soon(stop, False)
                 else:
                     log.info("%s: already stopping", name)
-    summary = ", ".join(f"{n} {what}" for what, n in events.counts.items() if n)
-    log.info("worker stopped (%s)", summary or "no jobs run")
+    log.info("worker stopped: %s", events.summary())

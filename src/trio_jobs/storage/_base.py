@@ -138,7 +138,9 @@ class JobStorage(Protocol):
         Ready means PENDING or RETRYING with its delay passed. Order: priority
         (highest first), then ``run_at``, then insertion order. Each claimed job
         becomes RUNNING with ``attempts + 1``, ``started_at`` set, and a lease of
-        :attr:`lease_duration` held by ``worker_id``. Returns the claimed
+        :attr:`lease_duration` held by ``worker_id`` (on a store with a workers
+        table, a registered worker's heartbeat renews its row instead, which
+        covers all its claims: see :class:`WorkerRegistry`). Returns the claimed
         snapshots; never more than ``limit``, and no job is claimed by two callers.
         """
         ...
@@ -167,7 +169,9 @@ class JobStorage(Protocol):
           the attempt is *not* counted (``attempts - 1``).
 
         The lease is dropped in every case. A pending cancellation request on a job
-        settled as RETRYING or PENDING turns it CANCELLED instead.
+        settled as RETRYING or PENDING turns it CANCELLED instead. A job settled as
+        RETRYING or PENDING loses its ``progress`` and ``progress_message``: they
+        belonged to the attempt that ended, and the next one starts from nothing.
 
         Returns:
             True when applied; False when the claim was no longer held.
@@ -202,8 +206,9 @@ class JobStorage(Protocol):
         """Recover jobs whose lease expired (their worker died). Safe to run concurrently.
 
         Each such job's crashed attempt stays counted. With attempts left it goes
-        back to PENDING; with none left it ends FAILED with an error saying the
-        worker was lost; if cancellation was requested it ends CANCELLED.
+        back to PENDING (its progress cleared); with none left it ends FAILED with
+        an error saying the worker was lost; if cancellation was requested it ends
+        CANCELLED.
 
         Returns:
             The rescued jobs' new snapshots.
@@ -249,8 +254,13 @@ class JobStorage(Protocol):
         """Give a FAILED, TIMEOUT or CANCELLED job a fresh start (PENDING, attempts 0)."""
         ...
 
-    async def purge(self, older_than: float) -> int:
-        """Delete final jobs completed more than ``older_than`` seconds ago; return how many."""
+    async def purge(
+        self, older_than: float, *, statuses: Collection[JobStatus] | None = None
+    ) -> int:
+        """Delete final jobs completed more than ``older_than`` seconds ago; return how many.
+
+        ``statuses`` (final statuses only) narrows it; ``None`` means every final one.
+        """
         ...
 
 
@@ -271,6 +281,11 @@ class WorkerRegistry(Protocol):
       row expired (and drops those rows), and, as before, running jobs claimed by
       a worker without a row whose own lease expired. Its cost depends on the
       stale workers' jobs, not on how many jobs live workers run;
+    - a row that a rescuer dropped while its worker stalled (past its expiry) is
+      written back by that worker's next :meth:`JobStorage.heartbeat`, when the
+      worker was registered through the same store object; the stalled worker's
+      jobs were rescued meanwhile and are reported lost. Until then its claims
+      are those of a worker without a row: each on a lease of its own;
     - :meth:`unregister_worker` drops the row when the runner leaves its block.
     """
 

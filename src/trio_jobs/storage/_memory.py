@@ -88,6 +88,8 @@ class MemoryStorage:
         # Schedules by key, and the ticks enqueued: (key, tick as unix seconds).
         self._schedules: dict[str, Schedule] = {}
         self._ticks: set[tuple[str, float]] = set()
+        #: The rows registered through this object, put back if a rescue dropped them.
+        self._registered: dict[str, WorkerInfo] = {}
 
     @property
     def lease_duration(self) -> float:
@@ -553,12 +555,20 @@ class MemoryStorage:
                 last_error=last_error,
                 run_at=utcnow() + timedelta(seconds=delay),
                 execution_time=execution_time,
+                progress=None,
+                progress_message=None,
             )
             self._put(waiting)
             self._enqueue(waiting, delay)
         elif status is JobStatus.PENDING:
             self._leases.pop(job_id, None)
-            back = replace(job, status=status, attempts=job.attempts - 1)
+            back = replace(
+                job,
+                status=status,
+                attempts=job.attempts - 1,
+                progress=None,
+                progress_message=None,
+            )
             self._put(back)
             self._enqueue(back, 0.0)
         else:
@@ -601,8 +611,10 @@ class MemoryStorage:
         await trio.lowlevel.checkpoint()
         expires = trio.current_time() + self._lease_duration
         row = self._workers.get(worker_id)
-        if row is not None:
-            info = evolve(row[0], last_seen=utcnow(), running=len(job_ids))
+        # A row a rescue dropped (the worker stalled past its expiry) is put back.
+        registered = row[0] if row is not None else self._registered.get(worker_id)
+        if registered is not None:
+            info = evolve(registered, last_seen=utcnow(), running=len(job_ids))
             self._workers[worker_id] = (info, expires)
         held: set[str] = set()
         for job_id in job_ids:
@@ -636,7 +648,13 @@ class MemoryStorage:
                 )
             else:
                 del self._leases[job_id]
-                new = replace(job, status=JobStatus.PENDING, last_error=error)
+                new = replace(
+                    job,
+                    status=JobStatus.PENDING,
+                    last_error=error,
+                    progress=None,
+                    progress_message=None,
+                )
                 self._put(new)
                 self._enqueue(new, 0.0)
             rescued.append(new)
@@ -662,11 +680,13 @@ class MemoryStorage:
         await trio.lowlevel.checkpoint()
         row = evolve(info, last_seen=utcnow())
         self._workers[info.worker_id] = (row, trio.current_time() + self._lease_duration)
+        self._registered[info.worker_id] = row
 
     async def unregister_worker(self, worker_id: str) -> None:
         """Delete the worker's row."""
         await trio.lowlevel.checkpoint()
         self._workers.pop(worker_id, None)
+        self._registered.pop(worker_id, None)
 
     async def workers(self) -> list[WorkerInfo]:
         """Return the live workers (row not expired), oldest start first."""
@@ -739,6 +759,22 @@ class MemoryStorage:
                 break
         return found
 
+    async def waiting_by_type(self) -> dict[str, int]:
+        """Count the PENDING and RETRYING jobs of each type (types with none are left out)."""
+        await trio.lowlevel.checkpoint()
+        counts: dict[str, int] = {}
+        for job in self._jobs.values():
+            if job.status in _WAITING:
+                counts[job.type] = counts.get(job.type, 0) + 1
+        return counts
+
+    async def job_ids_starting_with(self, prefix: str, *, limit: int = 10) -> list[str]:
+        """Return up to ``limit`` job ids that start with ``prefix``, in order."""
+        if not prefix:
+            raise ValueError("prefix must not be empty")
+        await trio.lowlevel.checkpoint()
+        return sorted(job_id for job_id in self._jobs if job_id.startswith(prefix))[:limit]
+
     async def count_unfinished(self, job_types: Collection[str] | None = None) -> int:
         """Count jobs that are PENDING, RETRYING or RUNNING."""
         await trio.lowlevel.checkpoint()
@@ -772,14 +808,20 @@ class MemoryStorage:
         self._enqueue(fresh, 0.0)
         return True
 
-    async def purge(self, older_than: float) -> int:
-        """Delete final jobs completed more than ``older_than`` seconds ago."""
+    async def purge(
+        self, older_than: float, *, statuses: Collection[JobStatus] | None = None
+    ) -> int:
+        """Delete final jobs (of ``statuses``) completed more than ``older_than`` seconds ago."""
         await trio.lowlevel.checkpoint()
         cutoff = utcnow() - timedelta(seconds=older_than)
+        wanted = frozenset(statuses) if statuses is not None else None
         old = [
             job.id
             for job in self._jobs.values()
-            if job.status.is_final and job.completed_at is not None and job.completed_at < cutoff
+            if job.status.is_final
+            and (wanted is None or job.status in wanted)
+            and job.completed_at is not None
+            and job.completed_at < cutoff
         ]
         for job_id in old:
             self._uncount(self._jobs.pop(job_id))

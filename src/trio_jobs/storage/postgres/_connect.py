@@ -135,6 +135,41 @@ def migrate_schema(dsn: str, schema: str, statements: sql.Statements) -> int:
         return version
 
 
+def check_schema(dsn: str, schema: str, statements: sql.Statements) -> int:
+    """Return the version of ``schema``, changing nothing (a read-only opening).
+
+    Raises:
+        StorageCorruptError: the schema, or its trio_jobs tables, are missing, or
+            older than this code's (a writable opening migrates them).
+    """
+    import psycopg
+
+    from ..._exceptions import StorageCorruptError
+
+    with psycopg.connect(
+        dsn,
+        connect_timeout=CONNECT_KWARGS["connect_timeout"],
+        **session_kwargs(dsn, schema, ":check"),
+    ) as conn:
+        row = conn.execute(statements.existing, {"schema": schema}).fetchone()
+        schema_exists, table_exists = row if row else (False, False)
+        if not table_exists:
+            what = "it has no trio_jobs tables" if schema_exists else "it does not exist"
+            raise StorageCorruptError(
+                f"no trio_jobs schema named {schema!r} here ({what}; a worker or"
+                " `trio-jobs migrate` creates it)"
+            )
+        row = conn.execute(statements.current_version).fetchone()
+        version = int(row[0]) if row else 0
+        if version < sql.LATEST_VERSION:
+            # Reading it as it is would fail on whatever a later migration added.
+            raise StorageCorruptError(
+                f"schema {schema!r} is at version {version}, older than this trio_jobs"
+                f" reads ({sql.LATEST_VERSION}): start a worker or run `trio-jobs migrate`"
+            )
+        return version
+
+
 def connect_listener(dsn: str, schema: str, statements: sql.Statements) -> Connection:
     """Open the LISTEN connection (outside the pool) and listen on the store's channels."""
     import psycopg

@@ -39,6 +39,10 @@ _RECONNECT_MIN: Final = 0.1
 _RECONNECT_MAX: Final = 5.0
 
 
+#: The key under which waiters for a change to any job wait (no job id has it).
+_ANY_JOB: Final = "\0any"
+
+
 class Wakeups:
     """The events a store's waiters wait on, and the notifications that set them.
 
@@ -132,10 +136,17 @@ class Wakeups:
         self._cancel_event.set()
         self._cancel_event = trio.Event()
 
+    async def wait_for_any_change(self, timeout: float) -> None:
+        """Return when any job is woken as changed, or after ``timeout``."""
+        await self.wait_for_change(_ANY_JOB, timeout)
+
     def wake_change(self, job_id: str) -> None:
         event = self._change_events.pop(job_id, None)
         if event is not None:
             event.set()
+        anyone = self._change_events.pop(_ANY_JOB, None)
+        if anyone is not None:
+            anyone.set()
 
     def wake_all_changes(self) -> None:
         events, self._change_events = self._change_events, {}

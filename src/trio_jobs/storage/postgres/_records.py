@@ -163,6 +163,27 @@ class RecordQueries:
         }
         return await self._run(partial(self._fetch_jobs, self._sql.list_jobs, params))
 
+    async def waiting_by_type(self) -> dict[str, int]:
+        """Count the PENDING and RETRYING jobs of each type (types with none are left out)."""
+        statement = self._sql.waiting_by_type
+
+        def count(conn: Connection) -> dict[str, int]:
+            return {str(t): int(n) for t, n in conn.execute(statement).fetchall()}
+
+        return await self._run(count)
+
+    async def job_ids_starting_with(self, prefix: str, *, limit: int = 10) -> list[str]:
+        """Return up to ``limit`` job ids that start with ``prefix``, in order."""
+        if not prefix:
+            raise ValueError("prefix must not be empty")
+        statement = self._sql.ids_starting_with
+        params = {"prefix": prefix, "limit": check_limit(limit)}
+
+        def find(conn: Connection) -> list[str]:
+            return [str(row[0]) for row in conn.execute(statement, params).fetchall()]
+
+        return await self._run(find)
+
     async def count_unfinished(self, job_types: Collection[str] | None = None) -> int:
         """Count jobs that are PENDING, RETRYING or RUNNING (only of ``job_types`` when given)."""
         types = type_list(job_types)
@@ -192,15 +213,23 @@ class RecordQueries:
             self._wakeups.wake_work()
         return requeued
 
-    async def purge(self, older_than: float) -> int:
-        """Delete final jobs completed more than ``older_than`` seconds ago; return how many."""
+    async def purge(
+        self, older_than: float, *, statuses: Collection[JobStatus] | None = None
+    ) -> int:
+        """Delete final jobs (of ``statuses``, default all) completed over ``older_than`` s ago."""
         older_than = check_seconds(older_than, "older_than", allow_inf=True)
         if math.isinf(older_than):
             await trio.lowlevel.checkpoint()
             return 0
 
+        chosen = (
+            None
+            if statuses is None
+            else [JobStatus(x).value for x in statuses if JobStatus(x).is_final]
+        )
+
         def purge(conn: Connection) -> int:
-            return conn.execute(self._sql.purge, (older_than,)).rowcount
+            return conn.execute(self._sql.purge, (older_than, chosen, chosen)).rowcount
 
         return await self._run(purge)
 

@@ -243,6 +243,10 @@ def _rescue(jobs: str, returning: str, victims: str, why: str) -> str:
                     )::text END,
                 completed_at = CASE WHEN j.cancel_requested OR j.attempts >= j.max_attempts
                                     THEN now() END,
+                progress = CASE WHEN j.cancel_requested OR j.attempts >= j.max_attempts
+                                THEN j.progress END,
+                progress_message = CASE WHEN j.cancel_requested OR j.attempts >= j.max_attempts
+                                        THEN j.progress_message END,
                 worker_id = NULL,
                 lease_expires_at = NULL,
                 delayed = false
@@ -268,6 +272,8 @@ class Statements:
     existing: str
     schema_version_table: str
     current_version: str
+    waiting_by_type: str
+    ids_starting_with: str
     record_version: str
     insert_many: str
     saved_by_token: str
@@ -454,6 +460,13 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
                    to_regclass(format('%%I.schema_version', %(schema)s)) IS NOT NULL
         """,
         current_version=f"SELECT coalesce(max(version), 0) FROM {s}.schema_version",
+        waiting_by_type=f"""
+            SELECT type, count(*) FROM {jobs} WHERE status IN ('pending', 'retrying')
+            GROUP BY type
+        """,
+        ids_starting_with=f"""
+            SELECT id FROM {jobs} WHERE starts_with(id, %(prefix)s) ORDER BY id LIMIT %(limit)s
+        """,
         record_version=f"INSERT INTO {s}.schema_version (version) VALUES (%s)",
         insert_many=insert_many.format(conflict="(id)"),
         saved_by_token=f"SELECT id FROM {jobs} WHERE id = ANY(%s) AND op_token = %s",
@@ -535,6 +548,11 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
                 result = CASE WHEN v.status = 'completed' THEN v.result ELSE j.result END,
                 last_error = coalesce(v.error, j.last_error),
                 execution_time = coalesce(v.execution_time, j.execution_time),
+                progress = CASE WHEN v.status IN ('retrying', 'pending')
+                                AND NOT j.cancel_requested THEN NULL ELSE j.progress END,
+                progress_message = CASE WHEN v.status IN ('retrying', 'pending')
+                                        AND NOT j.cancel_requested
+                                        THEN NULL ELSE j.progress_message END,
                 completed_at = CASE WHEN v.status IN {_FINAL} OR j.cancel_requested
                                     THEN now() ELSE j.completed_at END,
                 run_at = CASE WHEN v.status = 'retrying' AND NOT j.cancel_requested
@@ -615,6 +633,10 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
             WHERE worker_id = %(worker_id)s AND status = 'running'
                 AND lease_expires_at < now() AND NOT (id = ANY(%(ids)s::text[]))
                 AND EXISTS (SELECT FROM me)
+            UNION ALL
+            -- One row without an id when the worker has no row (never had one, or
+            -- a rescuer dropped it while the worker stalled).
+            SELECT NULL, false, false WHERE NOT EXISTS (SELECT FROM me)
         """,
         # SKIP LOCKED: several workers may rescue at once; each expired row is
         # rescued by exactly one of them, and a row a heartbeat is renewing right
@@ -743,6 +765,7 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
             DELETE FROM {jobs}
             WHERE status IN {_FINAL}
                 AND completed_at < now() - %s * interval '1 second'
+                AND (%s::text[] IS NULL OR status = ANY(%s::text[]))
         """,
         notify="SELECT pg_notify(%s, %s)",
         # The notifications for a batch of saves or settles, as one JSON array of

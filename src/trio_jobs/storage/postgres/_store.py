@@ -24,6 +24,7 @@ from collections.abc import Callable, Collection, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
+import attrs
 import trio
 
 from ..._records import ErrorInfo, Job, JobStatus, WorkerInfo
@@ -34,6 +35,7 @@ from . import _sql as sql
 from ._batch import Batcher, BatchWriters, ClaimRequest, SettleRequest
 from ._batches import BatchQueries
 from ._connect import (
+    check_schema,
     configure_connection,
     connect_listener,
     import_driver,
@@ -105,6 +107,11 @@ class PostgresStorage(BatchQueries):
             last heartbeat.
         min_connections: Connections the pool keeps open.
         max_connections: Most connections (and worker threads) in use at once.
+        read_only: Open without creating or migrating anything: :meth:`open`
+            refuses a schema without trio_jobs tables ("no trio_jobs schema named X
+            here"), or one not migrated to this version yet, with
+            :class:`~trio_jobs.StorageCorruptError`. For tools that only look
+            (``trio-jobs list``).
 
     Raises:
         TypeError: an argument has the wrong type.
@@ -120,6 +127,7 @@ class PostgresStorage(BatchQueries):
         lease_duration: float = 30.0,
         min_connections: int = 1,
         max_connections: int = 10,
+        read_only: bool = False,
     ) -> None:
         if not isinstance(dsn, str):
             raise TypeError(f"dsn must be a str, got {dsn!r}")
@@ -147,6 +155,7 @@ class PostgresStorage(BatchQueries):
             )
         self._dsn = dsn
         self._schema = schema
+        self._read_only = bool(read_only)
         self._lease = float(lease_duration)
         self._min_connections = min_connections
         self._max_connections = max_connections
@@ -159,7 +168,8 @@ class PostgresStorage(BatchQueries):
         self._limiter = trio.CapacityLimiter(max_connections)
         #: Workers registered through this store: their heartbeat renews their row
         #: even when they hold no job.
-        self._registered: set[str] = set()
+        #: The workers registered through this object (their rows are put back if dropped).
+        self._registered: dict[str, WorkerInfo] = {}
         self._open_lock = trio.Lock()
         self._pool: ConnectionPool[Connection] | None = None
         self._listener: Listener | None = None
@@ -188,6 +198,11 @@ class PostgresStorage(BatchQueries):
         return self._lease
 
     @property
+    def read_only(self) -> bool:
+        """Whether :meth:`open` only checks the schema instead of creating or migrating it."""
+        return self._read_only
+
+    @property
     def schema(self) -> str:
         """The schema holding this store's tables."""
         return self._schema
@@ -207,13 +222,20 @@ class PostgresStorage(BatchQueries):
         Raises:
             ImportError: psycopg is not installed (``pip install 'trio-jobs[postgres]'``).
             psycopg.OperationalError: the database cannot be reached.
+            StorageCorruptError: read-only, and the schema has no trio_jobs tables.
 
         """
         async with self._open_lock:
             if self._pool is not None:
                 return
             pool_class = import_driver()
-            await self.migrate()
+            if self._read_only:
+                await trio.to_thread.run_sync(
+                    partial(check_schema, self._dsn, self._schema, self._sql),
+                    limiter=self._limiter,
+                )
+            else:
+                await self.migrate()
             pool = pool_class(
                 self._dsn,
                 min_size=self._min_connections,
@@ -471,7 +493,16 @@ class PostgresStorage(BatchQueries):
             return conn.execute(self._sql.heartbeat, params).fetchall()
 
         rows = await self._run(renew)
+        rowless = any(row[0] is None for row in rows)
+        rows = [row for row in rows if row[0] is not None]
         held = {row[0] for row in rows if not row[2]}
+        info = self._registered.get(worker_id)
+        if rowless and info is not None:
+            # Registered through this store, yet its row is gone: a rescuer found
+            # it stale (the worker stalled past its expiry) and took its jobs,
+            # reported lost below. Put the row back, so that workers() lists it
+            # and its next claims are covered by it again.
+            await self.register_worker(attrs.evolve(info, running=len(held)))
         orphans = [row[0] for row in rows if row[2]]
         if orphans:
             # The renewal is done; a failure here must not make it look failed
@@ -542,7 +573,7 @@ class PostgresStorage(BatchQueries):
             conn.execute(self._sql.register_worker, params)
 
         await self._run(register)
-        self._registered.add(info.worker_id)
+        self._registered[info.worker_id] = info
 
     async def unregister_worker(self, worker_id: str) -> None:
         """Delete the worker's row (its runner stopped cleanly). Idempotent.
@@ -554,7 +585,7 @@ class PostgresStorage(BatchQueries):
         def unregister(conn: Connection) -> None:
             conn.execute(self._sql.unregister_worker, (worker_id,))
 
-        self._registered.discard(worker_id)
+        self._registered.pop(worker_id, None)
         await self._run(unregister)
 
     async def workers(self) -> list[WorkerInfo]:
@@ -672,3 +703,11 @@ class PostgresStorage(BatchQueries):
     async def wait_for_change(self, job_id: str, timeout: float) -> None:
         """Return when ``job_id`` may have changed (here or elsewhere), or after ``timeout``."""
         await self._wakeups.wait_for_change(job_id, timeout)
+
+    async def wait_for_any_change(self, timeout: float) -> None:
+        """Return when any job may have changed (here or elsewhere), or after ``timeout``.
+
+        Not part of :class:`JobStorage`: for watchers such as ``trio-jobs list
+        --follow``, woken by the notification every write sends.
+        """
+        await self._wakeups.wait_for_any_change(timeout)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+import urllib.parse
 from typing import Final
 
-from ._schema import migrate
+from ..._exceptions import StorageCorruptError, StorageUnavailableError
+from ._schema import check_schema, migrate
 
 #: How long a writer waits for another connection's write lock before giving up.
 BUSY_TIMEOUT: Final = 5.0
@@ -28,8 +30,22 @@ _SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN = 10, 11, 13, 14
 _SQLITE_NOTADB = 26
 
 
-def connect(path: str) -> sqlite3.Connection:
-    """Open the connection and bring the schema up to date (in a worker thread)."""
+class StorageLockedError(StorageUnavailableError, TimeoutError):
+    """Another connection kept the database locked past the busy timeout."""
+
+
+class StoragePermissionError(StorageUnavailableError, PermissionError):
+    """The database file (or its directory) may not be written."""
+
+
+def connect(path: str, *, read_only: bool = False) -> sqlite3.Connection:
+    """Open the connection and bring the schema up to date (in a worker thread).
+
+    ``read_only`` opens the file with SQLite's ``mode=ro``: nothing is created,
+    switched or migrated, and a file without trio_jobs tables is refused.
+    """
+    if read_only:
+        return _connect_read_only(path)
     if path not in (":memory:", ""):
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
@@ -54,21 +70,43 @@ def connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+def _connect_read_only(path: str) -> sqlite3.Connection:
+    if os.path.isdir(path):
+        raise StorageUnavailableError(f"cannot use SQLite database {path}: it is a directory")
+    if not os.path.isfile(path):
+        raise StorageCorruptError(f"no SQLite database at {path}: nothing was created there yet")
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None,
+                           check_same_thread=False)  # fmt: skip
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+        conn.execute(f"PRAGMA cache_size = {-CACHE_KIB}")
+        check_schema(conn, path)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise translate_error(path, exc) from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 def translate_error(path: str, exc: sqlite3.Error) -> Exception:
     """Turn a driver error into one that says what is wrong with which file."""
     code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
     where = f"SQLite database {path}"
     if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
-        return TimeoutError(
+        return StorageLockedError(
             f"{where} is locked: another connection kept it locked for more than"
             f" the {BUSY_TIMEOUT:g} s busy timeout ({exc})"
         )
     if code in (_SQLITE_NOTADB, _SQLITE_CORRUPT):
-        return ValueError(f"{path} is not a trio_jobs SQLite database: {exc}")
+        what = "is corrupt" if code == _SQLITE_CORRUPT else "is not a trio_jobs SQLite database"
+        return StorageCorruptError(f"{where} {what}: {exc}")
     if code in (_SQLITE_PERM, _SQLITE_READONLY):
-        return PermissionError(f"cannot write {where}: {exc}")
+        return StoragePermissionError(f"cannot write {where}: {exc}")
     if code in (_SQLITE_CANTOPEN, _SQLITE_IOERR, _SQLITE_FULL):
-        return OSError(f"cannot use {where}: {exc}")
+        return StorageUnavailableError(f"cannot use {where}: {exc}")
     return exc
 
 

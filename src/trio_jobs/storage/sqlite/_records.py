@@ -182,6 +182,23 @@ class RecordQueries:
         )
         return [job_from_row(row) for row in rows]
 
+    async def waiting_by_type(self) -> dict[str, int]:
+        """Count the PENDING and RETRYING jobs of each type (types with none are left out)."""
+        rows = await self._read(
+            "SELECT type, COUNT(*) FROM jobs WHERE status IN ('pending', 'retrying') GROUP BY type"
+        )
+        return {str(job_type): int(n) for job_type, n in rows}
+
+    async def job_ids_starting_with(self, prefix: str, *, limit: int = 10) -> list[str]:
+        """Return up to ``limit`` job ids that start with ``prefix``, in order (a range seek)."""
+        if not prefix:
+            raise ValueError("prefix must not be empty")
+        rows = await self._read(
+            "SELECT id FROM jobs WHERE id >= ? AND id < ? ORDER BY id LIMIT ?",
+            (prefix, prefix_end(prefix), sql_limit(limit)),
+        )
+        return [str(row[0]) for row in rows]
+
     async def count_unfinished(self, job_types: Collection[str] | None = None) -> int:
         """Count jobs that are PENDING, RETRYING or RUNNING."""
         where, params = type_filter(job_types)
@@ -223,8 +240,10 @@ class RecordQueries:
             self._work_at(None)
         return done
 
-    async def purge(self, older_than: float) -> int:
-        """Delete final jobs completed more than ``older_than`` seconds ago.
+    async def purge(
+        self, older_than: float, *, statuses: Collection[JobStatus] | None = None
+    ) -> int:
+        """Delete final jobs (of ``statuses``, default all) completed over ``older_than`` s ago.
 
         Returns:
             How many jobs were deleted.
@@ -235,10 +254,16 @@ class RecordQueries:
         if not older_than >= 0:
             raise ValueError(f"older_than must be >= 0, got {older_than!r}")
 
+        if statuses is None:
+            status_sql, chosen = _FINAL_STATUSES, tuple[str, ...]()
+        else:
+            chosen = tuple(JobStatus(x).value for x in statuses if JobStatus(x).is_final)
+            status_sql = f"({', '.join('?' * len(chosen))})" if chosen else "(NULL)"
+
         def op(conn: sqlite3.Connection, now: float) -> int:
             return conn.execute(
-                f"DELETE FROM jobs WHERE status IN {_FINAL_STATUSES} AND completed_at < ?",
-                (now - older_than,),
+                f"DELETE FROM jobs WHERE status IN {status_sql} AND completed_at < ?",
+                (*chosen, now - older_than),
             ).rowcount
 
         return await self._write(op)
@@ -250,6 +275,11 @@ def type_filter(job_types: Collection[str] | None) -> tuple[str, tuple[str, ...]
         return "", ()
     types = (job_types,) if isinstance(job_types, str) else tuple(dict.fromkeys(job_types))
     return f" AND type IN ({', '.join('?' * len(types))})", types
+
+
+def prefix_end(prefix: str) -> str:
+    """The least string after every string that starts with ``prefix``."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
 def sql_limit(limit: int | None) -> int:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from ..._exceptions import StorageCorruptError
 from ..._records import Job, JobPriority, JobStatus, WorkerInfo
 from .._codec import (
     BatchCodec,
@@ -212,19 +213,55 @@ def migrate(conn: sqlite3.Connection, path: str) -> None:
         raise
 
 
+def check_schema(conn: sqlite3.Connection, path: str) -> int:
+    """Return the schema version of a file opened read-only; change nothing.
+
+    Raises:
+        StorageCorruptError: The file has no trio_jobs tables (an empty file,
+            another program's database), or a schema older or newer than this
+            code's (an older one is migrated by a writable opening).
+    """
+    tables = {
+        name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    }
+    if "schema_version" not in tables:
+        what = "it has no tables" if not tables else "it has no schema_version table"
+        raise StorageCorruptError(
+            f"SQLite database {path} is not a trio_jobs SQLite database: {what}"
+            " (a worker or `trio-jobs migrate` creates them)"
+        )
+    (current,) = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
+    if current > SCHEMA_VERSION:
+        raise _too_new(path, current)
+    if current < SCHEMA_VERSION:
+        # Reading it as it is would fail on whatever a later migration added.
+        raise StorageCorruptError(
+            f"SQLite database {path} has schema version {current}, older than this"
+            f" trio_jobs reads ({SCHEMA_VERSION}): start a worker or run `trio-jobs migrate`"
+        )
+    return int(current)
+
+
+def _too_new(path: str, current: int) -> StorageCorruptError:
+    return StorageCorruptError(
+        f"{path} has schema version {current}, newer than this trio_jobs"
+        f" understands ({SCHEMA_VERSION}): upgrade trio_jobs"
+    )
+
+
 def _schema_version(conn: sqlite3.Connection, path: str) -> int:
     """Return the file's schema version (creating the version table in a new file).
 
     Raises:
-        ValueError: The file holds another program's ``jobs`` table, or a schema
-            newer than this code knows.
+        StorageCorruptError: The file holds another program's ``jobs`` table, or a
+            schema newer than this code knows.
     """
     tables = {
         name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
     }
     if "schema_version" not in tables:
         if "jobs" in tables:
-            raise ValueError(
+            raise StorageCorruptError(
                 f"{path} is not a trio_jobs SQLite database: it has a 'jobs' table"
                 " but no schema_version table"
             )
@@ -233,10 +270,7 @@ def _schema_version(conn: sqlite3.Connection, path: str) -> int:
         )
     (current,) = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
     if current > SCHEMA_VERSION:
-        raise ValueError(
-            f"{path} has schema version {current}, newer than this trio_jobs"
-            f" understands ({SCHEMA_VERSION}): upgrade trio_jobs"
-        )
+        raise _too_new(path, current)
     return int(current)
 
 

@@ -119,6 +119,12 @@ class SQLiteStorage(BatchQueries, WorkerQueries):
             ``":memory:"`` gives a private in-memory database (tests).
         lease_duration: Seconds a claim (or a worker's row) stays valid without a
             heartbeat.
+        read_only: Open the file read-only (SQLite's ``mode=ro``): :meth:`open`
+            creates, switches and migrates nothing, and refuses a missing file, one
+            without trio_jobs tables, or one whose schema is older (not migrated
+            yet) with :class:`~trio_jobs.StorageCorruptError`;
+            every write raises :class:`~trio_jobs.StorageUnavailableError`. For
+            tools that only look (``trio-jobs list``).
 
     Raises:
         TypeError: ``path`` is not a ``str`` or ``os.PathLike[str]``, or
@@ -126,7 +132,13 @@ class SQLiteStorage(BatchQueries, WorkerQueries):
         ValueError: ``lease_duration`` is not positive and finite.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, lease_duration: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        lease_duration: float = 30.0,
+        read_only: bool = False,
+    ) -> None:
         fspath = os.fspath(path) if isinstance(path, str | os.PathLike) else None
         if not isinstance(fspath, str):
             raise TypeError(f"path must be a str or os.PathLike[str], got {path!r}")
@@ -136,6 +148,7 @@ class SQLiteStorage(BatchQueries, WorkerQueries):
             raise ValueError(f"lease_duration must be positive and finite, got {lease_duration!r}")
         self._path = fspath
         self._lease = float(lease_duration)
+        self._read_only = bool(read_only)
         self._conn: sqlite3.Connection | None = None
         self._closed = False
         # The connection is used by one thread at a time: whoever holds the lock.
@@ -176,12 +189,18 @@ class SQLiteStorage(BatchQueries, WorkerQueries):
         self._workers: dict[str, WorkerInfo] = {}
 
     def __repr__(self) -> str:
-        return f"SQLiteStorage({self._path!r}, lease_duration={self._lease!r})"
+        ro = ", read_only=True" if self._read_only else ""
+        return f"SQLiteStorage({self._path!r}, lease_duration={self._lease!r}{ro})"
 
     @property
     def path(self) -> str:
         """The database file's path, as given."""
         return self._path
+
+    @property
+    def read_only(self) -> bool:
+        """Whether the store opens the file read-only (see the constructor)."""
+        return self._read_only
 
     @property
     def lease_duration(self) -> float:
@@ -195,16 +214,20 @@ class SQLiteStorage(BatchQueries, WorkerQueries):
 
         Raises:
             FileNotFoundError: The file's directory does not exist.
-            OSError: The file cannot be opened or written (permissions, not a file).
-            ValueError: The file is not a SQLite database, is corrupt, or holds a
-                schema this version does not know (another program's, or a newer
-                trio_jobs's).
-            TimeoutError: Another connection held the database locked for longer
-                than the busy timeout.
+            StorageUnavailableError: The file cannot be opened or written
+                (permissions, not a file; also an :class:`OSError`), or another
+                connection held it locked for longer than the busy timeout (then
+                also a :class:`TimeoutError`).
+            StorageCorruptError: The file is not a SQLite database, is corrupt, or
+                holds a schema this version does not know (another program's, or a
+                newer trio_jobs's); also a :class:`ValueError`. Read-only: the file
+                is missing or has no trio_jobs tables.
         """
         async with self._lock:
             if self._conn is None:
-                self._conn = await self._in_thread(partial(connect, self._path))
+                self._conn = await self._in_thread(
+                    partial(connect, self._path, read_only=self._read_only)
+                )
                 self._closed = False
                 self._unreachable.clear()
 
@@ -399,6 +422,9 @@ class SQLiteStorage(BatchQueries, WorkerQueries):
                 " run_at = ?, attempts = attempts - CASE WHEN cancel_requested THEN 0 ELSE ? END,"
                 " last_error = COALESCE(?, last_error),"
                 " execution_time = COALESCE(?, execution_time),"
+                # The next attempt starts from nothing: no stale progress meanwhile.
+                " progress = CASE WHEN cancel_requested THEN progress END,"
+                " progress_message = CASE WHEN cancel_requested THEN progress_message END,"
                 f" worker_id = NULL, lease_expires_at = NULL WHERE {_FENCE} RETURNING status"
             )
             uncount = 1 if status is JobStatus.PENDING else 0
@@ -583,9 +609,19 @@ class SQLiteStorage(BatchQueries, WorkerQueries):
                 rows.append(
                     conn.execute(
                         "UPDATE jobs SET status = ?, last_error = ?, run_at = ?,"
-                        " completed_at = ?, worker_id = NULL, lease_expires_at = NULL"
+                        " completed_at = ?, worker_id = NULL, lease_expires_at = NULL,"
+                        " progress = CASE WHEN ? THEN NULL ELSE progress END,"
+                        " progress_message = CASE WHEN ? THEN NULL ELSE progress_message END"
                         f" WHERE seq = ? RETURNING {COLUMNS}",
-                        (status, encode_error(error), now, None if retry else now, seq),
+                        (
+                            status,
+                            encode_error(error),
+                            now,
+                            None if retry else now,
+                            retry,
+                            retry,
+                            seq,
+                        ),
                     ).fetchone()
                 )
                 if retry:
