@@ -240,6 +240,41 @@ async def test_postgres_retention_lock_excludes_a_second_trimmer(pg_schema: str)
         assert await store.purge_batch(JobStatus.COMPLETED, 0, limit=10, holder="b") == 0
 
 
+async def test_postgres_retention_pass_resumes_after_its_last_batch_and_misses_nothing(
+    pg_schema: str,
+) -> None:
+    # Each batch's index scan starts at the newest completed_at the pass deleted
+    # (not at the dead entries before it): rows tied at a batch's edge are still
+    # deleted, and a row older than that floor is left to the next pass.
+    import psycopg
+
+    from conftest import PG_DSN
+    from trio_jobs import PostgresStorage
+
+    def insert(ids: range, ago: str) -> None:
+        with psycopg.connect(PG_DSN, autocommit=True) as conn:
+            conn.execute(
+                f"""INSERT INTO "{pg_schema}".jobs (id, type, payload, status, priority,
+                        max_attempts, created_at, completed_at, ready_at)
+                    SELECT 'j' || g, 'echo', 'null', 'completed', 1, 1, c, c, c
+                    FROM generate_series(%s::int, %s::int) AS g,
+                         LATERAL (SELECT now() - interval '{ago}' AS c) AS t""",
+                (ids.start, ids.stop - 1),
+            )
+
+    async with PostgresStorage(PG_DSN, schema=pg_schema) as store:
+        await trio.to_thread.run_sync(insert, range(25), "2 days")  # 25 ties
+        assert await store.purge_batch(JobStatus.COMPLETED, 3600, limit=10, holder="a") == 10
+        await trio.to_thread.run_sync(insert, range(100, 103), "3 days")  # below the floor
+        deleted = [await store.purge_batch(JobStatus.COMPLETED, 3600, limit=10, holder="a")]
+        while deleted[-1] == 10:
+            deleted.append(await store.purge_batch(JobStatus.COMPLETED, 3600, limit=10, holder="a"))
+        assert deleted == [10, 5]
+        # The pass is over: the next one starts from the oldest again.
+        assert await store.purge_batch(JobStatus.COMPLETED, 3600, limit=10, holder="a") == 3
+        assert await store.list_jobs() == []
+
+
 async def test_runner_retention_trims_old_jobs(store_factory: StoreFactory) -> None:
     async with runner_on(store_factory, retention={JobStatus.COMPLETED: 0.0}) as runner:
         handles = await runner.submit_many("echo", range(5))

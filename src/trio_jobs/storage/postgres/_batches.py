@@ -10,7 +10,11 @@ The tables and indexes are those of migration 3 in :mod:`._sql`.
 - ``enqueue_tick`` inserts the ``(key, tick)`` row and the job in one transaction;
   the tick's primary key lets exactly one runner win.
 - ``purge_batch`` deletes at most ``limit`` rows per statement, under a
-  transaction-level advisory lock that no two runners hold at once.
+  transaction-level advisory lock that no two runners hold at once. The victims
+  come from ``jobs_completed_idx`` and are deleted by ctid; each batch of a pass
+  starts where the previous one ended, so its cost does not grow with the rows
+  deleted before it (``bench/retention.py``: 1,000,000 jobs, about 3,000 buffer
+  accesses and a few ms per batch throughout).
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ from ._records import RecordQueries, check_seconds
 if TYPE_CHECKING:
     from ._connect import Connection
 
+#: The floor of a retention pass's first batch: every completed_at is after it.
+_EARLIEST: Final = datetime(1, 1, 1, tzinfo=UTC)
+
 #: How often ``save_many`` starts over when a key's holder finished meanwhile.
 _TRIES: Final = 5
 
@@ -48,6 +55,10 @@ class BatchQueries(RecordQueries):
     """``save_many``, schedules and ``purge_batch`` of a PostgreSQL job table (see the module)."""
 
     _schema: str
+    # Per status, the newest completed_at the current retention pass deleted: the
+    # next batch's index scan starts there instead of walking the index entries
+    # of the rows deleted before (dead until vacuumed). Forgotten when a pass ends.
+    _purge_floors: dict[str, datetime]
 
     def _batch_sql(self, name: str) -> str:
         s = f'"{self._schema}"'
@@ -67,21 +78,30 @@ class BatchQueries(RecordQueries):
             "schedules": "SELECT key, job_type, cron, every, timezone, last_run_at"
             f" FROM {s}.schedules ORDER BY key",
             # One statement, one transaction: the lock is taken first (a
-            # MATERIALIZED CTE), and without it nothing is selected.
+            # MATERIALIZED CTE), and without it nothing is selected. The victims
+            # come from jobs_completed_idx under the LIMIT; the delete finds them by
+            # ctid (a TID scan: with `id IN (...)` the planner may hash-join
+            # against a scan of the whole table). A row changed meanwhile (a
+            # retried job) has a new ctid or fails the repeated conditions, and
+            # stays.
             "purge": f"""
                 WITH lock AS MATERIALIZED (
                     SELECT pg_try_advisory_xact_lock(%(lock)s) AS held
-                ), victims AS (
-                    SELECT id FROM {s}.jobs
-                    WHERE status = %(status)s AND completed_at IS NOT NULL
+                ), victims AS MATERIALIZED (
+                    SELECT ctid FROM {s}.jobs
+                    WHERE status = %(status)s AND completed_at >= %(floor)s
                       AND completed_at < now() - %(age)s * interval '1 second'
                       AND (SELECT held FROM lock)
                     ORDER BY completed_at
                     LIMIT %(limit)s
                 ), deleted AS (
-                    DELETE FROM {s}.jobs WHERE id IN (SELECT id FROM victims) RETURNING 1
+                    DELETE FROM {s}.jobs
+                    WHERE ctid = ANY(ARRAY(SELECT ctid FROM victims))
+                      AND status = %(status)s
+                      AND completed_at < now() - %(age)s * interval '1 second'
+                    RETURNING completed_at
                 )
-                SELECT (SELECT held FROM lock), (SELECT count(*) FROM deleted)
+                SELECT (SELECT held FROM lock), count(*), max(completed_at) FROM deleted
             """,
         }
         return statements[name]
@@ -194,20 +214,29 @@ class BatchQueries(RecordQueries):
         Returns:
             How many were deleted, or ``None`` when another runner's batch holds the lock.
         """
+        value = JobStatus(status).value
         params = {
             "lock": retention_key(self._schema),
-            "status": JobStatus(status).value,
+            "status": value,
             "age": older_than,
             "limit": limit,
+            "floor": self._purge_floors.get(value, _EARLIEST),
         }
         statement = self._batch_sql("purge")
 
-        def purge(conn: Connection) -> int | None:
+        def purge(conn: Connection) -> tuple[bool, int, datetime | None]:
             row = conn.execute(statement, params).fetchone()
             assert row is not None
-            return int(row[1]) if row[0] else None
+            return bool(row[0]), int(row[1]), row[2]
 
-        return await self._run(purge)
+        held, deleted, newest = await self._run(purge)
+        if not held:
+            return None
+        if deleted < limit or newest is None:
+            self._purge_floors.pop(value, None)  # the pass is over: next one from the start
+        else:
+            self._purge_floors[value] = newest
+        return deleted
 
 
 def _holders(

@@ -21,6 +21,7 @@ import logging
 import math
 import re
 from collections.abc import Callable, Collection, Mapping
+from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
@@ -155,6 +156,7 @@ class PostgresStorage(BatchQueries):
             )
         self._dsn = dsn
         self._schema = schema
+        self._purge_floors: dict[str, datetime] = {}
         self._read_only = bool(read_only)
         self._lease = float(lease_duration)
         self._min_connections = min_connections
