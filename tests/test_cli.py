@@ -568,6 +568,17 @@ async def test_submit_run_at_and_unique_key(tmp_path: Path, db: str) -> None:
     assert "UTC offset" in naive.stderr
 
 
+async def test_retry_is_refused_while_an_active_job_holds_the_unique_key(
+    tmp_path: Path, db: str
+) -> None:
+    async with JobClient(SQLiteStorage(db)) as jobs:
+        first = await jobs.submit("echo", 1, unique_key="k")
+        await jobs.cancel(first.id)
+        second = await jobs.submit("echo", 2, unique_key="k")
+    refused = await cli("retry", first.id, "--db", db, cwd=tmp_path)
+    assert_one_line_error(refused, 1, f"unique_key 'k' is held by active job {second.id}")
+
+
 async def test_schedules_lists_stored_schedules(tmp_path: Path) -> None:
     db = str(tmp_path / "jobs.db")
     async with JobRunner(storage=SQLiteStorage(db)) as runner:

@@ -83,6 +83,43 @@ async def test_a_retrying_job_keeps_its_key_and_never_conflicts_with_itself(
         assert job.status is JobStatus.COMPLETED
 
 
+async def test_retrying_a_final_job_whose_key_an_active_job_holds_is_refused(
+    store_factory: StoreFactory,
+) -> None:
+    async with JobClient(store_factory()) as client:
+        first = await client.submit("echo", 1, unique_key="nightly")
+        assert await client.cancel(first.id)
+        second = await client.submit("echo", 2, unique_key="nightly")
+        assert not second.deduplicated
+        # The cancelled job cannot come back while the second holds the key: the
+        # same ValueError on every store, naming the key and the holder.
+        with pytest.raises(
+            ValueError, match=rf"unique_key 'nightly' is held by active job {second.id}"
+        ):
+            await client.retry(first.id)
+        with pytest.raises(ValueError, match="'nightly'"):
+            await client.storage.requeue(first.id)
+        old = await client.get_job(first.id)
+        assert old is not None
+        assert old.status is JobStatus.CANCELLED
+        new = await client.get_job(second.id)
+        assert new is not None
+        assert new.status is JobStatus.PENDING
+        assert (await client.stats()).pending == 1
+        # Once the holder is final, the key is free: the retry works, and the
+        # retried job holds the key again.
+        assert await client.cancel(second.id)
+        assert await client.retry(first.id)
+        again = await client.submit("echo", 3, unique_key="nightly")
+        assert again.deduplicated
+        assert again.id == first.id
+        # A job without a key, or whose key nobody holds, retries as before.
+        plain = await client.submit("echo", 4)
+        assert await client.cancel(plain.id)
+        assert await client.retry(plain.id)
+        assert not await client.retry("no-such-job")
+
+
 async def test_concurrent_submits_of_one_key_store_one_job(store_factory: StoreFactory) -> None:
     handles = []
     async with JobClient(store_factory()) as client:

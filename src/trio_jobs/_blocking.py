@@ -277,7 +277,11 @@ class BlockingJobClient:
         return self._call(self._client.cancel, job_id)
 
     def retry(self, job_id: str) -> bool:
-        """Run a FAILED, TIMEOUT or CANCELLED job again; see :meth:`JobClient.retry`."""
+        """Run a FAILED, TIMEOUT or CANCELLED job again; see :meth:`JobClient.retry`.
+
+        Raises:
+            ValueError: an active job holds the job's ``unique_key``.
+        """
         return self._call(self._client.retry, job_id)
 
     def purge(

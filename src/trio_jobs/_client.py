@@ -231,6 +231,11 @@ class JobClient:
         Returns:
             True if the job was queued again; False for an unknown job or one that
             is not FAILED, TIMEOUT or CANCELLED.
+
+        Raises:
+            ValueError: the job has a ``unique_key`` that another job, pending,
+                running or retrying, holds now; nothing changes (the message names
+                the key and that job).
         """
         return await _admin.retry(self._storage, job_id)
 

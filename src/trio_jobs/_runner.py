@@ -766,6 +766,11 @@ class JobRunner:
         Returns:
             True if the job was queued again; False for an unknown job or one that
             is not FAILED, TIMEOUT or CANCELLED.
+
+        Raises:
+            ValueError: the job has a ``unique_key`` that another job, pending,
+                running or retrying, holds now; nothing changes (the message names
+                the key and that job).
         """
         async with self._store() as store:
             requeued = await _admin.retry(store, job_id)

@@ -238,7 +238,12 @@ async def cmd_retry(args: argparse.Namespace) -> int:
     """``retry ID``: re-queue a failed, timed-out or cancelled job with fresh attempts."""
     async with _client(args, must_exist=True) as client:
         job_id = (await _find(client, args.id)).id
-        requeued = await client.storage.requeue(job_id)
+        try:
+            requeued = await client.storage.requeue(job_id)
+        except StorageError:
+            raise
+        except ValueError as exc:  # an active job holds its unique_key
+            raise CliError(str(exc)) from None
         job = await _find(client, job_id)
     if not requeued:
         raise CliError(

@@ -251,7 +251,16 @@ class JobStorage(Protocol):
         ...
 
     async def requeue(self, job_id: str) -> bool:
-        """Give a FAILED, TIMEOUT or CANCELLED job a fresh start (PENDING, attempts 0)."""
+        """Give a FAILED, TIMEOUT or CANCELLED job a fresh start (PENDING, attempts 0).
+
+        Returns:
+            True if requeued; False for an unknown job or one in another status.
+
+        Raises:
+            ValueError: the job has a ``unique_key`` that another, active job
+                (pending, running or retrying) holds now; nothing changes. The
+                message names the key and that job (see :func:`key_held`).
+        """
         ...
 
     async def purge(
@@ -457,3 +466,12 @@ def pop_due(due: list[float], now: float) -> bool:
         heapq.heappop(due)
         popped = True
     return popped
+
+
+def key_held(job_id: str, key: str, holder: str | None) -> str:
+    """The message of a requeue refused because an active job holds ``job_id``'s key."""
+    by = f"active job {holder}" if holder is not None else "an active job"
+    return (
+        f"job {job_id} cannot run again: its unique_key {key!r} is held by {by}"
+        " (retry it once that job is final)"
+    )

@@ -15,7 +15,7 @@ from attrs import evolve
 
 from .._priority_channel import PriorityReceiveChannel, PrioritySendChannel, open_priority_channel
 from .._records import ErrorInfo, Job, JobStats, JobStatus, Schedule, WorkerInfo, replace, utcnow
-from ._base import CancelOutcome, Heartbeat
+from ._base import CancelOutcome, Heartbeat, key_held
 
 _WAITING = (JobStatus.PENDING, JobStatus.RETRYING)
 _UNFINISHED = frozenset({JobStatus.PENDING, JobStatus.RETRYING, JobStatus.RUNNING})
@@ -793,6 +793,10 @@ class MemoryStorage:
             JobStatus.CANCELLED,
         ):
             return False
+        key = job.unique_key
+        holder = None if key is None else self._unique.get(key)
+        if key is not None and holder is not None and holder != job_id:
+            raise ValueError(key_held(job_id, key, holder))
         fresh = replace(
             job,
             status=JobStatus.PENDING,

@@ -306,6 +306,7 @@ class Statements:
     count_unfinished: str
     count_unfinished_types: str
     requeue: str
+    unique_holder: str
     purge: str
     notify: str
     notify_many: str
@@ -760,6 +761,12 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
                 cancel_requested = false, delayed = false
             WHERE id = %s AND status IN ('failed', 'timeout', 'cancelled')
             RETURNING id
+        """,
+        unique_holder=f"""
+            SELECT j.unique_key, o.id FROM {jobs} j
+            LEFT JOIN {jobs} o ON o.unique_key = j.unique_key AND o.id <> j.id
+                AND o.status IN ('pending', 'running', 'retrying')
+            WHERE j.id = %s
         """,
         purge=f"""
             DELETE FROM {jobs}

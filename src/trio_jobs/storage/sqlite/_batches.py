@@ -17,12 +17,9 @@ from typing import Any, Final
 from ..._records import Job, JobStatus, Schedule
 from .._codec import BatchCodec
 from ._records import RecordQueries
+from ._schema import ACTIVE_HOLDER as _ACTIVE_HOLDER
 from ._schema import INSERT, encode_record
 
-_ACTIVE_HOLDER: Final = (
-    "SELECT id FROM jobs INDEXED BY jobs_unique_key WHERE unique_key = ?"
-    " AND status IN ('pending', 'running', 'retrying')"
-)
 #: Seconds the retention lease row is held for one batch (renewed by the next).
 RETENTION_LEASE: Final = 60.0
 

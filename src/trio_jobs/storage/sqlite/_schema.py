@@ -154,6 +154,12 @@ COLUMN_NAMES: Final = (
     "progress", "progress_message", "metadata", "tenant_id", "retry", "unique_key",
 )  # fmt: skip
 COLUMNS: Final = ", ".join(COLUMN_NAMES)
+#: The active (pending, running, retrying) job holding a unique_key, if any.
+ACTIVE_HOLDER: Final = (
+    "SELECT id FROM jobs INDEXED BY jobs_unique_key WHERE unique_key = ?"
+    " AND status IN ('pending', 'running', 'retrying')"
+)
+
 INSERT: Final = f"INSERT INTO jobs ({COLUMNS}) VALUES ({', '.join('?' * len(COLUMN_NAMES))})"
 SELECT: Final = f"SELECT {COLUMNS} FROM jobs"
 READY: Final = "status IN ('pending', 'retrying')"
