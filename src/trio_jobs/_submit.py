@@ -129,8 +129,13 @@ def build_job(
 
 def build_jobs(template: Job[Any], payloads: Iterable[Any]) -> list[Job[Any]]:
     """Return one job per payload: copies of ``template`` (validated) with new ids."""
-    urandom = os.urandom
-    return [replace(template, id=urandom(16).hex(), payload=payload) for payload in payloads]
+    items = list(payloads)
+    # One read of the random source for the whole batch (16 bytes per id).
+    ids = os.urandom(16 * len(items)).hex()
+    return [
+        replace(template, id=ids[32 * i : 32 * i + 32], payload=payload)
+        for i, payload in enumerate(items)
+    ]
 
 
 async def store_jobs(storage: JobStorage, jobs: list[Job[Any]], delay: float) -> list[str]:

@@ -18,7 +18,7 @@ from ..._records import Job, JobStatus, Schedule
 from .._codec import BatchCodec
 from ._records import RecordQueries
 from ._schema import ACTIVE_HOLDER as _ACTIVE_HOLDER
-from ._schema import INSERT, encode_record
+from ._schema import INSERT, encode_record, encode_records
 
 #: Seconds the retention lease row is held for one batch (renewed by the next).
 RETENTION_LEASE: Final = 60.0
@@ -82,7 +82,7 @@ class BatchQueries(RecordQueries):
         if not delay >= 0:
             raise ValueError(f"delay must be >= 0, got {delay!r}")
         codec = BatchCodec()
-        rows = [encode_record(job, codec) for job in jobs]
+        rows = encode_records(jobs, codec)
 
         def op(conn: sqlite3.Connection, now: float) -> list[str]:
             with _Savepoint(conn):

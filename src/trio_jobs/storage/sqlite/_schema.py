@@ -11,6 +11,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any, Final
 
 from ..._exceptions import StorageCorruptError
@@ -320,6 +321,37 @@ def encode_record(job: Job[Any], codec: BatchCodec | None = None) -> tuple[Any, 
         retry,
         job.unique_key,
     )
+
+
+#: Every field ``encode_record`` reads except ``id`` and ``payload``, in column order.
+_SHARED_FIELDS: Final = attrgetter(
+    "type", "status", "priority", "attempts", "max_attempts", "created_at", "started_at",
+    "completed_at", "run_at", "timeout", "last_error", "result", "execution_time", "progress",
+    "progress_message", "metadata", "tenant_id", "retry", "unique_key",
+)  # fmt: skip
+
+
+def encode_records(jobs: Sequence[Job[Any]], codec: BatchCodec) -> list[tuple[Any, ...]]:
+    """``[encode_record(job, codec) for job in jobs]``, encoding shared fields once.
+
+    ``submit_many`` copies one template, so its jobs differ only in ``id`` and
+    ``payload``: a job whose other fields equal the previous one's (one C-level
+    tuple comparison, by identity first) reuses that row's encoded columns and
+    encodes its payload alone. Any other job is encoded in full.
+    """
+    rows: list[tuple[Any, ...]] = []
+    shared: tuple[Any, ...] | None = None
+    tail: tuple[Any, ...] = ()
+    job_type = ""
+    for job in jobs:
+        fields = _SHARED_FIELDS(job)
+        if fields != shared:
+            row = encode_record(job, codec)
+            shared, job_type, tail = fields, row[1], row[3:]
+            rows.append(row)
+        else:
+            rows.append((job.id, job_type, encode_json(job.payload, "payload"), *tail))
+    return rows
 
 
 def job_from_row(row: Sequence[Any]) -> Job[Any]:
