@@ -259,7 +259,7 @@ class JobStorage(Protocol):
         Raises:
             ValueError: the job has a ``unique_key`` that another, active job
                 (pending, running or retrying) holds now; nothing changes. The
-                message names the key and that job (see :func:`key_held`).
+                message names the key and that job.
         """
         ...
 
