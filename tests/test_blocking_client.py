@@ -23,7 +23,6 @@ from conftest import PG_DSN
 from trio_jobs import (
     BlockingJobClient,
     Job,
-    JobClient,
     JobContext,
     JobFailedError,
     JobNotFoundError,
@@ -206,8 +205,6 @@ def test_an_unclosed_client_is_closed_at_interpreter_exit(tmp_path: Path) -> Non
 
 
 def test_submit_many_delegates_to_job_client(tmp_path: Path) -> None:
-    if not hasattr(JobClient, "submit_many"):
-        pytest.skip("JobClient.submit_many comes with issue 13")
     path = tmp_path / "jobs.db"
     with (
         BlockingJobClient(SQLiteStorage(path), poll_interval=0.05) as jobs,

@@ -13,6 +13,7 @@ import re
 import signal
 import sys
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -515,3 +516,86 @@ async def test_demo_runs_in_memory_and_on_a_temporary_sqlite_file(tmp_path: Path
     path = re.search(r"SQLite database (\S+)", sqlite.stdout)
     assert path is not None
     assert not await trio.Path(path.group(1)).exists()
+
+
+async def test_submit_dash_reads_one_payload_per_line_as_one_batch(tmp_path: Path, db: str) -> None:
+    piped = assert_ok(
+        await cli("submit", "echo", "-", "--db", db, cwd=tmp_path, stdin='{"a": 1}\n\n2\n"three"\n')
+    )
+    ids = piped.stdout.split()
+    assert len(ids) == 3
+    async with JobClient(SQLiteStorage(db)) as jobs:
+        payloads = [(await jobs.get_job(i)).payload for i in ids]  # type: ignore[union-attr]
+    assert payloads == [{"a": 1}, 2, "three"]
+    bad = await cli("submit", "echo", "-", "--db", db, cwd=tmp_path, stdin='1\n{"oops"\n')
+    assert bad.code == 2
+    assert "invalid JSON" in bad.stderr
+    tagged = assert_ok(
+        await cli(
+            "submit", "echo", "-", "--db", db, "--metadata", '{"source": "batch"}',
+            "--tenant", "acme", cwd=tmp_path, stdin="1\n2\n",
+        )
+    )  # fmt: skip
+    async with JobClient(SQLiteStorage(db)) as jobs:
+        tagged_jobs = [await jobs.get_job(i) for i in tagged.stdout.split()]
+    assert [(j.metadata, j.tenant_id) for j in tagged_jobs if j is not None] == [
+        ({"source": "batch"}, "acme")
+    ] * 2
+    missing = str(tmp_path / "missing.db")
+    refused = await cli("submit", "echo", "-", "--db", missing, cwd=tmp_path, stdin="1\n")
+    assert refused.code == 3
+    assert "no database" in refused.stderr
+    assert not await trio.Path(missing).exists()
+
+
+async def test_submit_run_at_and_unique_key(tmp_path: Path, db: str) -> None:
+    first = assert_ok(
+        await cli(
+            "submit", "echo", "--db", db, "--run-at", "2030-01-01T09:00+01:00",
+            "--unique-key", "k", cwd=tmp_path,
+        )
+    )  # fmt: skip
+    again = assert_ok(await cli("submit", "echo", "--db", db, "--unique-key", "k", cwd=tmp_path))
+    assert first.stdout == again.stdout
+    async with JobClient(SQLiteStorage(db)) as jobs:
+        job = await jobs.get_job(first.stdout.strip())
+    assert job is not None
+    assert job.run_at is not None
+    # Stored as a delay from the save: exact to the time the save took.
+    assert abs(job.run_at.timestamp() - datetime(2030, 1, 1, 8, tzinfo=UTC).timestamp()) < 5
+    naive = await cli("submit", "echo", "--db", db, "--run-at", "2030-01-01T09:00", cwd=tmp_path)
+    assert naive.code == 2
+    assert "UTC offset" in naive.stderr
+
+
+async def test_retry_is_refused_while_an_active_job_holds_the_unique_key(
+    tmp_path: Path, db: str
+) -> None:
+    async with JobClient(SQLiteStorage(db)) as jobs:
+        first = await jobs.submit("echo", 1, unique_key="k")
+        await jobs.cancel(first.id)
+        second = await jobs.submit("echo", 2, unique_key="k")
+    refused = await cli("retry", first.id, "--db", db, cwd=tmp_path)
+    assert_one_line_error(refused, 1, f"unique_key 'k' is held by active job {second.id}")
+
+
+async def test_schedules_lists_stored_schedules(tmp_path: Path) -> None:
+    db = str(tmp_path / "jobs.db")
+    async with JobRunner(storage=SQLiteStorage(db)) as runner:
+        runner.register_handler("echo", echo_handler)
+        runner.add_schedule("echo", every=3600.0, key="hourly")
+        while not await runner.storage.list_schedules():  # type: ignore[attr-defined]  # noqa: ASYNC110
+            await trio.sleep(0.01)
+        await runner.stop()
+    table = assert_ok(await cli("schedules", "--db", db, cwd=tmp_path))
+    assert "hourly" in table.stdout
+    assert "every 1h" in table.stdout
+    data = assert_ok(await cli("schedules", "--db", db, "--json", cwd=tmp_path)).json()
+    assert data[0]["key"] == "hourly"
+    assert data[0]["every"] == 3600.0
+    assert data[0]["next_run_at"] is not None
+
+
+async def echo_handler(job: Any, ctx: Any) -> Any:
+    await trio.lowlevel.checkpoint()
+    return job.payload

@@ -95,7 +95,13 @@ async def test_read_commands_leave_other_files_as_they_were_and_create_nothing(
     commands = [
         (command, *args, "--db", str(path))
         for path in (theirs, empty)
-        for command, *args in (("list",), ("stats",), ("workers",), ("show", "abcd"))
+        for command, *args in (
+            ("list",),
+            ("stats",),
+            ("workers",),
+            ("schedules",),
+            ("show", "abcd"),
+        )
     ]
     results = await cli_many([*commands, ("submit", "echo", "--db", str(empty))], cwd=tmp_path)
 
@@ -112,7 +118,13 @@ async def test_postgres_read_commands_neither_create_nor_migrate_a_schema(
 ) -> None:
     store = ("--dsn", PG_DSN, "--schema", pg_schema)
     results = await cli_many(
-        [("list", *store), ("stats", *store), ("submit", "echo", *store)], cwd=tmp_path
+        [
+            ("list", *store),
+            ("stats", *store),
+            ("schedules", *store),
+            ("submit", "echo", *store),
+        ],
+        cwd=tmp_path,
     )
     for result in results:
         assert_one_line_error(result, 3, f"no trio_jobs schema named '{pg_schema}' here")

@@ -25,6 +25,7 @@ import shutil
 import signal
 import sys
 import tomllib
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from types import ModuleType
@@ -72,6 +73,7 @@ VIRTUAL_TIME_EXAMPLES = [
     "tutorial_05_cancellation",
     "tutorial_06_events",
     "tutorial_07_shutdown",
+    "tutorial_10_schedules",
     "howto_custom_storage",
     "howto_porting",
     "howto_flow_control",
@@ -158,6 +160,37 @@ def test_every_howto_testing_test_runs_here() -> None:
 
 
 # -- examples on a real database -------------------------------------------------------
+
+
+async def test_cron_howto_two_workers_enqueue_the_report_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both workers start at 09:00:30 in Paris on Friday 2025-03-14 (08:00:30 UTC),
+    # so each backfills the 09:00 tick at once: the store lets one of them have it.
+    start = 1741939230.0
+    assert start == datetime(2025, 3, 14, 8, 0, 30, tzinfo=UTC).timestamp()
+    monkeypatch.setattr("trio_jobs._periodic.time.time", lambda: start)
+    howto = load("howto_cron_once")
+    db = tmp_path / "jobs.db"
+    with trio.fail_after(DEADLINE):
+        async with (
+            trio_jobs.JobRunner(storage=trio_jobs.SQLiteStorage(db), poll_interval=0.05) as a,
+            trio_jobs.JobRunner(storage=trio_jobs.SQLiteStorage(db), poll_interval=0.05) as b,
+        ):
+            sent = trio.Event()
+            for runner in (a, b):
+                howto.setup(runner)
+                runner.on("job:completed", lambda job, result: sent.set())
+            await sent.wait()
+            schedules = await b.schedules()
+            await a.stop()
+            await b.stop()
+            jobs = await a.storage.list_jobs()
+    assert howto.sent == ["2025-03-14T08:00:00+00:00"]
+    assert [j.metadata["schedule"] for j in jobs] == ["daily-report"]
+    assert [(s.key, s.last_run_at) for s in schedules] == [
+        ("daily-report", datetime(2025, 3, 14, 8, tzinfo=UTC))
+    ]
 
 
 # -- the tutorial's shell sessions, run as written ---------------------------------------
@@ -453,6 +486,7 @@ def test_every_example_file_is_shown_and_run() -> None:
         "howto_observing",
         "howto_testing",
         "tutorial_07_signals",
+        "howto_cron_once",
         "tutorial_08_handlers",  # loaded by the workers and by tutorial_08_sqlite
         "tutorial_08_sqlite",  # run by the tutorial's shell session
         "tutorial_08_producer",  # likewise

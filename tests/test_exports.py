@@ -24,6 +24,7 @@ EXPECTED = {
     "JobStats",
     "JobStatus",
     "RunnerEvent",
+    "Schedule",
     "WorkerInfo",
     "JobTypeLimits",
     "FlowControl",

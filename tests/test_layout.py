@@ -56,6 +56,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "trio_jobs._scheduler",
             "trio_jobs._threads",
             "trio_jobs._middleware",
+            "trio_jobs._periodic",
             "trio_jobs._runner",
             "trio_jobs._admin",
             "trio_jobs._client",

@@ -726,3 +726,20 @@ async def test_read_only_refuses_an_older_schema_that_a_writable_opening_migrate
         pass
     async with SQLiteStorage(sqlite_path, read_only=True) as reader:
         assert await reader.workers() == []
+
+
+def test_a_batch_encodes_like_each_job_alone_when_jobs_differ_beyond_id_and_payload() -> None:
+    from trio_jobs._records import replace
+    from trio_jobs.storage._codec import BatchCodec
+    from trio_jobs.storage.sqlite._schema import encode_record, encode_records
+
+    base = Job(id="a", type="t", payload={"i": 1}, metadata={"m": 1})
+    jobs = [
+        base,
+        replace(base, id="b", payload=[2]),  # shares the rest: its columns are reused
+        replace(base, id="c", priority=3),
+        replace(base, id="d", metadata={"m": 2}, unique_key="k"),
+        replace(base, id="e", payload=None, metadata={"m": 2}, unique_key="k"),
+        replace(base, id="f", type="other"),
+    ]
+    assert encode_records(jobs, BatchCodec()) == [encode_record(job) for job in jobs]

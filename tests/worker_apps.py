@@ -16,6 +16,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,12 @@ def setup(runner: JobRunner) -> None:
         runner.register_handler(job_type, handler)
 
 
+def setup_ticks(runner: JobRunner) -> None:
+    """:func:`setup`, plus a schedule ticking every 0.2 s (every runner tries each tick)."""
+    setup(runner)
+    runner.add_schedule("noop", every=0.2, key="ticks")
+
+
 NOT_HANDLERS = 42
 
 
@@ -244,3 +251,17 @@ def events_by(
     return Counter(
         (job_id, attempt) for lines in logs.values() for e, job_id, attempt in lines if e == event
     )
+
+
+async def submit_unique_burst(store: Mapping[str, str], count: int, keys: int) -> None:
+    """Submit ``count`` jobs at once over ``keys`` unique keys (run in a subprocess)."""
+    from trio_jobs import JobClient, PostgresStorage, SQLiteStorage
+
+    storage: Any
+    if store["kind"] == "sqlite":
+        storage = SQLiteStorage(store["path"])
+    else:
+        storage = PostgresStorage(store["dsn"], schema=store["schema"], max_connections=20)
+    async with JobClient(storage) as client, trio.open_nursery() as nursery:
+        for i in range(count):
+            nursery.start_soon(partial(client.submit, "noop", i, unique_key=f"key-{i % keys}"))

@@ -30,6 +30,7 @@ from ._records import JobPriority as JobPriority
 from ._records import JobStats as JobStats
 from ._records import JobStatus as JobStatus
 from ._records import RunnerEvent as RunnerEvent
+from ._records import Schedule as Schedule
 from ._records import WorkerInfo as WorkerInfo
 from ._retry import RetryConfig as RetryConfig
 from ._retry import RetryStrategy as RetryStrategy
@@ -66,6 +67,7 @@ __all__ = [
     "JobStats",
     "JobStatus",
     "RunnerEvent",
+    "Schedule",
     "WorkerInfo",
     "JobTypeLimits",
     # errors

@@ -74,6 +74,7 @@ async def retry(store: JobStorage, job_id: str) -> bool:
 
     Raises:
         TypeError: ``job_id`` is not a str.
+        ValueError: an active job holds the job's ``unique_key``.
     """
     if not isinstance(job_id, str):
         raise TypeError(f"job_id must be a str, got {job_id!r}")

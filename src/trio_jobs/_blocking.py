@@ -244,7 +244,9 @@ class BlockingJobClient:
         return handle.id
 
     def submit_many(self, job_type: str, payloads: Iterable[Any], /, **options: Any) -> list[str]:
-        """Store one job per payload, all or none (``JobClient.submit_many``); return ids.
+        """Store one job per payload, all or none; return their ids.
+
+        See :meth:`JobClient.submit_many`.
 
         ``options`` are those of :meth:`submit`, applied to each job.
 
@@ -253,8 +255,7 @@ class BlockingJobClient:
             ValueError, TypeError: a payload or an option is invalid (nothing is stored).
         """
         payloads = list(payloads)  # consumed in the caller's thread, not the loop's
-        submit_many: Callable[..., Awaitable[list[Any]]] = getattr(self._client, "submit_many")  # noqa: B009
-        handles = self._call(submit_many, job_type, payloads, **options)
+        handles = self._call(self._client.submit_many, job_type, payloads, **options)
         return [handle.id for handle in handles]
 
     def get_job(self, job_id: str) -> Job[Any] | None:
@@ -276,7 +277,11 @@ class BlockingJobClient:
         return self._call(self._client.cancel, job_id)
 
     def retry(self, job_id: str) -> bool:
-        """Run a FAILED, TIMEOUT or CANCELLED job again; see :meth:`JobClient.retry`."""
+        """Run a FAILED, TIMEOUT or CANCELLED job again; see :meth:`JobClient.retry`.
+
+        Raises:
+            ValueError: an active job holds the job's ``unique_key``.
+        """
         return self._call(self._client.retry, job_id)
 
     def purge(

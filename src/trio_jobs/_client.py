@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, final
 
@@ -12,10 +13,17 @@ from . import _admin
 from ._exceptions import JobNotFoundError, RunnerClosedError
 from ._flow import JobTypeLimits, check_job_type, check_weight, make_limits
 from ._handle import JobHandle
-from ._records import Job, JobPriority, JobStats, JobStatus, WorkerInfo
+from ._periodic import Clock, schedules_from_rows
+from ._records import Job, JobPriority, JobStats, JobStatus, Schedule, WorkerInfo
 from ._retry import RetryConfig
-from ._submit import build_job, check_seconds
-from .storage._base import CancelOutcome, JobStorage, flow_control, list_workers
+from ._submit import build_job, build_jobs, check_seconds, resolve_delay, store_jobs
+from .storage._base import (
+    CancelOutcome,
+    JobStorage,
+    ScheduleStorage,
+    flow_control,
+    list_workers,
+)
 
 
 @final
@@ -90,6 +98,8 @@ class JobClient:
         delay: float = 0.0,
         metadata: Mapping[str, Any] | None = None,
         tenant_id: str | None = None,
+        run_at: datetime | None = None,
+        unique_key: str | None = None,
     ) -> JobHandle[Any]:
         """Store a new job for a worker to run; the same arguments as :meth:`JobRunner.submit`.
 
@@ -102,6 +112,7 @@ class JobClient:
         """
         if not self._open:
             raise RunnerClosedError("the client is not open (use `async with JobClient(...)`)")
+        delay = resolve_delay(delay, run_at)
         job = build_job(
             job_type,
             payload,
@@ -113,9 +124,69 @@ class JobClient:
             tenant_id=tenant_id,
             default_retry=self._default_retry,
             default_timeout=self._default_timeout,
+            unique_key=unique_key,
         )
+        if unique_key is not None:
+            (holder,) = await store_jobs(self._storage, [job], delay)
+            return JobHandle(holder, job.type, self, deduplicated=holder != job.id)
         await self._storage.save(job, delay=delay)
         return JobHandle(job.id, job.type, self)
+
+    async def submit_many(
+        self,
+        job_type: str,
+        payloads: Iterable[Any],
+        /,
+        *,
+        priority: JobPriority | int = JobPriority.NORMAL,
+        retry: RetryConfig | Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        delay: float = 0.0,
+        metadata: Mapping[str, Any] | None = None,
+        tenant_id: str | None = None,
+        run_at: datetime | None = None,
+        unique_key: str | None = None,
+    ) -> list[JobHandle[Any]]:
+        """Store one job per payload, all in one transaction or none.
+
+        See :meth:`JobRunner.submit_many`.
+
+        Raises:
+            RunnerClosedError: the client is not open.
+            ValueError, TypeError: an argument or payload is invalid (nothing is stored).
+        """
+        if not self._open:
+            raise RunnerClosedError("the client is not open (use `async with JobClient(...)`)")
+        items = list(payloads)
+        delay = resolve_delay(delay, run_at)
+        template = build_job(
+            job_type,
+            None,
+            priority=priority,
+            retry=retry,
+            timeout=timeout,
+            delay=delay,
+            metadata=metadata,
+            tenant_id=tenant_id,
+            default_retry=self._default_retry,
+            default_timeout=self._default_timeout,
+            unique_key=unique_key,
+        )
+        jobs = build_jobs(template, items)
+        if not jobs:
+            await trio.lowlevel.checkpoint()
+            return []
+        holders = await store_jobs(self._storage, jobs, delay)
+        return [
+            JobHandle(holder, job_type, self, deduplicated=holder != job.id)
+            for job, holder in zip(jobs, holders, strict=True)
+        ]
+
+    async def schedules(self) -> list[Schedule]:
+        """Return the schedules that runners stored, by key (see :meth:`JobRunner.add_schedule`)."""
+        store = self._storage
+        rows = await store.list_schedules() if isinstance(store, ScheduleStorage) else []
+        return schedules_from_rows(rows, {}, Clock().now())
 
     async def get_job(self, job_id: str) -> Job[Any] | None:
         """Return the job's current snapshot, or ``None`` for an unknown id."""
@@ -167,6 +238,11 @@ class JobClient:
         Returns:
             True if the job was queued again; False for an unknown job or one that
             is not FAILED, TIMEOUT or CANCELLED.
+
+        Raises:
+            ValueError: the job has a ``unique_key`` that another job, pending,
+                running or retrying, holds now; nothing changes (the message names
+                the key and that job).
         """
         return await _admin.retry(self._storage, job_id)
 

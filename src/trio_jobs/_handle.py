@@ -34,13 +34,18 @@ class JobHandle(Generic[R]):
     Attributes:
         id: The job's id.
         type: The job's type.
+        deduplicated: True when ``submit(..., unique_key=...)`` stored nothing
+            because an active job held the key: the handle is that job's.
     """
 
-    __slots__ = ("_owner", "id", "type")
+    __slots__ = ("_owner", "deduplicated", "id", "type")
 
-    def __init__(self, job_id: str, job_type: str, owner: HandleOwner) -> None:
+    def __init__(
+        self, job_id: str, job_type: str, owner: HandleOwner, *, deduplicated: bool = False
+    ) -> None:
         self.id = job_id
         self.type = job_type
+        self.deduplicated = deduplicated
         self._owner = owner
 
     def __repr__(self) -> str:

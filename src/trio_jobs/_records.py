@@ -102,6 +102,10 @@ class Job(Generic[P]):
     ``retry`` is the retry policy the job was submitted with (``None``: the
     runner's default). It grows the API's list of fields so that a worker in
     another process retries the job exactly as its producer asked.
+
+    ``unique_key``: while a job with this key is pending, delayed, running or
+    retrying, submitting another with the same key stores nothing (see
+    ``JobHandle.deduplicated``).
     """
 
     id: str
@@ -124,6 +128,7 @@ class Job(Generic[P]):
     metadata: Mapping[str, Any] = attrs.field(factory=dict)
     tenant_id: str | None = None
     retry: RetryConfig | None = None
+    unique_key: str | None = None
 
 
 @attrs.frozen
@@ -169,6 +174,29 @@ class WorkerInfo:
     concurrency: int
     running: int
     job_types: frozenset[str]
+
+
+@attrs.frozen
+class Schedule:
+    """A periodic job, as ``schedules()`` reports it (runner or client).
+
+    Attributes:
+        key: The schedule's identity across runners (its job type by default).
+        job_type: The type of the jobs it enqueues.
+        cron: Its 5-field cron expression, or ``None`` for an ``every`` schedule.
+        every: Its period in seconds, or ``None`` for a cron schedule.
+        timezone: The IANA timezone its cron expression is read in.
+        next_run_at: Its next tick after now (UTC), or ``None`` if it has none.
+        last_run_at: The last tick a runner enqueued (UTC), or ``None``.
+    """
+
+    key: str
+    job_type: str
+    cron: str | None
+    every: float | None
+    timezone: str
+    next_run_at: datetime | None
+    last_run_at: datetime | None
 
 
 @attrs.frozen

@@ -7,8 +7,17 @@ import math
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar, final
 
@@ -20,27 +29,41 @@ from ._exceptions import (
     JobNotFoundError,
     RunnerClosedError,
     RunnerStoppedError,
+    StorageCorruptError,
     UnknownJobTypeError,
 )
 from ._flow import JobTypeLimits, check_count, check_job_type, check_weight, make_limits
 from ._handle import JobHandle
 from ._middleware import Middleware, check_middleware
 from ._outcome import unwrap
-from ._records import Job, JobPriority, JobStats, JobStatus, RunnerEvent, WorkerInfo
+from ._periodic import (
+    RETENTION_BATCH,
+    Clock,
+    ScheduleSpec,
+    check_retention,
+    make_spec,
+    retention_interval,
+    run_schedule,
+    schedules_from_rows,
+)
+from ._records import Job, JobPriority, JobStats, JobStatus, RunnerEvent, Schedule, WorkerInfo
 from ._retry import RetryConfig
 from ._scheduler import Handler, Scheduler
-from ._submit import build_job, check_seconds
+from ._submit import build_job, build_jobs, check_seconds, resolve_delay, store_jobs
 from ._threads import as_handler
 from .storage._base import (
     CancelOutcome,
     InProcessStorage,
     JobStorage,
+    RetentionStorage,
+    ScheduleStorage,
     flow_control,
     list_workers,
 )
 from .storage._memory import MemoryStorage
 
 H = TypeVar("H", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 @final
@@ -73,9 +96,13 @@ class JobRunner:
             around every attempt in this order (and left in reverse), inside the
             attempt's cancel scope: a database session per job, error reporting,
             :func:`log_context`. An exception one raises is the attempt's error.
+        retention: Final statuses mapped to ages in seconds: jobs of such a status
+            completed longer ago are deleted in the background, in batches of
+            1,000, by one runner on the store at a time. ``None`` keeps everything.
 
     Raises:
-        ValueError: ``concurrency < 1`` or a negative time.
+        ValueError: ``concurrency < 1``, a negative time, or a negative or
+            non-final ``retention`` entry.
         TypeError: an argument has the wrong type.
     """
 
@@ -89,7 +116,9 @@ class JobRunner:
         storage: JobStorage | None = None,
         logger: logging.Logger | None = None,
         middleware: Sequence[Middleware] = (),
+        retention: Mapping[JobStatus, float] | None = None,
     ) -> None:
+        self._retention = check_retention(retention)
         if isinstance(concurrency, bool) or not isinstance(concurrency, int):
             raise TypeError(f"concurrency must be an int, got {concurrency!r}")
         if concurrency < 1:
@@ -137,6 +166,12 @@ class JobRunner:
         self._state = "new"  # new -> running -> stopping -> stopped
         self._nursery_manager: Any = None
         self._waiter_scopes: set[trio.CancelScope] = set()
+        # Schedules and retention: tasks in a nursery of their own, stopped before
+        # the runner drains (a tick must not keep a draining runner busy).
+        self._schedules: dict[str, ScheduleSpec] = {}
+        self._periodic_scope = trio.CancelScope()
+        self._periodic_nursery: trio.Nursery | None = None
+        self._clock: Clock | None = None
 
     # -- properties ------------------------------------------------------------------
 
@@ -230,6 +265,7 @@ class JobRunner:
             self._scheduler.nursery = nursery
             await nursery.start(self._scheduler.run_services)
             await nursery.start(self._scheduler.run)
+            await nursery.start(self._run_periodic)
         except BaseException as exc:
             self._scheduler.stop_claiming()
             self._scheduler.stop_services()
@@ -250,6 +286,7 @@ class JobRunner:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
+        self._periodic_scope.cancel()
         if exc is not None:
             # The body raised: cancel running jobs (they go back to PENDING) and let
             # the exception continue unchanged.
@@ -324,6 +361,7 @@ class JobRunner:
         self._end_stop()
 
     def _begin_stop(self, graceful: bool) -> None:
+        self._periodic_scope.cancel()
         if self._state in ("running", "starting"):
             self._state = "stopping"
             self._scheduler.stop_claiming()
@@ -355,6 +393,8 @@ class JobRunner:
         delay: float = 0.0,
         metadata: Mapping[str, Any] | None = None,
         tenant_id: str | None = None,
+        run_at: datetime | None = None,
+        unique_key: str | None = None,
     ) -> JobHandle[Any]:
         """Store a new job and return its handle.
 
@@ -370,16 +410,23 @@ class JobRunner:
                 with the in-memory store). It holds no concurrency slot meanwhile.
             metadata: Free-form data stored with the job.
             tenant_id: The tenant the job belongs to.
+            run_at: A timezone-aware wall-clock time before which the job does not
+                start (instead of ``delay``; a past time means at once).
+            unique_key: While a job with this key is pending, delayed, running or
+                retrying, store nothing and return that job's handle, with
+                ``JobHandle.deduplicated`` True. Race-free across processes.
 
         Raises:
             RunnerClosedError: the runner is not running.
             UnknownJobTypeError: no handler for ``job_type``.
-            ValueError, TypeError: an argument is invalid (nothing is stored).
+            ValueError, TypeError: an argument is invalid (nothing is stored);
+                ``run_at`` naive or given with ``delay``.
         """
         if self._state != "running":
             raise RunnerClosedError("the runner is not running (enter its `async with` block)")
         if job_type not in self._handlers:
             raise UnknownJobTypeError(f"no handler registered for job type {job_type!r}")
+        delay = resolve_delay(delay, run_at)
         job = build_job(
             job_type,
             payload,
@@ -391,8 +438,14 @@ class JobRunner:
             tenant_id=tenant_id,
             default_retry=self._default_retry,
             default_timeout=self._default_timeout,
+            unique_key=unique_key,
         )
-        if self._in_process is None:
+        if unique_key is not None:
+            (holder,) = await store_jobs(self._storage, [job], delay)
+            if holder != job.id:
+                return JobHandle(holder, job_type, self, deduplicated=True)
+            self._scheduler.remember_policy(job)
+        elif self._in_process is None:
             await self._storage.save(job, delay=delay)
             self._scheduler.remember_policy(job)
         else:
@@ -402,6 +455,251 @@ class JobRunner:
         if self._events.active:
             self._events.emit("job:submitted", job)
         return JobHandle(job.id, job_type, self)
+
+    async def submit_many(
+        self,
+        job_type: str,
+        payloads: Iterable[Any],
+        /,
+        *,
+        priority: JobPriority | int = JobPriority.NORMAL,
+        retry: RetryConfig | Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        delay: float = 0.0,
+        metadata: Mapping[str, Any] | None = None,
+        tenant_id: str | None = None,
+        run_at: datetime | None = None,
+        unique_key: str | None = None,
+    ) -> list[JobHandle[Any]]:
+        """Store one job per payload, all in one transaction or none; return their handles.
+
+        The options are :meth:`submit`'s, applied to each job. Every argument and
+        payload is validated first (a payload a durable store cannot encode raises
+        :exc:`TypeError`, nothing stored). With ``unique_key``, the first job takes
+        the key (unless an active job holds it) and the others are deduplicated to it.
+
+        Raises:
+            RunnerClosedError: the runner is not running.
+            UnknownJobTypeError: no handler for ``job_type``.
+            ValueError, TypeError: an argument or payload is invalid (nothing is stored).
+        """
+        if self._state != "running":
+            raise RunnerClosedError("the runner is not running (enter its `async with` block)")
+        if job_type not in self._handlers:
+            raise UnknownJobTypeError(f"no handler registered for job type {job_type!r}")
+        items = list(payloads)
+        delay = resolve_delay(delay, run_at)
+        template = build_job(
+            job_type,
+            None,
+            priority=priority,
+            retry=retry,
+            timeout=timeout,
+            delay=delay,
+            metadata=metadata,
+            tenant_id=tenant_id,
+            default_retry=self._default_retry,
+            default_timeout=self._default_timeout,
+            unique_key=unique_key,
+        )
+        jobs = build_jobs(template, items)
+        if not jobs:
+            await trio.lowlevel.checkpoint()
+            return []
+        holders = await store_jobs(self._storage, jobs, delay)
+        handles: list[JobHandle[Any]] = []
+        for job, holder in zip(jobs, holders, strict=True):
+            if holder == job.id:
+                self._scheduler.remember_policy(job)
+                if self._events.active:
+                    self._events.emit("job:submitted", job)
+            handles.append(JobHandle(holder, job_type, self, deduplicated=holder != job.id))
+        return handles
+
+    # -- schedules and retention -------------------------------------------------------
+
+    def add_schedule(
+        self,
+        job_type: str,
+        payload: Any = None,
+        /,
+        *,
+        cron: str | None = None,
+        every: float | None = None,
+        key: str | None = None,
+        timezone: str = "UTC",
+        backfill: float = 0.0,
+        priority: JobPriority | int = JobPriority.NORMAL,
+        retry: RetryConfig | Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        tenant_id: str | None = None,
+    ) -> None:
+        """Enqueue a ``job_type`` job at every tick of ``cron`` or ``every``.
+
+        Each tick enqueues exactly one job per ``key`` across every runner on the
+        store: the store records the tick under a unique constraint in the
+        transaction that inserts the job, so runners that lose the race enqueue
+        nothing. The job's metadata carries ``"schedule": key`` and
+        ``"scheduled_for"`` (the tick, ISO 8601 UTC). Any runner with a handler
+        for ``job_type`` may run it. Ticks are timed on the Trio clock, anchored to
+        the wall clock when the runner starts. Callable before or inside the block.
+
+        Args:
+            job_type: The type of the jobs to enqueue.
+            payload: Their payload.
+            cron: A 5-field cron expression (parsed by cronsim, the ``cron`` extra),
+                read in ``timezone``.
+            every: A period in seconds; ticks fall on multiples of it since the
+                Unix epoch, so all runners agree on them.
+            key: The schedule's identity across runners; ``job_type`` by default.
+            timezone: The IANA timezone of ``cron`` (daylight saving followed).
+            backfill: At start, ticks missed at most this many seconds ago are
+                enqueued, oldest first; older ones are skipped.
+            priority: As for :meth:`submit`.
+            retry: As for :meth:`submit`.
+            timeout: As for :meth:`submit`.
+            metadata: As for :meth:`submit`; ``schedule`` and ``scheduled_for`` are added.
+            tenant_id: As for :meth:`submit`.
+
+        Raises:
+            ValueError: not exactly one of ``cron`` and ``every``, an invalid
+                expression, period, timezone or ``backfill``, or a ``key`` in use.
+            TypeError: the store keeps no schedules, or an argument's type is wrong.
+        """
+        if not isinstance(self._storage, ScheduleStorage):
+            raise TypeError(f"{type(self._storage).__name__} cannot keep schedules")
+        options = {
+            "priority": priority,
+            "retry": retry,
+            "timeout": timeout,
+            "metadata": metadata,
+            "tenant_id": tenant_id,
+        }
+        spec = make_spec(
+            job_type,
+            payload,
+            cron=cron,
+            every=every,
+            key=key,
+            timezone=timezone,
+            backfill=backfill,
+            options=options,
+        )
+        # Check the job options now, not at the first tick.
+        build_job(
+            job_type,
+            payload,
+            delay=0.0,
+            default_retry=self._default_retry,
+            default_timeout=self._default_timeout,
+            **options,  # type: ignore[arg-type]
+        )
+        if spec.key in self._schedules:
+            raise ValueError(f"a schedule with key {spec.key!r} exists already")
+        self._schedules[spec.key] = spec
+        if self._periodic_nursery is not None:
+            self._periodic_nursery.start_soon(self._run_schedule, spec)
+
+    async def schedules(self) -> list[Schedule]:
+        """Return the schedules on the store (every runner's), and this runner's, by key."""
+        async with self._store() as store:
+            rows = await store.list_schedules() if isinstance(store, ScheduleStorage) else []
+        now = self._clock.now() if self._clock is not None else Clock().now()
+        return schedules_from_rows(rows, self._schedules, now)
+
+    async def _run_periodic(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """The task of schedules and retention; stopped when the runner stops."""
+        with self._periodic_scope:
+            async with trio.open_nursery() as nursery:
+                self._clock = Clock()
+                self._periodic_nursery = nursery
+                for spec in self._schedules.values():
+                    nursery.start_soon(self._run_schedule, spec)
+                if self._retention:
+                    nursery.start_soon(self._run_retention, self._retention)
+                task_status.started()
+                await trio.sleep_forever()
+
+    async def _run_schedule(self, spec: ScheduleSpec) -> None:
+        assert self._clock is not None
+        assert isinstance(self._storage, ScheduleStorage)
+        store = self._storage
+        clock = self._clock
+        await self._retry_store(
+            f"storing schedule {spec.key!r}",
+            lambda: store.put_schedule(spec.record(None, clock.now())),
+        )
+        await run_schedule(spec, self._clock, self._enqueue_tick)
+
+    async def _retry_store(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``await call()`` until it works, backing off as the claim loop does.
+
+        A corrupt store stops the runner (and this task waits to be cancelled).
+        """
+        failures = 0
+        while True:
+            try:
+                result = await call()
+            except StorageCorruptError as exc:
+                self._scheduler._fatal(exc)
+                await trio.sleep_forever()
+            except Exception as exc:
+                failures += 1
+                await trio.sleep(self._scheduler._store_failed(what, exc, failures))
+                continue
+            if failures:
+                self._logger.warning("%s works again after %d failures", what, failures)
+            return result
+
+    async def _enqueue_tick(self, spec: ScheduleSpec, tick: datetime) -> None:
+        """Try to enqueue ``spec``'s job for ``tick``; retried while the store fails."""
+        assert isinstance(self._storage, ScheduleStorage)
+        options = dict(spec.options)
+        metadata = dict(options.pop("metadata") or {})
+        metadata.update(schedule=spec.key, scheduled_for=tick.isoformat())
+        job = build_job(
+            spec.job_type,
+            spec.payload,
+            delay=0.0,
+            metadata=metadata,
+            default_retry=self._default_retry,
+            default_timeout=self._default_timeout,
+            **options,
+        )
+        store = self._storage
+        stored = await self._retry_store(
+            f"enqueueing schedule {spec.key!r}", lambda: store.enqueue_tick(spec.key, tick, job)
+        )
+        if stored:
+            self._scheduler.remember_policy(job)
+            if self._events.active:
+                self._events.emit("job:submitted", job)
+
+    async def _run_retention(self, retention: Mapping[JobStatus, float]) -> None:
+        """Delete old final jobs in bounded batches, while no other runner does."""
+        store = self._storage
+        if not isinstance(store, RetentionStorage):
+            self._logger.warning("%s cannot trim old jobs: retention is off", type(store).__name__)
+            return
+        interval = retention_interval(retention)
+        while True:
+            for status, age in retention.items():
+                while True:
+                    try:
+                        deleted = await store.purge_batch(
+                            status, age, limit=RETENTION_BATCH, holder=self._worker_id
+                        )
+                    except StorageCorruptError as exc:
+                        self._scheduler._fatal(exc)
+                        return
+                    except Exception as exc:
+                        # Tried again at the next interval.
+                        self._scheduler._store_failed("deleting old jobs", exc, 1)
+                        break
+                    if deleted is None or deleted < RETENTION_BATCH:
+                        break
+            await trio.sleep(interval)
 
     @asynccontextmanager
     async def _store(self) -> AsyncIterator[JobStorage]:
@@ -582,6 +880,11 @@ class JobRunner:
         Returns:
             True if the job was queued again; False for an unknown job or one that
             is not FAILED, TIMEOUT or CANCELLED.
+
+        Raises:
+            ValueError: the job has a ``unique_key`` that another job, pending,
+                running or retrying, holds now; nothing changes (the message names
+                the key and that job).
         """
         async with self._store() as store:
             requeued = await _admin.retry(store, job_id)

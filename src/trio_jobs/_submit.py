@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
-from datetime import timedelta
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
 
-from ._records import Job, JobPriority, new_job, utcnow
+from ._records import Job, JobPriority, new_job, replace, utcnow
 from ._retry import RetryConfig
 from ._tracing import on_submit
+from .storage._base import BatchStorage, JobStorage
 
 _RETRY_FIELDS = frozenset(a.name for a in attrs.fields(RetryConfig))
 
@@ -45,6 +46,26 @@ def resolve_retry(
     return attrs.evolve(default, **retry)
 
 
+def resolve_delay(delay: float, run_at: datetime | None) -> float:
+    """Return the delay in seconds that ``delay`` or ``run_at`` (exclusive) ask for.
+
+    ``run_at`` must be a timezone-aware :class:`~datetime.datetime`; a time in
+    the past means at once.
+
+    Raises:
+        TypeError, ValueError: ``run_at`` is not an aware datetime, or both are given.
+    """
+    if run_at is None:
+        return delay
+    if not isinstance(run_at, datetime):
+        raise TypeError(f"run_at must be a timezone-aware datetime, got {run_at!r}")
+    if run_at.tzinfo is None or run_at.utcoffset() is None:
+        raise ValueError(f"run_at must be timezone-aware, got the naive {run_at!r}")
+    if delay != 0.0:
+        raise ValueError("give either delay or run_at, not both")
+    return max(0.0, (run_at - utcnow()).total_seconds())
+
+
 def build_job(
     job_type: str,
     payload: Any,
@@ -57,15 +78,18 @@ def build_job(
     tenant_id: str | None,
     default_retry: RetryConfig,
     default_timeout: float | None,
+    unique_key: str | None = None,
 ) -> Job[Any]:
     """Validate ``submit``'s arguments and build the new job's record.
 
     ``timeout=None`` takes ``default_timeout``; ``math.inf`` means no timeout and
-    is stored as ``None``.
+    is stored as ``None``. ``delay`` is the one :func:`resolve_delay` returned.
 
     Raises:
         TypeError, ValueError: an argument is invalid; the message names it.
     """
+    if unique_key is not None and (not isinstance(unique_key, str) or not unique_key):
+        raise TypeError(f"unique_key must be a non-empty str or None, got {unique_key!r}")
     if not isinstance(job_type, str) or not job_type:
         raise TypeError(f"job_type must be a non-empty str, got {job_type!r}")
     if isinstance(priority, bool) or not isinstance(priority, int):
@@ -99,5 +123,33 @@ def build_job(
         tenant_id,
         config,
     )
+    if unique_key is not None:
+        job = replace(job, unique_key=unique_key)
     on_submit(job)  # OpenTelemetry, when installed: the trace context rides in metadata
     return job
+
+
+def build_jobs(template: Job[Any], payloads: Iterable[Any]) -> list[Job[Any]]:
+    """Return one job per payload: copies of ``template`` (validated) with new ids."""
+    items = list(payloads)
+    # One read of the random source for the whole batch (16 bytes per id).
+    ids = os.urandom(16 * len(items)).hex()
+    return [
+        replace(template, id=ids[32 * i : 32 * i + 32], payload=payload)
+        for i, payload in enumerate(items)
+    ]
+
+
+async def store_jobs(storage: JobStorage, jobs: list[Job[Any]], delay: float) -> list[str]:
+    """Save ``jobs`` in one transaction; for each, the id of the job holding it.
+
+    Raises:
+        NotImplementedError: the store has no ``save_many`` (a custom store
+            without :class:`~trio_jobs.storage.BatchStorage`).
+    """
+    if not isinstance(storage, BatchStorage):
+        raise NotImplementedError(
+            f"{type(storage).__name__} cannot save jobs in batches or by unique key"
+            " (it does not implement save_many)"
+        )
+    return await storage.save_many(jobs, delay=delay)

@@ -25,6 +25,7 @@ from ._format import (
     jobs_table,
     limits_table,
     one_line,
+    schedules_table,
     stats_table,
     to_json,
     workers_table,
@@ -94,10 +95,24 @@ def _parse_json(text: str, what: str) -> Any:
         raise UsageError(f"submit: invalid JSON {what}: {exc}") from None
 
 
+def _stdin_payloads(text: str) -> list[Any]:
+    """One JSON payload per non-empty line; a single multi-line document is one payload."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    try:
+        return [json.loads(line) for line in lines]
+    except json.JSONDecodeError as exc:
+        try:
+            return [json.loads(text)]
+        except json.JSONDecodeError:
+            raise UsageError(f"submit: invalid JSON payload on stdin: {exc}") from None
+
+
 async def cmd_submit(args: argparse.Namespace) -> int:
-    """``submit TYPE [JSON]``: enqueue a job; print its id."""
-    text = sys.stdin.read() if args.payload == "-" else args.payload
-    payload = None if text is None else _parse_json(text, "payload")
+    """``submit TYPE [JSON]``: enqueue a job; print its id.
+
+    ``submit TYPE -`` reads one JSON payload per line from stdin and enqueues them
+    all with one ``submit_many`` (one transaction); it prints one id per line.
+    """
     metadata = None
     if args.metadata is not None:
         metadata = _parse_json(args.metadata, "--metadata")
@@ -106,24 +121,46 @@ async def cmd_submit(args: argparse.Namespace) -> int:
     if args.tenant is not None and not args.tenant.strip():
         raise UsageError("submit: --tenant must not be empty")
     retry = None if args.max_attempts is None else {"max_attempts": args.max_attempts}
+    options: dict[str, Any] = {
+        "priority": args.priority,
+        "retry": retry,
+        "timeout": args.timeout,
+        "delay": args.delay,
+        "metadata": metadata,
+        "tenant_id": args.tenant,
+        "run_at": args.run_at,
+        "unique_key": args.unique_key,
+    }
+    if args.payload == "-":
+        payloads = _stdin_payloads(sys.stdin.read())
+        async with _client(args, must_exist=True) as client:
+            try:
+                handles = await client.submit_many(args.type, payloads, **options)
+            except StorageError:
+                raise
+            except (TypeError, ValueError) as exc:
+                raise UsageError(f"submit: {exc}") from None
+        ids = [handle.id for handle in handles]
+        _emit(args, ids, "\n".join(ids) if ids else "no payloads on stdin: nothing submitted")
+        return 0
+    payload = None if args.payload is None else _parse_json(args.payload, "payload")
     async with _client(args, must_exist=True) as client:
         try:
-            handle = await client.submit(
-                args.type,
-                payload,
-                priority=args.priority,
-                retry=retry,
-                timeout=args.timeout,
-                delay=args.delay,
-                metadata=metadata,
-                tenant_id=args.tenant,
-            )
+            handle = await client.submit(args.type, payload, **options)
         except StorageError:
             raise
         except (TypeError, ValueError) as exc:
             raise UsageError(f"submit: {exc}") from None
         job = await client.get_job(handle.id)
     _emit(args, job, handle.id)
+    return 0
+
+
+async def cmd_schedules(args: argparse.Namespace) -> int:
+    """``schedules``: every schedule runners stored, with its last and next run."""
+    async with _client(args, must_exist=True, read_only=True) as client:
+        schedules = await client.schedules()
+    _emit(args, schedules, schedules_table(schedules))
     return 0
 
 
@@ -205,7 +242,12 @@ async def cmd_retry(args: argparse.Namespace) -> int:
     """``retry ID``: re-queue a failed, timed-out or cancelled job with fresh attempts."""
     async with _client(args, must_exist=True) as client:
         job_id = (await _find(client, args.id)).id
-        requeued = await client.storage.requeue(job_id)
+        try:
+            requeued = await client.storage.requeue(job_id)
+        except StorageError:
+            raise
+        except ValueError as exc:  # an active job holds its unique_key
+            raise CliError(str(exc)) from None
         job = await _find(client, job_id)
     if not requeued:
         raise CliError(

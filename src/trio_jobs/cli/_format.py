@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from .._records import ErrorInfo, Job, JobPriority, JobStats, JobStatus, WorkerInfo
+from .._records import ErrorInfo, Job, JobPriority, JobStats, JobStatus, Schedule, WorkerInfo
 from .._retry import RetryConfig
 
 T = TypeVar("T")
@@ -50,6 +50,17 @@ def parse_positive_duration(text: str) -> float:
     if value <= 0:
         raise ValueError(f"must be more than 0 seconds, got {text!r}")
     return value
+
+
+def parse_run_at(text: str) -> datetime:
+    """Parse an ISO 8601 time with a UTC offset (``2030-01-01T09:00+01:00``, ``...Z``)."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"not an ISO 8601 time: {text!r}") from None
+    if when.tzinfo is None:
+        raise ValueError(f"give a UTC offset (like +00:00 or Z): {text!r}")
+    return when
 
 
 def parse_timeout(text: str) -> float:
@@ -222,8 +233,8 @@ def to_json(value: Any) -> Any:
         return {a.name: to_json(getattr(value, a.name)) for a in attrs.fields(ErrorInfo)}
     if isinstance(value, JobStats):
         return {a.name: getattr(value, a.name) for a in attrs.fields(JobStats)}
-    if isinstance(value, WorkerInfo):
-        return {a.name: to_json(getattr(value, a.name)) for a in attrs.fields(WorkerInfo)}
+    if isinstance(value, WorkerInfo | Schedule):
+        return {a.name: to_json(getattr(value, a.name)) for a in attrs.fields(type(value))}
     if isinstance(value, frozenset):
         return sorted(to_json(v) for v in value)
     if isinstance(value, RetryConfig):
@@ -364,6 +375,25 @@ def workers_table(workers: Sequence[WorkerInfo], now: datetime | None = None) ->
     ]
     headers = ("worker", "host", "pid", "started", "last seen", "running", "types")
     return render_table(headers, rows, right=("pid", "running"))
+
+
+def schedules_table(schedules: Sequence[Schedule]) -> str:
+    """Render :class:`Schedule` rows for the ``schedules`` command."""
+    if not schedules:
+        return "no schedules"
+    rows = [
+        (
+            s.key,
+            s.job_type,
+            s.cron if s.cron is not None else f"every {format_seconds(s.every)}",
+            s.timezone,
+            format_time(s.last_run_at),
+            format_time(s.next_run_at),
+        )
+        for s in schedules
+    ]
+    headers = ("key", "type", "expression", "timezone", "last run", "next run")
+    return render_table(headers, rows)
 
 
 def stats_table(stats: JobStats) -> str:

@@ -25,6 +25,7 @@ from ._commands import (
     cmd_purge,
     cmd_resume,
     cmd_retry,
+    cmd_schedules,
     cmd_show,
     cmd_stats,
     cmd_submit,
@@ -41,6 +42,7 @@ from ._format import (
     parse_positive_int,
     parse_priority,
     parse_rate,
+    parse_run_at,
     parse_status,
     parse_timeout,
     parse_weight,
@@ -132,7 +134,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json_option(submit, top=False)
     submit.add_argument("type", metavar="TYPE", help="the job type")
     submit.add_argument(
-        "payload", metavar="JSON", nargs="?", help="the payload as JSON ('-' reads stdin)"
+        "payload",
+        metavar="JSON",
+        nargs="?",
+        help="the payload as JSON; '-' reads one payload per line from stdin (one batch)",
+    )
+    submit.add_argument(
+        "--run-at",
+        type=argument_type(parse_run_at),
+        default=None,
+        metavar="TIME",
+        help="run no sooner than this ISO 8601 time with a UTC offset (not with --delay)",
+    )
+    submit.add_argument(
+        "--unique-key",
+        default=None,
+        metavar="KEY",
+        help="store nothing while a job with this key is active (print that job's id)",
     )
     submit.add_argument(
         "--priority",
@@ -192,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     stats = command("stats", cmd_stats, "count jobs by status")
     _add_json_option(stats, top=False)
+
+    schedules = command("schedules", cmd_schedules, "list schedules: last and next run")
+    _add_json_option(schedules, top=False)
 
     workers = command("workers", cmd_workers, "list the live workers and what they run")
     _add_json_option(workers, top=False)

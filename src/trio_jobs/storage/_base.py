@@ -26,12 +26,16 @@ from __future__ import annotations
 import enum
 import heapq
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from datetime import datetime
+from typing import Any, Final, Protocol, runtime_checkable
 
 import attrs
 
 from .._flow import JobTypeLimits
-from .._records import ErrorInfo, Job, JobStats, JobStatus, WorkerInfo
+from .._records import ErrorInfo, Job, JobStats, JobStatus, Schedule, WorkerInfo
+
+#: The statuses in which a job holds its ``unique_key`` (a delayed job is PENDING).
+ACTIVE_STATUSES: Final = frozenset({JobStatus.PENDING, JobStatus.RUNNING, JobStatus.RETRYING})
 
 
 class CancelOutcome(enum.Enum):
@@ -248,7 +252,16 @@ class JobStorage(Protocol):
         ...
 
     async def requeue(self, job_id: str) -> bool:
-        """Give a FAILED, TIMEOUT or CANCELLED job a fresh start (PENDING, attempts 0)."""
+        """Give a FAILED, TIMEOUT or CANCELLED job a fresh start (PENDING, attempts 0).
+
+        Returns:
+            True if requeued; False for an unknown job or one in another status.
+
+        Raises:
+            ValueError: the job has a ``unique_key`` that another, active job
+                (pending, running or retrying) holds now; nothing changes. The
+                message names the key and that job.
+        """
         ...
 
     async def purge(
@@ -403,6 +416,73 @@ def flow_control(store: JobStorage) -> FlowControl:
     return store
 
 
+@runtime_checkable
+class BatchStorage(Protocol):
+    """What a store with batches and unique keys adds (all three built-in stores)."""
+
+    async def save_many(self, jobs: Sequence[Job[Any]], *, delay: float = 0.0) -> list[str]:
+        """Insert new jobs in one transaction: all of them, or none.
+
+        A job whose ``unique_key`` an active job (pending, running, retrying)
+        holds already, or an earlier job of the same call, is not stored. Race
+        free: the store's constraint decides, not a read before the write.
+
+        Returns:
+            For each job, in order, the id of the job that holds it: its own id,
+            or the id of the active job with its ``unique_key``.
+
+        Raises:
+            TypeError: a durable store cannot encode a payload or metadata;
+                nothing is stored.
+            ValueError: a job with one of these ids exists already; nothing is stored.
+        """
+        ...
+
+
+@runtime_checkable
+class ScheduleStorage(Protocol):
+    """What a store with periodic jobs adds: schedule rows, and ticks enqueued once."""
+
+    async def put_schedule(self, schedule: Schedule) -> None:
+        """Insert or replace a schedule's definition (its ``last_run_at`` is kept)."""
+        ...
+
+    async def list_schedules(self) -> list[Schedule]:
+        """Return the stored schedules by key (``next_run_at`` is ``None``: computed by callers)."""
+        ...
+
+    async def enqueue_tick(
+        self, key: str, tick: datetime, job: Job[Any], *, delay: float = 0.0
+    ) -> bool:
+        """Record the tick ``(key, tick)`` and save ``job``, in one transaction.
+
+        The tick is under a unique constraint: of every runner that tries the same
+        tick, exactly one stores its job; the others store nothing.
+
+        Returns:
+            True when this call stored the job; False when the tick was taken.
+        """
+        ...
+
+
+@runtime_checkable
+class RetentionStorage(Protocol):
+    """What a store with retention adds: deleting old final jobs in bounded batches."""
+
+    async def purge_batch(
+        self, status: JobStatus, older_than: float, *, limit: int, holder: str
+    ) -> int | None:
+        """Delete up to ``limit`` jobs of final ``status`` completed over ``older_than`` s ago.
+
+        At most one ``holder`` (a runner) trims a store at a time: an advisory lock
+        or a lease row, taken for the batch.
+
+        Returns:
+            How many jobs were deleted, or ``None`` when another holder trims now.
+        """
+        ...
+
+
 async def list_workers(store: JobStorage) -> list[WorkerInfo]:
     """``store.workers()`` for a store with a workers table.
 
@@ -439,3 +519,12 @@ def pop_due(due: list[float], now: float) -> bool:
         heapq.heappop(due)
         popped = True
     return popped
+
+
+def key_held(job_id: str, key: str, holder: str | None) -> str:
+    """The message of a requeue refused because an active job holds ``job_id``'s key."""
+    by = f"active job {holder}" if holder is not None else "an active job"
+    return (
+        f"job {job_id} cannot run again: its unique_key {key!r} is held by {by}"
+        " (retry it once that job is final)"
+    )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import heapq
 import math
 from collections import Counter, deque
-from collections.abc import Collection, Mapping
-from datetime import timedelta
+from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, final
 
@@ -15,8 +15,8 @@ from attrs import evolve
 
 from .._flow import JobTypeLimits, TypeBudget, tenant_key
 from .._priority_channel import PriorityReceiveChannel, PrioritySendChannel, open_priority_channel
-from .._records import ErrorInfo, Job, JobStats, JobStatus, WorkerInfo, replace, utcnow
-from ._base import CancelOutcome, Heartbeat
+from .._records import ErrorInfo, Job, JobStats, JobStatus, Schedule, WorkerInfo, replace, utcnow
+from ._base import CancelOutcome, Heartbeat, key_held
 from ._browse import (
     JobPage,
     QueueSummary,
@@ -103,6 +103,11 @@ class MemoryStorage:
         self._watchers: dict[str, trio.Event] = {}
         # The workers table: each registered worker's row and its expiry (Trio clock).
         self._workers: dict[str, tuple[WorkerInfo, float]] = {}
+        # unique_key -> the active (pending, running, retrying) job holding it.
+        self._unique: dict[str, str] = {}
+        # Schedules by key, and the ticks enqueued: (key, tick as unix seconds).
+        self._schedules: dict[str, Schedule] = {}
+        self._ticks: set[tuple[str, float]] = set()
         #: The rows registered through this object, put back if a rescue dropped them.
         self._registered: dict[str, WorkerInfo] = {}
         # Flow control. Types with active limits keep their ready jobs in a heap per
@@ -158,6 +163,8 @@ class MemoryStorage:
             self._work.set()  # a limited type's slot freed: a waiting claim may go
         if status in _UNFINISHED:
             self._unfinished_by_type[job.type] += 1
+            if job.unique_key is not None:
+                self._unique[job.unique_key] = job.id
         elif status is JobStatus.COMPLETED and job.execution_time is not None:
             self._completed_time += job.execution_time
             self._completed_timed += 1
@@ -173,6 +180,8 @@ class MemoryStorage:
             self._running_tenant[job.type, tenant_key(job.tenant_id)] -= 1
         if status in _UNFINISHED:
             self._unfinished_by_type[job.type] -= 1
+            if job.unique_key is not None and self._unique.get(job.unique_key) == job.id:
+                del self._unique[job.unique_key]
         elif status is JobStatus.COMPLETED and job.execution_time is not None:
             self._completed_time -= job.execution_time
             self._completed_timed -= 1
@@ -416,11 +425,84 @@ class MemoryStorage:
         """
         if job.id in self._jobs:
             raise ValueError(f"a job with id {job.id!r} exists already")
+        if job.unique_key is not None and job.unique_key in self._unique:
+            raise ValueError(f"an active job holds the unique_key {job.unique_key!r}")
         if delay > 0 and job.run_at is None:
             job = replace(job, run_at=utcnow() + timedelta(seconds=delay))
         self._put(job)
         if job.status in _WAITING:
             self._enqueue(job, delay, wake=wake or delay > 0)
+
+    async def save_many(self, jobs: Sequence[Job[Any]], *, delay: float = 0.0) -> list[str]:
+        """Insert new jobs, all or none; see ``BatchStorage.save_many``.
+
+        Raises:
+            ValueError: a job with one of these ids exists already; nothing is stored.
+        """
+        await trio.lowlevel.checkpoint()
+        return self.save_many_nowait(jobs, delay=delay)
+
+    def save_many_nowait(self, jobs: Sequence[Job[Any]], *, delay: float = 0.0) -> list[str]:
+        """:meth:`save_many` without a checkpoint (nothing can interleave with it)."""
+        ids = [job.id for job in jobs]
+        if len(set(ids)) != len(ids) or any(job_id in self._jobs for job_id in ids):
+            raise ValueError("a job with one of these ids exists already")
+        holders: list[str] = []
+        for job in jobs:
+            key = job.unique_key
+            holder = None if key is None else self._unique.get(key)
+            if holder is None:
+                self.save_nowait(job, delay=delay)
+                holder = job.id
+            holders.append(holder)
+        return holders
+
+    def unique_holder(self, unique_key: str) -> str | None:
+        """The id of the active job holding ``unique_key``, if any."""
+        return self._unique.get(unique_key)
+
+    async def put_schedule(self, schedule: Schedule) -> None:
+        """Insert or replace a schedule's definition, keeping its ``last_run_at``."""
+        await trio.lowlevel.checkpoint()
+        old = self._schedules.get(schedule.key)
+        last = None if old is None else old.last_run_at
+        self._schedules[schedule.key] = evolve(schedule, next_run_at=None, last_run_at=last)
+
+    async def list_schedules(self) -> list[Schedule]:
+        """Return the schedules by key."""
+        await trio.lowlevel.checkpoint()
+        return [self._schedules[key] for key in sorted(self._schedules)]
+
+    async def enqueue_tick(
+        self, key: str, tick: datetime, job: Job[Any], *, delay: float = 0.0
+    ) -> bool:
+        """Save ``job`` unless the tick ``(key, tick)`` was enqueued already."""
+        await trio.lowlevel.checkpoint()
+        mark = (key, tick.timestamp())
+        if mark in self._ticks:
+            return False
+        self.save_nowait(job, delay=delay)
+        self._ticks.add(mark)
+        schedule = self._schedules.get(key)
+        if schedule is not None and (schedule.last_run_at is None or schedule.last_run_at < tick):
+            self._schedules[key] = evolve(schedule, last_run_at=tick)
+        return True
+
+    async def purge_batch(
+        self, status: JobStatus, older_than: float, *, limit: int, holder: str
+    ) -> int | None:
+        """Delete up to ``limit`` jobs of ``status`` completed over ``older_than`` s ago."""
+        await trio.lowlevel.checkpoint()
+        cutoff = utcnow() - timedelta(seconds=older_than)
+        old = []
+        for job in self._jobs.values():
+            if job.status is status and job.completed_at is not None and job.completed_at < cutoff:
+                old.append(job.id)
+                if len(old) >= limit:
+                    break
+        for job_id in old:
+            self._uncount(self._jobs.pop(job_id))
+        return len(old)
 
     async def update(self, job: Job[Any]) -> None:
         """Overwrite a job's record (administrative; not fenced).
@@ -928,6 +1010,10 @@ class MemoryStorage:
             JobStatus.CANCELLED,
         ):
             return False
+        key = job.unique_key
+        holder = None if key is None else self._unique.get(key)
+        if key is not None and holder is not None and holder != job_id:
+            raise ValueError(key_held(job_id, key, holder))
         fresh = replace(
             job,
             status=JobStatus.PENDING,

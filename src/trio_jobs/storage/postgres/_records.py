@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import trio
 
 from ..._records import Job, JobStats, JobStatus
-from .._base import stats_from_rows
+from .._base import key_held, stats_from_rows
 from . import _rows as pg_rows
 from . import _sql as sql
 
@@ -206,8 +206,28 @@ class RecordQueries:
         The result, progress and timestamps of its last run are cleared; its
         ``last_error`` and ``execution_time`` are kept, to say how it last went.
         It queues behind the jobs already waiting at its priority.
+
+        Raises:
+            ValueError: an active job holds the job's ``unique_key``; nothing changes.
         """
-        requeued = await self._run(partial(self._change_one, self._sql.requeue, job_id, work=True))
+        statement = self._sql.requeue
+        holder_sql = self._sql.unique_holder
+
+        def requeue(conn: Connection) -> bool:
+            import psycopg
+
+            try:
+                return self._change_one(statement, job_id, conn, work=True)
+            except psycopg.errors.UniqueViolation as exc:
+                # The partial unique index over active jobs: another job holds the
+                # key now. (Its transaction rolled back: nothing changed.)
+                if exc.diag.constraint_name != "jobs_unique_key_idx":
+                    raise
+                row = conn.execute(holder_sql, (job_id,)).fetchone()
+                key, holder = (row[0], row[1]) if row is not None else ("?", None)
+                raise ValueError(key_held(job_id, key, holder)) from None
+
+        requeued = await self._run(requeue)
         if requeued:
             self._wakeups.wake_change(job_id)
             self._wakeups.wake_work()

@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from ..._records import Job, JobStatus, WorkerInfo
 from .._codec import (
+    BatchCodec,
     decode_error,
     decode_json,
     decode_retry,
@@ -26,7 +27,7 @@ MAX_PAYLOAD: Final = 7000
 _MAX_ID_IN_PAYLOAD: Final = 500
 #: Number of columns in ``JOB_COLUMNS`` (see :mod:`._sql`) that belong to the
 #: :class:`Job`; a claim's rows carry two more, which it sorts by.
-JOB_FIELD_COUNT: Final = 20
+JOB_FIELD_COUNT: Final = 21
 
 
 def row_to_job(row: tuple[Any, ...]) -> Job[Any]:
@@ -34,7 +35,7 @@ def row_to_job(row: tuple[Any, ...]) -> Job[Any]:
     (
         job_id, job_type, payload, status, priority, attempts, max_attempts, created_at,
         started_at, completed_at, run_at, timeout, last_error, result, execution_time,
-        progress, progress_message, metadata, tenant_id, retry,
+        progress, progress_message, metadata, tenant_id, retry, unique_key,
     ) = row[: JOB_FIELD_COUNT]  # fmt: skip
     return Job(
         id=job_id,
@@ -57,13 +58,22 @@ def row_to_job(row: tuple[Any, ...]) -> Job[Any]:
         metadata=decode_json(metadata),
         tenant_id=tenant_id,
         retry=decode_retry(retry),
+        unique_key=unique_key,
     )
 
 
-def job_record(job: Job[Any]) -> dict[str, Any]:
-    """Encode ``job`` for a row: every field that can fail is encoded before any I/O."""
+def job_record(job: Job[Any], codec: BatchCodec | None = None) -> dict[str, Any]:
+    """Encode ``job`` for a row: every field that can fail is encoded before any I/O.
+
+    A ``codec`` shared by a batch encodes its jobs' common metadata and retry once.
+    """
     payload = encode_json(job.payload, "payload")
-    metadata = encode_json(dict(job.metadata), "metadata")
+    if codec is None:
+        metadata = encode_json(dict(job.metadata), "metadata")
+        retry = encode_retry(job.retry)
+    else:
+        metadata = codec.metadata(job.metadata)
+        retry = codec.retry(job.retry)
     result = None if job.result is None else encode_json(job.result, "result")
     return {
         "id": job.id,
@@ -85,7 +95,8 @@ def job_record(job: Job[Any]) -> dict[str, Any]:
         "progress_message": job.progress_message,
         "metadata": metadata,
         "tenant_id": job.tenant_id,
-        "retry": encode_retry(job.retry),
+        "retry": retry,
+        "unique_key": job.unique_key,
     }
 
 

@@ -40,7 +40,7 @@ import attrs
 JOB_COLUMNS: Final = (
     "id, type, payload, status, priority, attempts, max_attempts, created_at, started_at,"
     " completed_at, run_at, timeout, last_error, result, execution_time, progress,"
-    " progress_message, metadata, tenant_id, retry, ready_at, seq"
+    " progress_message, metadata, tenant_id, retry, unique_key, ready_at, seq"
 )
 
 _READY = "status IN ('pending', 'retrying')"
@@ -196,12 +196,48 @@ def _migration_4_flow(s: str) -> tuple[str, ...]:
     )
 
 
+def _migration_5(s: str) -> tuple[str, ...]:
+    # (issue 13) Unique jobs, schedules and retention; self-contained.
+    return (
+        # At most one active job per unique_key: a partial unique index (River's
+        # design). A retry or a rescue keeps the job's row, so never conflicts.
+        f"ALTER TABLE {s}.jobs ADD COLUMN unique_key text",
+        f"CREATE UNIQUE INDEX jobs_unique_key_idx ON {s}.jobs (unique_key)"
+        " WHERE unique_key IS NOT NULL AND status IN ('pending', 'running', 'retrying')",
+        # One row per schedule key: its definition and the last tick enqueued.
+        f"""
+        CREATE TABLE {s}.schedules (
+            key         text PRIMARY KEY,
+            job_type    text NOT NULL,
+            cron        text,
+            every       double precision,
+            timezone    text NOT NULL,
+            last_run_at timestamptz
+        )
+        """,
+        # One row per (key, tick), inserted in the job's transaction: the primary
+        # key lets exactly one runner win each tick (procrastinate's periodic_defers).
+        f"""
+        CREATE TABLE {s}.schedule_ticks (
+            key           text NOT NULL,
+            scheduled_for timestamptz NOT NULL,
+            job_id        text NOT NULL,
+            PRIMARY KEY (key, scheduled_for)
+        )
+        """,
+        # Retention deletes the oldest final jobs of a status by completed_at.
+        f"CREATE INDEX jobs_retention_idx ON {s}.jobs (status, completed_at)"
+        f" WHERE status IN {_FINAL}",
+    )
+
+
 #: ``(version, builder)`` pairs, in order. Append only; never edit a released step.
 MIGRATIONS: Final = (
     (1, _migration_1),
     (2, _migration_2),
     (3, _migration_3),
     (4, _migration_4_flow),
+    (5, _migration_5),
 )
 LATEST_VERSION: Final = MIGRATIONS[-1][0]
 
@@ -330,6 +366,7 @@ class Statements:
     count_unfinished: str
     count_unfinished_types: str
     requeue: str
+    unique_holder: str
     purge: str
     notify: str
     notify_many: str
@@ -450,23 +487,24 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
         INSERT INTO {jobs} (id, type, payload, status, priority, attempts, max_attempts,
             created_at, started_at, completed_at, run_at, ready_at, timeout, last_error, result,
             execution_time, progress, progress_message, metadata, tenant_id, retry, op_token,
-            delayed)
+            delayed, unique_key)
         SELECT id, type, payload, status, priority, attempts, max_attempts,
             created_at, started_at, completed_at,
             CASE WHEN delay > 0 THEN now() + delay * interval '1 second' ELSE run_at END,
             now() + delay * interval '1 second',
             timeout, last_error, result, execution_time, progress, progress_message, metadata,
-            tenant_id, retry, %(token)s, delay > 0 AND status IN ('pending', 'retrying')
+            tenant_id, retry, %(token)s, delay > 0 AND status IN ('pending', 'retrying'),
+            unique_key
         FROM ROWS FROM (json_to_recordset(%(batch)s::json) AS (
             id text, type text, payload text, status text, priority smallint, attempts integer,
             max_attempts integer, created_at timestamptz, started_at timestamptz,
             completed_at timestamptz, run_at timestamptz, timeout double precision,
             last_error text, result text, execution_time double precision,
             progress double precision, progress_message text, metadata text, tenant_id text,
-            retry text, delay double precision
+            retry text, delay double precision, unique_key text
         )) WITH ORDINALITY AS v
         ORDER BY v.ordinality
-        ON CONFLICT (id) DO NOTHING
+        ON CONFLICT {{conflict}} DO NOTHING
         RETURNING id
     """
     # update() of an unknown id: the record as given, claimable from its run_at.
@@ -495,7 +533,7 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
             SELECT id FROM {jobs} WHERE starts_with(id, %(prefix)s) ORDER BY id LIMIT %(limit)s
         """,
         record_version=f"INSERT INTO {s}.schema_version (version) VALUES (%s)",
-        insert_many=insert_many,
+        insert_many=insert_many.format(conflict="(id)"),
         saved_by_token=f"SELECT id FROM {jobs} WHERE id = ANY(%s) AND op_token = %s",
         insert_as_is=insert_as_is,
         update=f"""
@@ -787,6 +825,12 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
                 cancel_requested = false, delayed = false
             WHERE id = %s AND status IN ('failed', 'timeout', 'cancelled')
             RETURNING id
+        """,
+        unique_holder=f"""
+            SELECT j.unique_key, o.id FROM {jobs} j
+            LEFT JOIN {jobs} o ON o.unique_key = j.unique_key AND o.id <> j.id
+                AND o.status IN ('pending', 'running', 'retrying')
+            WHERE j.id = %s
         """,
         purge=f"""
             DELETE FROM {jobs}

@@ -21,6 +21,7 @@ import logging
 import math
 import re
 from collections.abc import Callable, Collection, Mapping
+from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
@@ -35,6 +36,7 @@ from . import _flow as pg_flow
 from . import _rows as pg_rows
 from . import _sql as sql
 from ._batch import Batcher, BatchWriters, ClaimRequest, SettleRequest
+from ._batches import BatchQueries
 from ._browse import BrowseQueries
 from ._connect import (
     check_schema,
@@ -47,7 +49,6 @@ from ._connect import (
 )
 from ._listen import Listener, ParkedClaim, Wakeups
 from ._records import (
-    RecordQueries,
     check_limit,
     check_seconds,
     finite_or_none,
@@ -71,7 +72,7 @@ _SETTLE_STATUSES: Final = frozenset(JobStatus) - {JobStatus.RUNNING}
 
 
 @final
-class PostgresStorage(RecordQueries, BrowseQueries):
+class PostgresStorage(BatchQueries, BrowseQueries):
     """A durable job store on PostgreSQL, shared safely by many workers.
 
     Jobs live in the table ``<schema>.jobs``, created (and later migrated) on
@@ -158,6 +159,7 @@ class PostgresStorage(RecordQueries, BrowseQueries):
             )
         self._dsn = dsn
         self._schema = schema
+        self._purge_floors: dict[str, datetime] = {}
         self._read_only = bool(read_only)
         self._lease = float(lease_duration)
         self._min_connections = min_connections
@@ -333,6 +335,12 @@ class PostgresStorage(RecordQueries, BrowseQueries):
 
         """
         delay = check_seconds(delay, "delay")
+        if job.unique_key is not None:
+            # Not in a shared batch: a key conflict must fail this save alone.
+            (holder,) = await self.save_many([job], delay=delay)
+            if holder != job.id:
+                raise ValueError(f"an active job holds the unique_key {job.unique_key!r}")
+            return
         record = pg_rows.job_record(job)
         record["delay"] = delay
         failure = await self._saves.submit(record)

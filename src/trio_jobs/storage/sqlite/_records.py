@@ -17,9 +17,10 @@ from typing import Any, Final, TypeVar
 import trio
 
 from ..._records import Job, JobStats, JobStatus
-from .._base import stats_from_rows
+from .._base import key_held, stats_from_rows
 from ._commit import Op
 from ._schema import (
+    ACTIVE_HOLDER,
     CLAIM_ORDER,
     COLUMN_NAMES,
     DUE,
@@ -216,9 +217,19 @@ class RecordQueries:
 
         Returns:
             True when requeued; False for an unknown job or one not in those statuses.
+
+        Raises:
+            ValueError: an active job holds the job's ``unique_key``; nothing changes.
         """
 
         def op(conn: sqlite3.Connection, now: float) -> bool:
+            # Checked in the write transaction (writers are serialised): the key
+            # cannot be taken between this read and the update.
+            row = conn.execute("SELECT unique_key FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is not None and row[0] is not None:
+                holder = conn.execute(ACTIVE_HOLDER, (row[0],)).fetchone()
+                if holder is not None and holder[0] != job_id:
+                    raise ValueError(key_held(job_id, row[0], holder[0]))
             done = (
                 conn.execute(
                     "UPDATE jobs SET status = 'pending', attempts = 0, run_at = ?,"

@@ -11,11 +11,13 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any, Final
 
 from ..._exceptions import StorageCorruptError
 from ..._records import Job, JobPriority, JobStatus, WorkerInfo
 from .._codec import (
+    BatchCodec,
     decode_error,
     decode_json,
     decode_retry,
@@ -146,6 +148,50 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     # 4: flow control (issue 14): per-type limits, tenant weights, fair turns, and the
     # index of ready jobs by tenant (FLOW_MIGRATION above).
     FLOW_MIGRATION,
+    # 5: (issue 13) Unique jobs, schedules and retention; self-contained.
+    # - unique_key: at most one active (pending, running, retrying) job per key, a
+    #   partial unique index (a retry keeps its row, so it never conflicts).
+    # - schedules: one row per schedule key (definition, last tick enqueued);
+    #   schedule_ticks: one row per (key, tick), whose primary key makes exactly
+    #   one runner win each tick (inserted in the job's transaction).
+    # - jobs_retention: retention deletes the oldest final jobs by completed_at;
+    #   leases: a named lease row, so one runner at a time does it.
+    (
+        "ALTER TABLE jobs ADD COLUMN unique_key TEXT",
+        """
+        CREATE UNIQUE INDEX jobs_unique_key ON jobs (unique_key)
+            WHERE unique_key IS NOT NULL AND status IN ('pending', 'running', 'retrying')
+        """,
+        """
+        CREATE TABLE schedules (
+            key         TEXT PRIMARY KEY,
+            job_type    TEXT NOT NULL,
+            cron        TEXT,
+            every       REAL,
+            timezone    TEXT NOT NULL,
+            last_run_at REAL                  -- unix seconds, UTC
+        )
+        """,
+        """
+        CREATE TABLE schedule_ticks (
+            key           TEXT NOT NULL,
+            scheduled_for REAL NOT NULL,      -- the tick, unix seconds, UTC
+            job_id        TEXT NOT NULL,
+            PRIMARY KEY (key, scheduled_for)
+        ) WITHOUT ROWID
+        """,
+        """
+        CREATE INDEX jobs_retention ON jobs (status, completed_at)
+            WHERE completed_at IS NOT NULL
+        """,
+        """
+        CREATE TABLE leases (
+            name       TEXT PRIMARY KEY,
+            holder     TEXT NOT NULL,
+            expires_at REAL NOT NULL          -- unix seconds, UTC
+        )
+        """,
+    ),
 )
 
 #: The schema version this code writes.
@@ -154,9 +200,15 @@ SCHEMA_VERSION: Final = len(MIGRATIONS)
 COLUMN_NAMES: Final = (
     "id", "type", "payload", "status", "priority", "attempts", "max_attempts", "created_at",
     "started_at", "completed_at", "run_at", "timeout", "last_error", "result", "execution_time",
-    "progress", "progress_message", "metadata", "tenant_id", "retry",
+    "progress", "progress_message", "metadata", "tenant_id", "retry", "unique_key",
 )  # fmt: skip
 COLUMNS: Final = ", ".join(COLUMN_NAMES)
+#: The active (pending, running, retrying) job holding a unique_key, if any.
+ACTIVE_HOLDER: Final = (
+    "SELECT id FROM jobs INDEXED BY jobs_unique_key WHERE unique_key = ?"
+    " AND status IN ('pending', 'running', 'retrying')"
+)
+
 INSERT: Final = f"INSERT INTO jobs ({COLUMNS}) VALUES ({', '.join('?' * len(COLUMN_NAMES))})"
 SELECT: Final = f"SELECT {COLUMNS} FROM jobs"
 READY: Final = "status IN ('pending', 'retrying')"
@@ -280,13 +332,19 @@ def _schema_version(conn: sqlite3.Connection, path: str) -> int:
 # -- records <-> rows -------------------------------------------------------------------
 
 
-def encode_record(job: Job[Any]) -> tuple[Any, ...]:
+def encode_record(job: Job[Any], codec: BatchCodec | None = None) -> tuple[Any, ...]:
     """Return a job's column values in ``COLUMNS`` order (``run_at`` may be ``None``).
 
     The JSON fields are encoded first, so a bad value fails before anything is written.
+    A ``codec`` shared by a batch encodes its jobs' common metadata and retry once.
     """
     payload = encode_json(job.payload, "payload")
-    metadata = encode_json(dict(job.metadata), "metadata")
+    if codec is None:
+        metadata = encode_json(dict(job.metadata), "metadata")
+        retry = encode_retry(job.retry)
+    else:
+        metadata = codec.metadata(job.metadata)
+        retry = codec.retry(job.retry)
     result = None if job.result is None else encode_json(job.result, "result")
     return (
         job.id,
@@ -308,8 +366,40 @@ def encode_record(job: Job[Any]) -> tuple[Any, ...]:
         job.progress_message,
         metadata,
         job.tenant_id,
-        encode_retry(job.retry),
+        retry,
+        job.unique_key,
     )
+
+
+#: Every field ``encode_record`` reads except ``id`` and ``payload``, in column order.
+_SHARED_FIELDS: Final = attrgetter(
+    "type", "status", "priority", "attempts", "max_attempts", "created_at", "started_at",
+    "completed_at", "run_at", "timeout", "last_error", "result", "execution_time", "progress",
+    "progress_message", "metadata", "tenant_id", "retry", "unique_key",
+)  # fmt: skip
+
+
+def encode_records(jobs: Sequence[Job[Any]], codec: BatchCodec) -> list[tuple[Any, ...]]:
+    """``[encode_record(job, codec) for job in jobs]``, encoding shared fields once.
+
+    ``submit_many`` copies one template, so its jobs differ only in ``id`` and
+    ``payload``: a job whose other fields equal the previous one's (one C-level
+    tuple comparison, by identity first) reuses that row's encoded columns and
+    encodes its payload alone. Any other job is encoded in full.
+    """
+    rows: list[tuple[Any, ...]] = []
+    shared: tuple[Any, ...] | None = None
+    tail: tuple[Any, ...] = ()
+    job_type = ""
+    for job in jobs:
+        fields = _SHARED_FIELDS(job)
+        if fields != shared:
+            row = encode_record(job, codec)
+            shared, job_type, tail = fields, row[1], row[3:]
+            rows.append(row)
+        else:
+            rows.append((job.id, job_type, encode_json(job.payload, "payload"), *tail))
+    return rows
 
 
 def job_from_row(row: Sequence[Any]) -> Job[Any]:
@@ -334,6 +424,7 @@ def job_from_row(row: Sequence[Any]) -> Job[Any]:
         metadata=decode_json(row[17]),
         tenant_id=row[18],
         retry=decode_retry(row[19]),
+        unique_key=row[20],
     )
 
 

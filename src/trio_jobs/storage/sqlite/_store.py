@@ -69,11 +69,12 @@ import trio
 from ..._records import ErrorInfo, Job, JobStatus, WorkerInfo
 from .._base import CancelOutcome, Heartbeat, pop_due
 from .._codec import decode_json, encode_error, encode_json
+from ._batches import BatchQueries
 from ._browse import BrowseQueries
 from ._commit import GroupCommit, Op, Probe
 from ._connect import connect, translate_error
 from ._flow import FlowQueries, plan_claim, read_flow
-from ._records import RecordQueries, type_filter
+from ._records import type_filter
 from ._schema import (
     CLAIM_ORDER,
     COLUMNS,
@@ -96,7 +97,7 @@ _log = logging.getLogger("trio_jobs.storage.sqlite")
 _FENCE: Final = "id = ? AND status = 'running' AND attempts = ? AND worker_id = ?"
 
 
-class SQLiteStorage(RecordQueries, WorkerQueries, BrowseQueries, FlowQueries):
+class SQLiteStorage(BatchQueries, WorkerQueries, BrowseQueries, FlowQueries):
     """A durable job store in one SQLite file: jobs survive restarts and crashes.
 
     Several processes on one machine may share the file: each claims jobs
@@ -285,7 +286,11 @@ class SQLiteStorage(RecordQueries, WorkerQueries, BrowseQueries, FlowQueries):
             run_at = now + delay
             try:
                 conn.execute(INSERT, (*values[:10], run_at, *values[11:]))
-            except sqlite3.IntegrityError:
+            except sqlite3.IntegrityError as exc:
+                if "unique_key" in str(exc):
+                    raise ValueError(
+                        f"an active job holds the unique_key {job.unique_key!r}"
+                    ) from None
                 raise ValueError(f"a job with id {job.id!r} exists already") from None
             self._note_work()
             return run_at
