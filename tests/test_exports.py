@@ -26,6 +26,7 @@ EXPECTED = {
     "RunnerEvent",
     "WorkerInfo",
     "JobTypeLimits",
+    "HeldBack",
     "FlowControl",
     # errors
     "JobCancelledError",
