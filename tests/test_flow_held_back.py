@@ -20,6 +20,7 @@ from trio_jobs import (
     Job,
     JobClient,
     JobNotFoundError,
+    JobRunner,
     JobTypeLimits,
     MemoryStorage,
     SQLiteStorage,
@@ -132,6 +133,25 @@ async def test_client_held_back_takes_a_job_or_its_id() -> None:
         assert await client.held_back_types() == {"mail": HeldBack("mail", "paused")}
         with pytest.raises(JobNotFoundError):
             await client.held_back("no-such-job")
+
+
+async def test_runner_held_back_matches_the_client() -> None:
+    async def send(job: Job[Any], ctx: Any) -> str:
+        return "sent"
+
+    async with JobRunner() as runner:
+        runner.register_handler("mail", send)
+        done = await runner.submit("mail", {})
+        assert await done.wait() == "sent"
+        assert await runner.held_back(done.id) is None
+        await runner.pause("mail")
+        handle = await runner.submit("mail", {})
+        assert await runner.held_back(handle.id) == HeldBack("mail", "paused")
+        assert await runner.held_back(done.id) is None  # finished: nothing to hold
+        assert await runner.held_back_types() == {"mail": HeldBack("mail", "paused")}
+        with pytest.raises(JobNotFoundError):
+            await runner.held_back("no-such-job")
+        await runner.stop(graceful=False)
 
 
 # -- the dashboard ------------------------------------------------------------------------

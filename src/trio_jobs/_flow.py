@@ -367,7 +367,7 @@ class HeldBack:
         tenant_id: str | None = None,
         next_start_in: float | None = None,
     ) -> HeldBack | None:
-        """The record for :func:`held_back_reason` of these counts, or None."""
+        """The record for ``held_back_reason()`` of these counts, or None."""
         reason = held_back_reason(limits, running, recent_starts, tenant_running)
         if reason is None:
             return None

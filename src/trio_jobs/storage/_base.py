@@ -314,8 +314,8 @@ class FlowControl(Protocol):
 
     A store may also have ``next_start_in(job_type) -> float | None``: the seconds
     until the type's rate window lets one more attempt start (None: no rate).
-    :func:`held_back_jobs` reports it when the store has it; it is optional, so a
-    custom store implementing this protocol need not add it.
+    :func:`~trio_jobs.storage.held_back_jobs` reports it when the store has it; it
+    is optional, so a custom store implementing this protocol need not add it.
     """
 
     async def set_limits(self, limits: JobTypeLimits) -> None:
