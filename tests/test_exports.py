@@ -27,6 +27,7 @@ EXPECTED = {
     "Schedule",
     "WorkerInfo",
     "JobTypeLimits",
+    "HeldBack",
     "FlowControl",
     # errors
     "JobCancelledError",

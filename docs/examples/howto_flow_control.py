@@ -26,7 +26,13 @@ async def main() -> None:
         # end-rate
         for n in range(4):
             await runner.submit("charge-card", n)
-            await runner.submit("send-sms", n)
+            sms = await runner.submit("send-sms", n)
+        await trio.sleep(1.5)
+        # start-why
+        print(f"send-sms 3 waits: {await runner.held_back(sms.id)}")
+        for job_type, held in (await runner.held_back_types()).items():
+            print(f"{job_type} is held back: {held}")
+        # end-why
         await runner.join()
 
         # start-pause

@@ -20,6 +20,7 @@ from ._exceptions import StorageCorruptError as StorageCorruptError
 from ._exceptions import StorageError as StorageError
 from ._exceptions import StorageUnavailableError as StorageUnavailableError
 from ._exceptions import UnknownJobTypeError as UnknownJobTypeError
+from ._flow import HeldBack as HeldBack
 from ._flow import JobTypeLimits as JobTypeLimits
 from ._handle import JobHandle as JobHandle
 from ._middleware import JobLogFilter as JobLogFilter
@@ -70,6 +71,7 @@ __all__ = [
     "Schedule",
     "WorkerInfo",
     "JobTypeLimits",
+    "HeldBack",
     # errors
     "JobCancelledError",
     "JobError",

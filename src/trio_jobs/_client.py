@@ -11,7 +11,7 @@ import trio
 
 from . import _admin
 from ._exceptions import JobNotFoundError, RunnerClosedError
-from ._flow import JobTypeLimits, check_job_type, check_weight, make_limits
+from ._flow import HeldBack, JobTypeLimits, check_job_type, check_weight, make_limits
 from ._handle import JobHandle
 from ._periodic import Clock, schedules_from_rows
 from ._records import Job, JobPriority, JobStats, JobStatus, Schedule, WorkerInfo
@@ -22,6 +22,8 @@ from .storage._base import (
     JobStorage,
     ScheduleStorage,
     flow_control,
+    held_back_jobs,
+    held_back_types,
     list_workers,
 )
 
@@ -318,6 +320,32 @@ class JobClient:
         """Give ``tenant_id`` a share in fair turns (see :meth:`JobRunner.set_tenant_weight`)."""
         tenant_id, weight = check_weight(tenant_id, weight)
         await flow_control(self._storage).set_tenant_weight(tenant_id, weight)
+
+    async def held_back(self, job: Job[Any] | str) -> HeldBack | None:
+        """Why ``job`` (a job or its id) waits although it is due, or None.
+
+        It is held back when a flow limit stops it from starting now: its type is
+        paused, at ``max_running``, out of ``rate`` starts in the window, or its
+        tenant is at ``max_running_per_tenant``. None when it is not ready, is
+        merely waiting for a free worker, or the store keeps no flow settings.
+
+        Raises:
+            JobNotFoundError: no job has the id given.
+        """
+        if isinstance(job, str):
+            found = await self._storage.get(job)
+            if found is None:
+                raise JobNotFoundError(job)
+            job = found
+        return (await held_back_jobs(self._storage, [job])).get(job.id)
+
+    async def held_back_types(self) -> dict[str, HeldBack]:
+        """The job types no attempt of which may start now, and why (see :meth:`held_back`).
+
+        Paused types, types at ``max_running``, and types out of ``rate`` starts;
+        empty when the store keeps no flow settings.
+        """
+        return await held_back_types(self._storage)
 
     async def stats(self) -> JobStats:
         """Return counts of jobs by status."""

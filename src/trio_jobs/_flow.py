@@ -309,6 +309,100 @@ def held_back_reason(
     return None
 
 
+#: What :attr:`HeldBack.reason` may be, in the order the checks are made.
+HELD_BACK_REASONS = ("paused", "max_running", "rate", "max_running_per_tenant")
+
+
+@attrs.frozen
+class HeldBack:
+    """Why a ready job (or every ready job of a type) waits: a flow limit holds it back.
+
+    ``str()`` of it is one line for people, e.g. ``paused``,
+    ``max_running 3 reached (3 running)``, ``rate 20 per 1 s (next start in 0.4 s)``.
+
+    Attributes:
+        job_type: The job type whose limit holds the job back.
+        reason: ``"paused"``, ``"max_running"``, ``"rate"`` or
+            ``"max_running_per_tenant"``.
+        limit: The limit reached (``max_running``, the tenant cap, or the starts
+            allowed per rate window); None when paused.
+        running: Attempts running now: of the type, or of the tenant for
+            ``max_running_per_tenant``; None for ``paused`` and ``rate``.
+        window: The rate window in seconds (``rate`` only).
+        next_start_in: Seconds until the rate window lets the next attempt start
+            (``rate`` only; None when the store cannot tell).
+        tenant_id: The tenant at its cap (``max_running_per_tenant`` only; None
+            for jobs without a tenant).
+    """
+
+    job_type: str
+    reason: str
+    limit: int | None = None
+    running: int | None = None
+    window: float | None = None
+    next_start_in: float | None = None
+    tenant_id: str | None = None
+
+    def __str__(self) -> str:
+        if self.reason == "paused":
+            return "paused"
+        if self.reason == "rate":
+            text = f"rate {self.limit} per {self.window:g} s"
+            if self.next_start_in is not None:
+                text += f" (next start in {self.next_start_in:.1f} s)"
+            return text
+        whose = ""
+        if self.reason == "max_running_per_tenant":
+            whose = " for no tenant" if self.tenant_id is None else f" for tenant {self.tenant_id}"
+        return f"{self.reason} {self.limit} reached{whose} ({self.running} running)"
+
+    @classmethod
+    def of(
+        cls,
+        limits: JobTypeLimits,
+        running: int,
+        recent_starts: int,
+        tenant_running: int | None = None,
+        *,
+        tenant_id: str | None = None,
+        next_start_in: float | None = None,
+    ) -> HeldBack | None:
+        """The record for ``held_back_reason()`` of these counts, or None."""
+        reason = held_back_reason(limits, running, recent_starts, tenant_running)
+        if reason is None:
+            return None
+        if reason == "paused":
+            return cls(limits.job_type, reason)
+        if reason == "max_running":
+            return cls(limits.job_type, reason, limits.max_running, running)
+        if reason == "rate":
+            assert limits.rate is not None
+            count, window = limits.rate
+            return cls(limits.job_type, reason, count, window=window, next_start_in=next_start_in)
+        return cls(
+            limits.job_type,
+            reason,
+            limits.max_running_per_tenant,
+            tenant_running,
+            tenant_id=tenant_id,
+        )
+
+
+def rate_wait(starts: Iterable[float], rate: tuple[int, float] | None, now: float) -> float | None:
+    """Seconds from ``now`` until the rate window lets one more start (0.0: now).
+
+    ``starts`` are the recorded start times on the clock of ``now``; None without
+    a rate.
+    """
+    if rate is None:
+        return None
+    count, seconds = rate
+    recent = sorted(at for at in starts if at > now - seconds)
+    if len(recent) < count:
+        return 0.0
+    return max(0.0, recent[len(recent) - count] + seconds - now)
+
+
 def choose(
     limit: int,
     free: Iterable[tuple[Any, Any]],

@@ -32,7 +32,7 @@ from ._exceptions import (
     StorageCorruptError,
     UnknownJobTypeError,
 )
-from ._flow import JobTypeLimits, check_count, check_job_type, check_weight, make_limits
+from ._flow import HeldBack, JobTypeLimits, check_count, check_job_type, check_weight, make_limits
 from ._handle import JobHandle
 from ._middleware import Middleware, check_middleware
 from ._outcome import unwrap
@@ -58,6 +58,8 @@ from .storage._base import (
     RetentionStorage,
     ScheduleStorage,
     flow_control,
+    held_back_jobs,
+    held_back_types,
     list_workers,
 )
 from .storage._memory import MemoryStorage
@@ -840,6 +842,27 @@ class JobRunner:
         tenant_id, weight = check_weight(tenant_id, weight)
         async with self._store() as store:
             await flow_control(store).set_tenant_weight(tenant_id, weight)
+
+    async def held_back(self, job: Job[Any] | str) -> HeldBack | None:
+        """Why ``job`` (a job or its id) waits although it is due, or None.
+
+        See :meth:`JobClient.held_back`.
+
+        Raises:
+            JobNotFoundError: no job has the id given.
+        """
+        async with self._store() as store:
+            if isinstance(job, str):
+                found = await store.get(job)
+                if found is None:
+                    raise JobNotFoundError(job)
+                job = found
+            return (await held_back_jobs(store, [job])).get(job.id)
+
+    async def held_back_types(self) -> dict[str, HeldBack]:
+        """The job types no attempt of which may start now, and why (see :meth:`held_back`)."""
+        async with self._store() as store:
+            return await held_back_types(store)
 
     def _wake_flow(self) -> None:
         if self._in_process is not None:

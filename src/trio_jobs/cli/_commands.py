@@ -16,13 +16,16 @@ import attrs
 from .._client import JobClient
 from .._exceptions import StorageError
 from .._flow import held_back_reason
-from .._records import Job
-from ..storage._base import CancelOutcome, flow_control
+from .._records import Job, JobStatus
+from ..storage._base import CancelOutcome, flow_control, held_back_jobs
+from ..storage._browse import JobBrowser
 from ._errors import CliError, UsageError
 from ._follow import follow_jobs
 from ._format import (
+    held_back_text,
     job_details,
     jobs_table,
+    jobs_to_json,
     limits_table,
     one_line,
     schedules_table,
@@ -172,12 +175,13 @@ async def cmd_list(args: argparse.Namespace) -> int:
             status=args.status, job_type=args.type, limit=args.limit + 1
         )
         jobs, more = found[: args.limit], len(found) > args.limit
+        held = await held_back_jobs(client.storage, jobs)
         unhandled = await unhandled_types(client.storage, await client.workers())
         if args.json and not args.follow:
-            _emit(args, jobs, "")
+            _emit(args, jobs_to_json(jobs, held), "")
         elif not args.json:
             print(f"{spec.describe()}, newest first:")
-            print(jobs_table(jobs) if jobs else "no jobs")
+            print(jobs_table(jobs, held=held) if jobs else "no jobs")
         if more:
             _note(args, f"showing the newest {args.limit} jobs; more match (raise --limit)")
         if unhandled:
@@ -191,27 +195,49 @@ async def cmd_show(args: argparse.Namespace) -> int:
     """``show ID``: every field of one job, with its last error's traceback."""
     async with _client(args, must_exist=True, read_only=True) as client:
         job = await _find(client, args.id)
-    _emit(args, job, job_details(job))
+        held = await client.held_back(job)
+    _emit(args, {**to_json(job), "held_back": held}, job_details(job, held))
     return 0
 
 
 async def cmd_stats(args: argparse.Namespace) -> int:
-    """``stats``: counts by status, and the types no live worker handles."""
+    """``stats``: counts by status, the held-back types, the types no live worker handles."""
     spec: StoreSpec = args.store
     async with _client(args, must_exist=True, read_only=True) as client:
         stats = await client.stats()
+        held = await client.held_back_types()
+        pending = await _pending_by_type(client) if held and not args.json else None
         unhandled = await unhandled_types(client.storage, await client.workers())
     if args.json:
-        data = {**to_json(stats), **spec.to_json(), "unhandled": unhandled}
+        data = {
+            **to_json(stats),
+            **spec.to_json(),
+            "held_back": to_json(held),
+            "unhandled": unhandled,
+        }
         print(json.dumps(data, indent=2, ensure_ascii=False))
         if unhandled:
             _note(args, f"warning: {unhandled_text(unhandled)}")
         return 0
     text = f"{spec.describe()}:\n\n{stats_table(stats)}"
+    if held:
+        text += f"\n\n{held_back_text(held, pending)}"
     if unhandled:
         text += f"\n\nwarning: {unhandled_text(unhandled)}"
     print(text)
     return 0
+
+
+async def _pending_by_type(client: JobClient) -> dict[str, int] | None:
+    """PENDING jobs by type, when the store can summarize its queue (else None)."""
+    if not isinstance(client.storage, JobBrowser):
+        return None
+    summary = await client.storage.summarize(minutes=1)
+    return {
+        job_type: count
+        for (status, job_type), count in summary.counts.items()
+        if status is JobStatus.PENDING
+    }
 
 
 async def cmd_workers(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from .._flow import HeldBack
 from .._records import ErrorInfo, Job, JobPriority, JobStats, JobStatus, Schedule, WorkerInfo
 from .._retry import RetryConfig
 
@@ -231,6 +232,8 @@ def to_json(value: Any) -> Any:
         return job_to_json(value)
     if isinstance(value, ErrorInfo):
         return {a.name: to_json(getattr(value, a.name)) for a in attrs.fields(ErrorInfo)}
+    if isinstance(value, HeldBack):
+        return {**attrs.asdict(value), "text": str(value)}
     if isinstance(value, JobStats):
         return {a.name: getattr(value, a.name) for a in attrs.fields(JobStats)}
     if isinstance(value, WorkerInfo | Schedule):
@@ -267,12 +270,29 @@ def job_to_json(job: Job[Any]) -> dict[str, Any]:
     return {a.name: to_json(getattr(job, a.name)) for a in attrs.fields(Job)}
 
 
+def jobs_to_json(jobs: Sequence[Job[Any]], held: Mapping[str, HeldBack]) -> list[dict[str, Any]]:
+    """:func:`job_to_json` of each job, with its ``held_back`` record (null when none)."""
+    return [{**job_to_json(job), "held_back": to_json(held.get(job.id))} for job in jobs]
+
+
+def status_text(job: Job[Any], held: HeldBack | None = None) -> str:
+    """The job's status, with what holds it back: ``pending (paused)``."""
+    if held is None:
+        return job.status.value
+    return f"{job.status.value} ({held.reason})"
+
+
 # -- human-readable records ---------------------------------------------------------------
 
 
-def jobs_table(jobs: Sequence[Job[Any]], now: datetime | None = None) -> str:
-    """Render jobs as the ``list`` command's table."""
+def jobs_table(
+    jobs: Sequence[Job[Any]],
+    now: datetime | None = None,
+    held: Mapping[str, HeldBack] | None = None,
+) -> str:
+    """Render jobs as the ``list`` command's table; ``held``: what holds jobs back, by id."""
     now = now or datetime.now(UTC)
+    held = held or {}
     headers = (
         "ID", "TYPE", "STATUS", "PRIORITY", "ATTEMPTS", "CREATED", "NEXT RUN", "DURATION",
         "PROGRESS",
@@ -281,7 +301,7 @@ def jobs_table(jobs: Sequence[Job[Any]], now: datetime | None = None) -> str:
         (
             job.id,
             job.type,
-            job.status.value,
+            status_text(job, held.get(job.id)),
             priority_name(job.priority),
             attempts_text(job),
             format_age(job.created_at, now),
@@ -304,12 +324,16 @@ def next_run_text(job: Job[Any], now: datetime | None = None) -> str:
     return format_age(job.run_at, now)
 
 
-def job_details(job: Job[Any]) -> str:
-    """Render every field of one job for the ``show`` command, traceback last."""
+def job_details(job: Job[Any], held: HeldBack | None = None) -> str:
+    """Render every field of one job for the ``show`` command, traceback last.
+
+    ``held``: what holds the job back, shown as a ``held back`` line after its status.
+    """
     fields: list[tuple[str, str]] = [
         ("id", job.id),
         ("type", job.type),
         ("status", job.status.value),
+        *([("held back", str(held))] if held is not None else []),
         ("priority", priority_name(job.priority)),
         ("attempts", attempts_text(job)),
         ("created at", format_time(job.created_at)),
@@ -394,6 +418,15 @@ def schedules_table(schedules: Sequence[Schedule]) -> str:
     ]
     headers = ("key", "type", "expression", "timezone", "last run", "next run")
     return render_table(headers, rows)
+
+
+def held_back_text(held: Mapping[str, HeldBack], pending: Mapping[str, int] | None) -> str:
+    """The ``stats`` lines of the held-back types: ``mail: 120 pending, paused``."""
+    lines = ["held back:"]
+    for job_type in sorted(held):
+        count = "" if pending is None else f"{pending.get(job_type, 0)} pending, "
+        lines.append(f"  {job_type}: {count}{held[job_type]}")
+    return "\n".join(lines)
 
 
 def stats_table(stats: JobStats) -> str:

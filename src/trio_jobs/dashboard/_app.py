@@ -284,6 +284,7 @@ class _Dashboard:
         return self.render(
             "job.html",
             job=job,
+            held_back=await self.client.held_back(job),
             progress=views.progress_percent(job),
             can_retry=job.status in views.RETRYABLE,
             notice=_notice(request),

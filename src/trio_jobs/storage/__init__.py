@@ -5,6 +5,8 @@ from ._base import FlowControl as FlowControl
 from ._base import Heartbeat as Heartbeat
 from ._base import JobStorage as JobStorage
 from ._base import WorkerRegistry as WorkerRegistry
+from ._base import held_back_jobs as held_back_jobs
+from ._base import held_back_types as held_back_types
 from ._browse import JobBrowser as JobBrowser
 from ._browse import JobPage as JobPage
 from ._browse import MinuteCount as MinuteCount
@@ -19,6 +21,8 @@ __all__ = [
     "Heartbeat",
     "JobStorage",
     "WorkerRegistry",
+    "held_back_jobs",
+    "held_back_types",
     "JobBrowser",
     "JobPage",
     "MinuteCount",

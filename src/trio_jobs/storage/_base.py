@@ -31,8 +31,8 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 import attrs
 
-from .._flow import JobTypeLimits
-from .._records import ErrorInfo, Job, JobStats, JobStatus, Schedule, WorkerInfo
+from .._flow import HeldBack, JobTypeLimits, tenant_key
+from .._records import ErrorInfo, Job, JobStats, JobStatus, Schedule, WorkerInfo, utcnow
 
 #: The statuses in which a job holds its ``unique_key`` (a delayed job is PENDING).
 ACTIVE_STATUSES: Final = frozenset({JobStatus.PENDING, JobStatus.RUNNING, JobStatus.RETRYING})
@@ -323,6 +323,11 @@ class FlowControl(Protocol):
     ``rate[0]`` starts in any ``rate[1]``-second window, nor any of a paused type.
     Running attempts are counted from the jobs themselves. A job held back stays
     PENDING and holds up no job of another type or tenant.
+
+    A store may also have ``next_start_in(job_type) -> float | None``: the seconds
+    until the type's rate window lets one more attempt start (None: no rate).
+    :func:`~trio_jobs.storage.held_back_jobs` reports it when the store has it; it
+    is optional, so a custom store implementing this protocol need not add it.
     """
 
     async def set_limits(self, limits: JobTypeLimits) -> None:
@@ -481,6 +486,82 @@ class RetentionStorage(Protocol):
             How many jobs were deleted, or ``None`` when another holder trims now.
         """
         ...
+
+
+async def _rate_wait(store: FlowControl, limits: JobTypeLimits) -> float | None:
+    """The store's ``next_start_in`` for a type with a rate, if it has that method."""
+    next_start_in = getattr(store, "next_start_in", None)
+    if limits.rate is None or not callable(next_start_in):
+        return None
+    wait: float | None = await next_start_in(limits.job_type)
+    return wait
+
+
+async def held_back_types(store: JobStorage) -> dict[str, HeldBack]:
+    """Which job types a flow limit holds back now, and by what, by type.
+
+    A type is held back when no attempt of it may start now, whatever its tenant:
+    it is paused, at ``max_running``, or out of ``rate`` starts in the window.
+    (``max_running_per_tenant`` holds back jobs, not types: see
+    :func:`held_back_jobs`.) A store without flow control holds nothing back.
+    """
+    if not isinstance(store, FlowControl):
+        return {}
+    found: dict[str, HeldBack] = {}
+    for limits in await store.all_limits():
+        running, recent, _ = await store.flow_usage(limits.job_type)
+        wait = await _rate_wait(store, limits)
+        held = HeldBack.of(limits, running, recent, None, next_start_in=wait)
+        if held is not None:
+            found[limits.job_type] = held
+    return found
+
+
+def _is_ready(job: Job[Any], now: datetime) -> bool:
+    """Whether ``job`` waits for nothing but a worker: PENDING or RETRYING, and due."""
+    due = job.run_at is None or job.run_at <= now
+    return job.status in (JobStatus.PENDING, JobStatus.RETRYING) and due
+
+
+async def held_back_jobs(store: JobStorage, jobs: Iterable[Job[Any]]) -> dict[str, HeldBack]:
+    """Which of ``jobs`` a flow limit holds back now, and by what, by job id.
+
+    A job is held back when it is ready (PENDING or RETRYING, its ``run_at``
+    passed) but its type is paused, at ``max_running``, out of ``rate`` starts in
+    the window, or its tenant is at ``max_running_per_tenant``. A job that merely
+    waits for a free worker is not held back. The stores are read once per job
+    type. A store without flow control holds nothing back.
+    """
+    if not isinstance(store, FlowControl):
+        return {}
+    now = utcnow()
+    usage: dict[str, tuple[JobTypeLimits, int, int, dict[str, int], float | None]] = {}
+    found: dict[str, HeldBack] = {}
+    for job in jobs:
+        if not _is_ready(job, now):
+            continue
+        if job.type not in usage:
+            limits = await store.get_limits(job.type)
+            if not limits.active:
+                usage[job.type] = (limits, 0, 0, {}, None)
+            else:
+                running, recent, tenants = await store.flow_usage(job.type)
+                wait = await _rate_wait(store, limits)
+                usage[job.type] = (limits, running, recent, tenants, wait)
+        limits, running, recent, tenants, wait = usage[job.type]
+        if not limits.active:
+            continue
+        held = HeldBack.of(
+            limits,
+            running,
+            recent,
+            tenants.get(tenant_key(job.tenant_id), 0),
+            tenant_id=job.tenant_id,
+            next_start_in=wait,
+        )
+        if held is not None:
+            found[job.id] = held
+    return found
 
 
 async def list_workers(store: JobStorage) -> list[WorkerInfo]:

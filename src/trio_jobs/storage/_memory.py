@@ -13,7 +13,7 @@ from typing import Any, Self, final
 import trio
 from attrs import evolve
 
-from .._flow import JobTypeLimits, TypeBudget, tenant_key
+from .._flow import JobTypeLimits, TypeBudget, rate_wait, tenant_key
 from .._priority_channel import PriorityReceiveChannel, PrioritySendChannel, open_priority_channel
 from .._records import ErrorInfo, Job, JobStats, JobStatus, Schedule, WorkerInfo, replace, utcnow
 from ._base import CancelOutcome, Heartbeat, key_held
@@ -405,6 +405,15 @@ class MemoryStorage:
         recent = len(self._window(job_type, trio.current_time())) if job_type in self._limits else 0
         tenants = {t: n for (jt, t), n in self._running_tenant.items() if jt == job_type and n}
         return self._running[job_type], recent, tenants
+
+    async def next_start_in(self, job_type: str) -> float | None:
+        """Seconds until the type's rate window lets one more start (None: no rate)."""
+        await trio.lowlevel.checkpoint()
+        limits = self._limits.get(job_type)
+        if limits is None or limits.rate is None:
+            return None
+        now = trio.current_time()
+        return rate_wait(self._window(job_type, now), limits.rate, now)
 
     # -- the seed's methods ----------------------------------------------------------
 

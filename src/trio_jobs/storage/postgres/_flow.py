@@ -24,7 +24,7 @@ from typing import Any
 
 import attrs
 
-from ..._flow import JobTypeLimits, TypeBudget, choose, tenant_key
+from ..._flow import JobTypeLimits, TypeBudget, choose, rate_wait, tenant_key
 from ..._records import Job
 from ._rows import row_to_job
 from ._sql import JOB_COLUMNS
@@ -102,6 +102,20 @@ def usage(conn: Any, s: str, job_type: str) -> tuple[int, int, dict[str, int]]:
     ).fetchone()
     recent = int(row[1]) if row is not None and row[0] is not None else 0
     return sum(tenants.values()), recent, tenants
+
+
+def next_start_in(conn: Any, s: str, job_type: str) -> float | None:
+    """Seconds until ``job_type``'s rate window lets one more start (None: no rate)."""
+    row = conn.execute(
+        f"SELECT rate_starts, rate_seconds, starts, extract(epoch FROM now())"
+        f" FROM {s}.flow_limits WHERE job_type = %s",
+        (job_type,),
+    ).fetchone()
+    if row is None or row[0] is None:
+        return None
+    return rate_wait(
+        [float(at) for at in row[2] or ()], (int(row[0]), float(row[1])), float(row[3])
+    )
 
 
 def _running(conn: Any, s: str, job_type: str) -> dict[str, int]:

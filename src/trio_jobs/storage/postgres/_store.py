@@ -479,6 +479,10 @@ class PostgresStorage(BatchQueries, BrowseQueries):
         """``(running, starts in the rate window, running per tenant)`` of the type."""
         return await self._run(partial(pg_flow.usage, s=self._quoted, job_type=job_type))
 
+    async def next_start_in(self, job_type: str) -> float | None:
+        """Seconds until the type's rate window lets one more start (None: no rate)."""
+        return await self._run(partial(pg_flow.next_start_in, s=self._quoted, job_type=job_type))
+
     async def _announce_work(self) -> None:
         """Wake every worker on the store (a NOTIFY on the work channel)."""
 

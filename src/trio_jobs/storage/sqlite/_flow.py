@@ -18,7 +18,7 @@ from typing import Any, Final, TypeVar
 
 import attrs
 
-from ..._flow import JobTypeLimits, TypeBudget, choose, tenant_key
+from ..._flow import JobTypeLimits, TypeBudget, choose, rate_wait, tenant_key
 from .._codec import decode_json, encode_json
 from ._commit import Op
 from ._schema import CLAIM_ORDER, DUE
@@ -334,3 +334,12 @@ class FlowQueries:
         if flow:
             recent = recent_starts(decode_json(flow[0][7]), limits_from_row(flow[0]), time.time())
         return sum(tenants.values()), recent, tenants
+
+    async def next_start_in(self, job_type: str) -> float | None:
+        """Seconds until the type's rate window lets one more start (None: no rate)."""
+        flow = await self._read(
+            f"SELECT {LIMIT_COLUMNS}, starts FROM flow_limits WHERE job_type = ?", (job_type,)
+        )
+        if not flow:
+            return None
+        return rate_wait(decode_json(flow[0][7]), limits_from_row(flow[0]).rate, time.time())
