@@ -16,7 +16,7 @@ from ._handle import JobHandle
 from ._periodic import Clock, schedules_from_rows
 from ._records import Job, JobPriority, JobStats, JobStatus, Schedule, WorkerInfo
 from ._retry import RetryConfig
-from ._submit import build_job, build_jobs, check_seconds, resolve_delay, store_jobs
+from ._submit import build_job, check_seconds, resolve_delay, save_batch, store_jobs
 from .storage._base import (
     CancelOutcome,
     JobStorage,
@@ -159,29 +159,24 @@ class JobClient:
         """
         if not self._open:
             raise RunnerClosedError("the client is not open (use `async with JobClient(...)`)")
-        items = list(payloads)
-        delay = resolve_delay(delay, run_at)
-        template = build_job(
+        saved = await save_batch(
+            self._storage,
             job_type,
-            None,
+            payloads,
             priority=priority,
             retry=retry,
             timeout=timeout,
             delay=delay,
             metadata=metadata,
             tenant_id=tenant_id,
+            run_at=run_at,
+            unique_key=unique_key,
             default_retry=self._default_retry,
             default_timeout=self._default_timeout,
-            unique_key=unique_key,
         )
-        jobs = build_jobs(template, items)
-        if not jobs:
-            await trio.lowlevel.checkpoint()
-            return []
-        holders = await store_jobs(self._storage, jobs, delay)
         return [
             JobHandle(holder, job_type, self, deduplicated=holder != job.id)
-            for job, holder in zip(jobs, holders, strict=True)
+            for job, holder in saved
         ]
 
     async def schedules(self) -> list[Schedule]:

@@ -49,7 +49,7 @@ from ._periodic import (
 from ._records import Job, JobPriority, JobStats, JobStatus, RunnerEvent, Schedule, WorkerInfo
 from ._retry import RetryConfig
 from ._scheduler import Handler, Scheduler
-from ._submit import build_job, build_jobs, check_seconds, resolve_delay, store_jobs
+from ._submit import build_job, check_seconds, resolve_delay, save_batch, store_jobs
 from ._threads import as_handler
 from .storage._base import (
     CancelOutcome,
@@ -489,28 +489,23 @@ class JobRunner:
             raise RunnerClosedError("the runner is not running (enter its `async with` block)")
         if job_type not in self._handlers:
             raise UnknownJobTypeError(f"no handler registered for job type {job_type!r}")
-        items = list(payloads)
-        delay = resolve_delay(delay, run_at)
-        template = build_job(
+        saved = await save_batch(
+            self._storage,
             job_type,
-            None,
+            payloads,
             priority=priority,
             retry=retry,
             timeout=timeout,
             delay=delay,
             metadata=metadata,
             tenant_id=tenant_id,
+            run_at=run_at,
+            unique_key=unique_key,
             default_retry=self._default_retry,
             default_timeout=self._default_timeout,
-            unique_key=unique_key,
         )
-        jobs = build_jobs(template, items)
-        if not jobs:
-            await trio.lowlevel.checkpoint()
-            return []
-        holders = await store_jobs(self._storage, jobs, delay)
         handles: list[JobHandle[Any]] = []
-        for job, holder in zip(jobs, holders, strict=True):
+        for job, holder in saved:
             if holder == job.id:
                 self._scheduler.remember_policy(job)
                 if self._events.active:

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
+import trio
 
 from ._records import Job, JobPriority, new_job, replace, utcnow
 from ._retry import RetryConfig
@@ -153,3 +154,48 @@ async def store_jobs(storage: JobStorage, jobs: list[Job[Any]], delay: float) ->
             " (it does not implement save_many)"
         )
     return await storage.save_many(jobs, delay=delay)
+
+
+async def save_batch(
+    storage: JobStorage,
+    job_type: str,
+    payloads: Iterable[Any],
+    *,
+    priority: JobPriority | int,
+    retry: RetryConfig | Mapping[str, Any] | None,
+    timeout: float | None,
+    delay: float,
+    metadata: Mapping[str, Any] | None,
+    tenant_id: str | None,
+    run_at: datetime | None,
+    unique_key: str | None,
+    default_retry: RetryConfig,
+    default_timeout: float | None,
+) -> list[tuple[Job[Any], str]]:
+    """``submit_many``: validate everything, then store one job per payload, all or none.
+
+    Returns:
+        Each job built, with the id of the job holding it (its own, or that of the
+        active job with its ``unique_key``).
+    """
+    items = list(payloads)
+    delay = resolve_delay(delay, run_at)
+    template = build_job(
+        job_type,
+        None,
+        priority=priority,
+        retry=retry,
+        timeout=timeout,
+        delay=delay,
+        metadata=metadata,
+        tenant_id=tenant_id,
+        default_retry=default_retry,
+        default_timeout=default_timeout,
+        unique_key=unique_key,
+    )
+    jobs = build_jobs(template, items)
+    if not jobs:
+        await trio.lowlevel.checkpoint()
+        return []
+    holders = await store_jobs(storage, jobs, delay)
+    return list(zip(jobs, holders, strict=True))
