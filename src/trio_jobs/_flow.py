@@ -388,6 +388,19 @@ class HeldBack:
         )
 
 
+def rate_window(
+    starts: Iterable[float], rate: tuple[int, float], started: int, now: float
+) -> list[float]:
+    """The start times a rate window keeps after ``started`` more starts at ``now``.
+
+    Starts older than the window drop out, and at most ``rate[0]`` (the newest)
+    are kept: all a later claim needs to count the window.
+    """
+    count, seconds = rate
+    window = [at for at in starts if at > now - seconds] + [now] * started
+    return window[-count:]
+
+
 def rate_wait(starts: Iterable[float], rate: tuple[int, float] | None, now: float) -> float | None:
     """Seconds from ``now`` until the rate window lets one more start (0.0: now).
 

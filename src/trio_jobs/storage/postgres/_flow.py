@@ -24,7 +24,7 @@ from typing import Any
 
 import attrs
 
-from ..._flow import JobTypeLimits, TypeBudget, choose, rate_wait, tenant_key
+from ..._flow import JobTypeLimits, TypeBudget, choose, rate_wait, rate_window, tenant_key
 from ..._records import Job
 from ._rows import row_to_job
 from ._sql import JOB_COLUMNS
@@ -315,11 +315,10 @@ def _record_starts(
 ) -> None:
     limits, starts = flow
     if limits.rate is not None:
-        count, seconds = limits.rate
-        window = [at for at in starts if at > now - seconds] + [now] * len(budget.started)
+        window = rate_window(starts, limits.rate, len(budget.started), now)
         conn.execute(
             f"UPDATE {s}.flow_limits SET starts = %s WHERE job_type = %s",
-            (window[-count:], job_type),
+            (window, job_type),
         )
     if limits.fair_tenants:
         turns = budget.passes_of(set(budget.started))

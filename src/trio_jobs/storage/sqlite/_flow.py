@@ -18,7 +18,7 @@ from typing import Any, Final, TypeVar
 
 import attrs
 
-from ..._flow import JobTypeLimits, TypeBudget, choose, rate_wait, tenant_key
+from ..._flow import JobTypeLimits, TypeBudget, choose, rate_wait, rate_window, tenant_key
 from .._codec import decode_json, encode_json
 from ._commit import Op
 from ._schema import CLAIM_ORDER, DUE
@@ -227,11 +227,10 @@ def _record_starts(
 ) -> None:
     limits, starts = flow
     if limits.rate is not None:
-        count, seconds = limits.rate
-        window = [at for at in starts if at > now - seconds] + [now] * len(budget.started)
+        window = rate_window(starts, limits.rate, len(budget.started), now)
         conn.execute(
             "UPDATE flow_limits SET starts = ? WHERE job_type = ?",
-            (encode_json(window[-count:], "starts"), job_type),
+            (encode_json(window, "starts"), job_type),
         )
     if limits.fair_tenants:
         conn.executemany(
