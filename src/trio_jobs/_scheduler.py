@@ -977,14 +977,25 @@ class Scheduler:
         """Let the last progress land before the outcome, through the one writer.
 
         Two concurrent writes could land in either order. Called inside the shield
-        of the outcome write that follows, bounded by the lease like it.
+        of the outcome write that follows, and given up half a margin before that
+        shield's deadline: a progress write that stalls must not cost the outcome
+        its window (the late write is then refused, its claim settled; only the
+        last progress is lost, not the result).
         """
-        while attempt.writer is not None or attempt.unsaved is not None:
-            if attempt.writer is not None:
-                await attempt.writer.wait()
-            else:
-                attempt.writer = trio.Event()
-                await self._write_progress(attempt)
+        with trio.CancelScope() as scope:
+            if attempt.write_scope is not None:
+                scope.deadline = attempt.write_scope.deadline - self._margin / 2
+            while attempt.writer is not None or attempt.unsaved is not None:
+                if attempt.writer is not None:
+                    await attempt.writer.wait()
+                else:
+                    attempt.writer = trio.Event()
+                    await self._write_progress(attempt)
+        if scope.cancelled_caught:
+            self._logger.warning(
+                "recording progress of job %s is still in flight; writing its outcome first",
+                attempt.job.id,
+            )
 
     # -- leases, cancellation requests, rescue ---------------------------------------
 
