@@ -125,6 +125,51 @@ async def test_save_then_get_returns_every_field(store: Any) -> None:
     assert await store.get("no-such-job") is None
 
 
+def jobs_differing_in_every_field() -> list[Job[Any]]:
+    """Three jobs: the first two differ in every field, the third is the first's twin."""
+    created = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+    full = Job(
+        id="full", type="email", payload={"to": ["a@example.com"], "y": 1.5},
+        status=JobStatus.FAILED, priority=JobPriority.HIGH, attempts=2, max_attempts=5,
+        created_at=created, started_at=created + timedelta(seconds=1),
+        completed_at=created + timedelta(seconds=2), timeout=12.5,
+        last_error=ErrorInfo(
+            message="boom", type="ValueError", traceback="Traceback...", attempt=2,
+            timestamp=created + timedelta(microseconds=7), retryable=True,
+        ),
+        result={"ok": [1, 2]}, execution_time=0.25, progress=42.0, progress_message="almost",
+        metadata={"source": "test"}, tenant_id="tenant-a",
+        retry=RetryConfig(max_attempts=5, base_delay=0.5, jitter=False,
+                          strategy=RetryStrategy.LINEAR),
+        unique_key="key-a",
+    )  # fmt: skip
+    bare = Job(id="bare", type="sms", payload=None, created_at=created + timedelta(hours=1))
+    twin = attrs.evolve(full, id="twin", payload=[1, "two"], unique_key=None)
+    return [full, bare, twin]
+
+
+async def test_save_many_keeps_every_field_of_jobs_that_differ_in_all_of_them(
+    store: Any,
+) -> None:
+    jobs = jobs_differing_in_every_field()
+
+    assert await store.save_many(jobs) == [job.id for job in jobs]
+
+    for job in jobs:
+        assert attrs.evolve(await store.get(job.id), run_at=None) == job
+
+
+async def test_concurrent_saves_keep_every_field_of_jobs_that_differ(store: Any) -> None:
+    # (A durable store may send saves made at the same time in one statement.)
+    jobs = jobs_differing_in_every_field()
+    async with trio.open_nursery() as nursery:
+        for job in jobs:
+            nursery.start_soon(store.save, job)
+
+    for job in jobs:
+        assert attrs.evolve(await store.get(job.id), run_at=None) == job
+
+
 async def test_save_rejects_a_duplicate_id_and_keeps_the_original(store: Any) -> None:
     job = new_job(payload={"v": 1})
     await store.save(job)

@@ -251,10 +251,10 @@ class BatchWriters:
             nonlocal tries
             tries += 1
             if tries == 1:
-                records = json.dumps([pg_rows.json_record(record) for record in batch])
+                arrays, params = pg_rows.record_columns(batch)
                 with _Round(conn, explicit=True) as round_:
                     inserted = round_.execute(
-                        self._sql.insert_many, {"batch": records, "token": token}
+                        self._sql.inserts.statement(arrays), params | {"token": token}
                     )
                     round_.commit_then(self._sql.notify_many, notes)
                 return self._save_answers(conn, batch, {row[0] for row in inserted.fetchall()})
@@ -262,9 +262,9 @@ class BatchWriters:
             done = {row[0] for row in rows}
             todo = [record for record in batch if record["id"] not in done]
             if todo:
-                records = json.dumps([pg_rows.json_record(record) for record in todo])
+                arrays, params = pg_rows.record_columns(todo)
                 rows = conn.execute(
-                    self._sql.insert_many, {"batch": records, "token": token}
+                    self._sql.inserts.statement(arrays), params | {"token": token}
                 ).fetchall()
                 done.update(row[0] for row in rows)
             self._notify_quietly(conn, self._sql.notify_many, notes)

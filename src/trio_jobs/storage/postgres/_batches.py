@@ -2,8 +2,8 @@
 
 The tables and indexes are those of migration 3 in :mod:`._sql`.
 
-- ``save_many`` inserts a whole batch in **one statement** (the rows travel as one
-  JSON array through ``json_to_recordset``) with ``ON CONFLICT DO NOTHING``: a row
+- ``save_many`` inserts a whole batch in **one statement** (column by column:
+  see ``BatchInserts`` in :mod:`._sql`) with ``ON CONFLICT DO NOTHING``: a row
   whose ``unique_key`` an active job holds (the partial unique index
   ``jobs_unique_key_idx``) is skipped by the database itself, race-free across
   processes, and the holder's id is read in the same transaction.
@@ -20,11 +20,12 @@ The tables and indexes are those of migration 3 in :mod:`._sql`.
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
+
+import trio
 
 from ..._records import Job, JobStatus, Schedule
 from .._codec import BatchCodec
@@ -64,7 +65,6 @@ class BatchQueries(RecordQueries):
         s = f'"{self._schema}"'
         active = "status IN ('pending', 'running', 'retrying')"
         statements = {
-            "insert": self._sql.insert_many.replace("ON CONFLICT (id)", "ON CONFLICT"),
             "holders": f"SELECT unique_key, id FROM {s}.jobs"
             f" WHERE unique_key = ANY(%s) AND {active}",
             "tick": f"INSERT INTO {s}.schedule_ticks (key, scheduled_for, job_id)"
@@ -116,21 +116,19 @@ class BatchQueries(RecordQueries):
             ValueError: a duplicate id, or a negative ``delay``; nothing stored.
         """
         delay = check_seconds(delay, "delay")
-        records = []
-        codec = BatchCodec()
-        for job in jobs:
-            record = pg_rows.job_record(job, codec)
-            record["delay"] = delay
-            records.append(pg_rows.json_record(record))
-        batch = json.dumps(records)
-        token = uuid.uuid4().hex
-        insert, holders_sql = self._batch_sql("insert"), self._batch_sql("holders")
+        if not jobs:
+            await trio.lowlevel.checkpoint()
+            return []
+        arrays, params = pg_rows.job_columns(jobs, BatchCodec(), delay)
+        params["token"] = uuid.uuid4().hex
+        insert = self._sql.inserts.statement(arrays, conflict="")
+        holders_sql = self._batch_sql("holders")
 
         def write(conn: Connection) -> list[str]:
             for _ in range(_TRIES):
                 try:
                     with conn.transaction():
-                        rows = conn.execute(insert, {"batch": batch, "token": token}).fetchall()
+                        rows = conn.execute(insert, params).fetchall()
                         holders = _holders(conn, holders_sql, jobs, {row[0] for row in rows})
                 except _HolderGone:
                     continue
@@ -182,13 +180,11 @@ class BatchQueries(RecordQueries):
         self, key: str, tick: datetime, job: Job[Any], *, delay: float = 0.0
     ) -> bool:
         """Record the tick and save ``job`` in one transaction; False if the tick was taken."""
-        record = pg_rows.job_record(job)
-        record["delay"] = check_seconds(delay, "delay")
-        batch = json.dumps([pg_rows.json_record(record)])
-        token = uuid.uuid4().hex
+        arrays, params = pg_rows.job_columns([job], BatchCodec(), check_seconds(delay, "delay"))
+        params["token"] = uuid.uuid4().hex
         tick_sql, insert, last_run = (
             self._batch_sql("tick"),
-            self._sql.insert_many,
+            self._sql.inserts.statement(arrays),
             self._batch_sql("last_run"),
         )
 
@@ -196,7 +192,7 @@ class BatchQueries(RecordQueries):
             with conn.transaction():
                 if not conn.execute(tick_sql, (key, tick, job.id)).rowcount:
                     return False
-                conn.execute(insert, {"batch": batch, "token": token})
+                conn.execute(insert, params)
                 conn.execute(last_run, {"tick": tick, "key": key})
             conn.execute(self._sql.notify, (self._work_channel, "0"))
             return True

@@ -6,8 +6,7 @@ parameters and read their results. JSON columns are ``text`` (see there why).
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -21,6 +20,7 @@ from .._codec import (
     encode_json,
     encode_retry,
 )
+from ._sql import BATCH_COLUMNS
 
 #: NOTIFY payloads stay below this many bytes (PostgreSQL refuses 8000).
 MAX_PAYLOAD: Final = 7000
@@ -121,25 +121,83 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.astimezone(UTC)
 
 
-def json_record(record: Mapping[str, Any]) -> dict[str, Any]:
-    """Make a row's values JSON: datetimes as ISO 8601, non-finite floats as text.
+#: What a batch insert sends: the columns that are arrays, and every parameter.
+Columns = tuple[frozenset[str], dict[str, Any]]
 
-    Most values pass as they are; only those two kinds are replaced, inline (a
-    batch encodes tens of thousands of records, 22 values each).
+#: The job fields a batch reads column by column, with what encodes each value
+#: (None: as it is; a float column is made all float for psycopg's array dumper).
+_FIELDS: Final[tuple[tuple[str, Callable[[Any], Any] | None], ...]] = (
+    ("type", None),
+    ("status", lambda status: JobStatus(status).value),
+    ("priority", int),
+    ("attempts", None),
+    ("max_attempts", None),
+    ("created_at", None),
+    ("started_at", None),
+    ("completed_at", None),
+    ("run_at", None),
+    ("timeout", lambda value: None if value is None else float(value)),
+    ("last_error", encode_error),
+    ("result", lambda value: None if value is None else encode_json(value, "result")),
+    ("execution_time", lambda value: None if value is None else float(value)),
+    ("progress", lambda value: None if value is None else float(value)),
+    ("progress_message", None),
+    ("tenant_id", None),
+    ("unique_key", None),
+)
+
+
+def job_columns(jobs: Sequence[Job[Any]], codec: BatchCodec, delay: float) -> Columns:
+    """Encode ``jobs`` (at least one) column by column for :class:`~._sql.BatchInserts`.
+
+    A column whose values are all equal is encoded once (in a ``submit_many``,
+    every column but the ids and payloads).
+
+    Raises:
+        TypeError: a payload, result or metadata is not JSON-encodable.
     """
-    out = dict(record)
-    for key, value in record.items():
-        if isinstance(value, datetime | float):
-            out[key] = _json_value(value)
-    return out
+    arrays = {"id", "payload"}
+    params: dict[str, Any] = {
+        "id": [job.id for job in jobs],
+        "payload": [encode_json(job.payload, "payload") for job in jobs],
+        "delay": float(delay),
+    }
+    for name, encode in _FIELDS:
+        values = [getattr(job, name) for job in jobs]
+        if _same(values):
+            params[name] = values[0] if encode is None else encode(values[0])
+        else:
+            arrays.add(name)
+            params[name] = values if encode is None else [encode(value) for value in values]
+    for name, encode_shared in (("metadata", codec.metadata), ("retry", codec.retry)):
+        values = [getattr(job, name) for job in jobs]
+        if _same(values):
+            params[name] = encode_shared(values[0])
+        else:
+            arrays.add(name)
+            params[name] = [encode_shared(value) for value in values]
+    return frozenset(arrays), params
 
 
-def _json_value(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value).replace("inf", "Infinity").replace("nan", "NaN")
-    return value
+def record_columns(records: Sequence[Mapping[str, Any]]) -> Columns:
+    """Turn records of :func:`job_record` (with a ``delay``) into columns, likewise."""
+    arrays = {"id"}
+    params: dict[str, Any] = {"id": [record["id"] for record in records]}
+    for name, kind in BATCH_COLUMNS[1:]:
+        values = [record[name] for record in records]
+        if kind == "double precision":
+            values = [None if value is None else float(value) for value in values]
+        if _same(values):
+            params[name] = values[0]
+        else:
+            arrays.add(name)
+            params[name] = values
+    return frozenset(arrays), params
+
+
+def _same(values: list[Any]) -> bool:
+    # (list.count compares by identity first: a batch's shared objects cost nothing.)
+    return values.count(values[0]) == len(values)
 
 
 def id_payloads(job_ids: Iterable[str]) -> list[str]:

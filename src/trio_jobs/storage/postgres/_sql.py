@@ -325,6 +325,92 @@ def _rescue(jobs: str, returning: str, victims: str, why: str) -> str:
     """
 
 
+#: The columns a batch insert sends, with their types: each as one array (the
+#: rows' values differ) or as one value for every row (see :class:`BatchInserts`).
+BATCH_COLUMNS: Final = (
+    ("id", "text"),
+    ("type", "text"),
+    ("payload", "text"),
+    ("status", "text"),
+    ("priority", "smallint"),
+    ("attempts", "integer"),
+    ("max_attempts", "integer"),
+    ("created_at", "timestamptz"),
+    ("started_at", "timestamptz"),
+    ("completed_at", "timestamptz"),
+    ("run_at", "timestamptz"),
+    ("timeout", "double precision"),
+    ("last_error", "text"),
+    ("result", "text"),
+    ("execution_time", "double precision"),
+    ("progress", "double precision"),
+    ("progress_message", "text"),
+    ("metadata", "text"),
+    ("tenant_id", "text"),
+    ("retry", "text"),
+    ("delay", "double precision"),
+    ("unique_key", "text"),
+)
+
+
+class BatchInserts:
+    """The statements that insert many jobs at once into one table, one per shape.
+
+    A batch travels column by column: a column whose rows differ (ids, payloads)
+    as one array through ``unnest``, a column every row shares (the type, the
+    options of a ``submit_many``) as one value. Most columns of a batch are one
+    value, so this sends and parses a fraction of what a record per row would
+    (``bench/batches.py``). A shape is the set of array columns; its statement is
+    built once. Each row is claimable after its ``delay``; its run_at says when,
+    if delayed. Rows go in the order given, and a row whose id (or, with
+    ``conflict=""``, whose unique key) is taken is skipped: ``RETURNING id``
+    says which went in.
+    """
+
+    def __init__(self, jobs: str) -> None:
+        self._jobs = jobs
+        self._made: dict[tuple[frozenset[str], str], str] = {}
+
+    def statement(self, arrays: frozenset[str], *, conflict: str = "(id)") -> str:
+        """The insert for a batch whose ``arrays`` columns are arrays, the rest values."""
+        made = self._made.get((arrays, conflict))
+        if made is None:
+            made = self._made[arrays, conflict] = self._build(arrays, conflict)
+        return made
+
+    def _build(self, arrays: frozenset[str], conflict: str) -> str:
+        unknown = arrays - {name for name, _ in BATCH_COLUMNS}
+        if unknown or "id" not in arrays:
+            raise ValueError(f"not a batch shape: {sorted(arrays)}")
+        unnested = [(name, kind) for name, kind in BATCH_COLUMNS if name in arrays]
+        values = ", ".join(
+            f"v.{name}" if name in arrays else f"%({name})s::{kind} AS {name}"
+            for name, kind in BATCH_COLUMNS
+        )
+        sources = ", ".join(f"%({name})s::{kind}[]" for name, kind in unnested)
+        names = ", ".join(name for name, _ in unnested)
+        return f"""
+            INSERT INTO {self._jobs} (id, type, payload, status, priority, attempts,
+                max_attempts, created_at, started_at, completed_at, run_at, ready_at,
+                timeout, last_error, result, execution_time, progress, progress_message,
+                metadata, tenant_id, retry, op_token, delayed, unique_key)
+            SELECT id, type, payload, status, priority, attempts, max_attempts,
+                created_at, started_at, completed_at,
+                CASE WHEN delay > 0 THEN now() + delay * interval '1 second' ELSE run_at END,
+                now() + delay * interval '1 second',
+                timeout, last_error, result, execution_time, progress, progress_message,
+                metadata, tenant_id, retry, %(token)s,
+                delay > 0 AND status IN ('pending', 'retrying'), unique_key
+            FROM (
+                SELECT {values}, v.ordinality
+                FROM unnest({sources}) WITH ORDINALITY AS v({names}, ordinality)
+            ) AS batch
+            ORDER BY ordinality
+            ON CONFLICT {conflict} DO NOTHING
+            RETURNING id
+        """
+
+
 @attrs.frozen
 class Statements:
     """Every statement the store runs, built for one schema."""
@@ -335,7 +421,7 @@ class Statements:
     waiting_by_type: str
     ids_starting_with: str
     record_version: str
-    insert_many: str
+    inserts: BatchInserts
     saved_by_token: str
     insert_as_is: str
     update: str
@@ -481,32 +567,6 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
             %(timeout)s, %(last_error)s, %(result)s, %(execution_time)s, %(progress)s,
             %(progress_message)s, %(metadata)s, %(tenant_id)s, %(retry)s, {{delayed}})
     """
-    # save(): many jobs in one statement, passed as one JSON array. Each is
-    # claimable after its ``delay``; its run_at says when, if delayed.
-    insert_many = f"""
-        INSERT INTO {jobs} (id, type, payload, status, priority, attempts, max_attempts,
-            created_at, started_at, completed_at, run_at, ready_at, timeout, last_error, result,
-            execution_time, progress, progress_message, metadata, tenant_id, retry, op_token,
-            delayed, unique_key)
-        SELECT id, type, payload, status, priority, attempts, max_attempts,
-            created_at, started_at, completed_at,
-            CASE WHEN delay > 0 THEN now() + delay * interval '1 second' ELSE run_at END,
-            now() + delay * interval '1 second',
-            timeout, last_error, result, execution_time, progress, progress_message, metadata,
-            tenant_id, retry, %(token)s, delay > 0 AND status IN ('pending', 'retrying'),
-            unique_key
-        FROM ROWS FROM (json_to_recordset(%(batch)s::json) AS (
-            id text, type text, payload text, status text, priority smallint, attempts integer,
-            max_attempts integer, created_at timestamptz, started_at timestamptz,
-            completed_at timestamptz, run_at timestamptz, timeout double precision,
-            last_error text, result text, execution_time double precision,
-            progress double precision, progress_message text, metadata text, tenant_id text,
-            retry text, delay double precision, unique_key text
-        )) WITH ORDINALITY AS v
-        ORDER BY v.ordinality
-        ON CONFLICT {{conflict}} DO NOTHING
-        RETURNING id
-    """
     # update() of an unknown id: the record as given, claimable from its run_at.
     insert_as_is = insert_template.format(
         run_at="%(run_at)s",
@@ -533,7 +593,7 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
             SELECT id FROM {jobs} WHERE starts_with(id, %(prefix)s) ORDER BY id LIMIT %(limit)s
         """,
         record_version=f"INSERT INTO {s}.schema_version (version) VALUES (%s)",
-        insert_many=insert_many.format(conflict="(id)"),
+        inserts=BatchInserts(jobs),
         saved_by_token=f"SELECT id FROM {jobs} WHERE id = ANY(%s) AND op_token = %s",
         insert_as_is=insert_as_is,
         update=f"""
