@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -224,6 +225,57 @@ async def test_run_at_must_be_aware_and_exclusive_with_delay() -> None:
         with pytest.raises(TypeError, match="run_at"):
             await runner.submit("echo", run_at="tomorrow")  # type: ignore[arg-type]
         assert (await runner.stats()).pending == 0
+
+
+# -- schedule ticks --------------------------------------------------------------------------
+
+
+def tick_job(key: str, tick: datetime) -> Job[Any]:
+    return Job(id=f"{key}-{tick.timestamp():.0f}", type="echo", metadata={"tick": tick.isoformat()})
+
+
+async def test_a_tick_at_or_before_the_newest_enqueued_one_is_refused(
+    store_factory: StoreFactory,
+) -> None:
+    # Ticks of a key are enqueued in order: one at or before the newest one (a
+    # runner backfilling late, or racing another) is never enqueued again.
+    base = datetime(2024, 1, 1, 12, tzinfo=UTC)
+    t1, t2, t3 = (base + timedelta(minutes=m) for m in (1, 2, 3))
+    async with JobClient(store_factory()) as client:
+        store: Any = client.storage
+        assert await store.enqueue_tick("k", t2, tick_job("k", t2))
+        assert not await store.enqueue_tick("k", t2, tick_job("k2", t2))
+        assert not await store.enqueue_tick("k", t1, tick_job("k", t1))
+        assert await store.enqueue_tick("other", t1, tick_job("other", t1))
+        assert await store.enqueue_tick("k", t3, tick_job("k", t3))
+        ids = sorted(job.id for job in await client.list_jobs())
+    assert ids == sorted(tick_job(k, t).id for k, t in (("k", t2), ("k", t3), ("other", t1)))
+
+
+async def test_the_ticks_of_a_schedule_do_not_pile_up(
+    durable_store_factory: StoreFactory, request: pytest.FixtureRequest
+) -> None:
+    base = datetime(2024, 1, 1, 12, tzinfo=UTC)
+    async with JobClient(durable_store_factory()) as client:
+        store: Any = client.storage
+        for minute in range(50):
+            tick = base + timedelta(minutes=minute)
+            assert await store.enqueue_tick("k", tick, tick_job("k", tick))
+        statement = "SELECT count(*) FROM {}schedule_ticks WHERE key = 'k'"
+        if "sqlite" in request.node.callspec.id:
+            import sqlite3
+
+            with contextlib.closing(sqlite3.connect(store._path)) as conn:
+                (rows,) = conn.execute(statement.format("")).fetchone()
+        else:
+            import psycopg
+
+            from conftest import PG_DSN
+
+            with psycopg.connect(PG_DSN) as conn:
+                (rows,) = conn.execute(statement.format(f'"{store.schema}".')).fetchone()
+        assert rows == 1
+        assert len(await client.list_jobs()) == 50
 
 
 # -- retention -----------------------------------------------------------------------------

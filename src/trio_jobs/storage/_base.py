@@ -461,11 +461,15 @@ class ScheduleStorage(Protocol):
     ) -> bool:
         """Record the tick ``(key, tick)`` and save ``job``, in one transaction.
 
-        The tick is under a unique constraint: of every runner that tries the same
-        tick, exactly one stores its job; the others store nothing.
+        The ticks of a key are taken in order: of every runner that tries the same
+        tick, exactly one stores its job; the others store nothing, and so does
+        anyone trying a tick at or before the newest one taken (a runner that
+        backfills late, or lags behind another). So a store need keep only the
+        newest tick of each key, and does: the table of ticks never grows.
 
         Returns:
-            True when this call stored the job; False when the tick was taken.
+            True when this call stored the job; False when the tick was taken, or
+            is not after the newest one taken.
         """
         ...
 

@@ -107,7 +107,8 @@ class MemoryStorage:
         self._unique: dict[str, str] = {}
         # Schedules by key, and the ticks enqueued: (key, tick as unix seconds).
         self._schedules: dict[str, Schedule] = {}
-        self._ticks: set[tuple[str, float]] = set()
+        #: The newest tick taken of each schedule key (see enqueue_tick).
+        self._ticks: dict[str, datetime] = {}
         #: The rows registered through this object, put back if a rescue dropped them.
         self._registered: dict[str, WorkerInfo] = {}
         # Flow control. Types with active limits keep their ready jobs in a heap per
@@ -485,13 +486,13 @@ class MemoryStorage:
     async def enqueue_tick(
         self, key: str, tick: datetime, job: Job[Any], *, delay: float = 0.0
     ) -> bool:
-        """Save ``job`` unless the tick ``(key, tick)`` was enqueued already."""
+        """Save ``job`` unless a tick of ``key`` at or after ``tick`` was taken already."""
         await trio.lowlevel.checkpoint()
-        mark = (key, tick.timestamp())
-        if mark in self._ticks:
+        newest = self._ticks.get(key)
+        if newest is not None and tick <= newest:
             return False
         self.save_nowait(job, delay=delay)
-        self._ticks.add(mark)
+        self._ticks[key] = tick
         schedule = self._schedules.get(key)
         if schedule is not None and (schedule.last_run_at is None or schedule.last_run_at < tick):
             self._schedules[key] = evolve(schedule, last_run_at=tick)

@@ -7,8 +7,9 @@ The tables and indexes are those of migration 3 in :mod:`._sql`.
   whose ``unique_key`` an active job holds (the partial unique index
   ``jobs_unique_key_idx``) is skipped by the database itself, race-free across
   processes, and the holder's id is read in the same transaction.
-- ``enqueue_tick`` inserts the ``(key, tick)`` row and the job in one transaction;
-  the tick's primary key lets exactly one runner win.
+- ``enqueue_tick`` inserts the ``(key, tick)`` row and the job in one transaction,
+  under an advisory lock per key: a tick at or before the key's newest is refused,
+  so exactly one runner wins each, and the key's older row is deleted.
 - ``purge_batch`` deletes at most ``limit`` rows per statement, under a
   transaction-level advisory lock that no two runners hold at once. The victims
   come from ``jobs_retention_idx`` and are deleted by ctid; each batch of a pass
@@ -52,6 +53,12 @@ def retention_key(schema: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+def tick_key(schema: str, key: str) -> int:
+    """The 64-bit advisory lock key that the takers of schedule ``key``'s ticks queue on."""
+    digest = hashlib.blake2b(f"trio_jobs.tick:{schema}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
 class BatchQueries(RecordQueries):
     """``save_many``, schedules and ``purge_batch`` of a PostgreSQL job table (see the module)."""
 
@@ -67,8 +74,15 @@ class BatchQueries(RecordQueries):
         statements = {
             "holders": f"SELECT unique_key, id FROM {s}.jobs"
             f" WHERE unique_key = ANY(%s) AND {active}",
+            # Under the key's advisory lock (each statement sees what the previous
+            # holder committed): taken unless a tick as new is there, and the
+            # key's older tick goes.
+            "tick_lock": "SELECT pg_advisory_xact_lock(%s)",
             "tick": f"INSERT INTO {s}.schedule_ticks (key, scheduled_for, job_id)"
-            " VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+            " SELECT %(key)s, %(tick)s, %(job)s WHERE NOT EXISTS (SELECT 1"
+            f" FROM {s}.schedule_ticks WHERE key = %(key)s AND scheduled_for >= %(tick)s)",
+            "tick_trim": f"DELETE FROM {s}.schedule_ticks"
+            " WHERE key = %(key)s AND scheduled_for < %(tick)s",
             "last_run": f"UPDATE {s}.schedules SET last_run_at = %(tick)s WHERE key = %(key)s"
             " AND (last_run_at IS NULL OR last_run_at < %(tick)s)",
             "put_schedule": f"INSERT INTO {s}.schedules (key, job_type, cron, every, timezone)"
@@ -179,7 +193,11 @@ class BatchQueries(RecordQueries):
     async def enqueue_tick(
         self, key: str, tick: datetime, job: Job[Any], *, delay: float = 0.0
     ) -> bool:
-        """Record the tick and save ``job`` in one transaction; False if the tick was taken."""
+        """Record the tick and save ``job`` in one transaction (see ``ScheduleStorage``).
+
+        False if a tick of ``key`` at or after ``tick`` was taken. The takers of a
+        key queue on its advisory lock; the tick replaces the key's older one.
+        """
         arrays, params = pg_rows.job_columns([job], BatchCodec(), check_seconds(delay, "delay"))
         params["token"] = uuid.uuid4().hex
         tick_sql, insert, last_run = (
@@ -188,10 +206,15 @@ class BatchQueries(RecordQueries):
             self._batch_sql("last_run"),
         )
 
+        lock, trim = self._batch_sql("tick_lock"), self._batch_sql("tick_trim")
+        mark = {"key": key, "tick": tick, "job": job.id}
+
         def write(conn: Connection) -> bool:
             with conn.transaction():
-                if not conn.execute(tick_sql, (key, tick, job.id)).rowcount:
+                conn.execute(lock, (tick_key(self._schema, key),))
+                if not conn.execute(tick_sql, mark).rowcount:
                     return False
+                conn.execute(trim, mark)
                 conn.execute(insert, params)
                 conn.execute(last_run, {"tick": tick, "key": key})
             conn.execute(self._sql.notify, (self._work_channel, "0"))

@@ -136,19 +136,29 @@ class BatchQueries(RecordQueries):
     async def enqueue_tick(
         self, key: str, tick: datetime, job: Job[Any], *, delay: float = 0.0
     ) -> bool:
-        """Record the tick and save ``job`` in one transaction; False if the tick was taken."""
+        """Record the tick and save ``job`` in one transaction (see ``ScheduleStorage``).
+
+        False if a tick of ``key`` at or after ``tick`` was taken. The write lock
+        orders the takers; the tick replaces the key's older one.
+        """
         values = encode_record(job)
         when = tick.timestamp()
 
         def op(conn: sqlite3.Connection, now: float) -> bool:
             with _Savepoint(conn):
-                taken = conn.execute(
-                    "INSERT INTO schedule_ticks (key, scheduled_for, job_id) VALUES (?, ?, ?)"
-                    " ON CONFLICT DO NOTHING",
-                    (key, when, job.id),
-                ).rowcount
-                if not taken:
+                newer = conn.execute(
+                    "SELECT 1 FROM schedule_ticks WHERE key = ? AND scheduled_for >= ?",
+                    (key, when),
+                ).fetchone()
+                if newer is not None:
                     return False
+                conn.execute(
+                    "DELETE FROM schedule_ticks WHERE key = ? AND scheduled_for < ?", (key, when)
+                )
+                conn.execute(
+                    "INSERT INTO schedule_ticks (key, scheduled_for, job_id) VALUES (?, ?, ?)",
+                    (key, when, job.id),
+                )
                 _insert_jobs(conn, [values], [job], now + delay)
                 conn.execute(
                     "UPDATE schedules SET last_run_at = ? WHERE key = ?"
