@@ -53,6 +53,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "trio_jobs._handle",
             "trio_jobs._submit",
             "trio_jobs._outcome",
+            "trio_jobs._attempt",
             "trio_jobs._scheduler",
             "trio_jobs._threads",
             "trio_jobs._middleware",

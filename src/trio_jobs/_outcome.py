@@ -1,6 +1,6 @@
 """How an attempt's end is judged and recorded: errors, exception groups, retryability.
 
-Pure functions, no I/O: the engine (``_scheduler``) decides *when* to judge, this
+Pure functions, no I/O: the engine (``_attempt``) decides *when* to judge, this
 module decides *what* an error means. Kept apart so that the rules API.md states
 about errors ("a group with one leaf is judged as that leaf", "a predicate that
 raises is logged and the heuristics decide", "held errors keep no frames alive")

@@ -175,8 +175,7 @@ class PostgresStorage(BatchQueries, BrowseQueries):
         )
         self._limiter = trio.CapacityLimiter(max_connections)
         #: Workers registered through this store: their heartbeat renews their row
-        #: even when they hold no job.
-        #: The workers registered through this object (their rows are put back if dropped).
+        #: even when they hold no job, and puts it back if a rescue dropped it.
         self._registered: dict[str, WorkerInfo] = {}
         self._open_lock = trio.Lock()
         self._pool: ConnectionPool[Connection] | None = None
