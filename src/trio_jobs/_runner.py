@@ -137,7 +137,7 @@ class JobRunner:
         self._default_retry = default_retry or RetryConfig()
         self._storage: JobStorage = storage if storage is not None else MemoryStorage()
         # An in-process store sees every change and never blocks: submit claims the
-        # job itself when a slot is free (see Scheduler.dispatch).
+        # job itself when a slot is free (see Scheduler.submit_in_process).
         self._in_process: InProcessStorage | None = (
             self._storage if isinstance(self._storage, InProcessStorage) else None
         )
