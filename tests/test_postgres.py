@@ -138,6 +138,29 @@ async def test_migrate_creates_the_schema_at_the_latest_version_once(pg_schema: 
     assert versions == [(v,) for v, _ in _sql.MIGRATIONS]
 
 
+async def test_a_version_5_schema_loses_the_index_retention_makes_redundant(
+    pg_schema: str,
+) -> None:
+    # Migration 6: jobs_retention_idx (status, completed_at) serves every query
+    # that jobs_completed_idx did; a schema at version 5 drops it when migrated.
+    store = PostgresStorage(PG_DSN, schema=pg_schema)
+    await store.migrate()
+    await admin_async(f'DELETE FROM "{pg_schema}".schema_version WHERE version = 6')
+    await admin_async(
+        f'CREATE INDEX jobs_completed_idx ON "{pg_schema}".jobs (completed_at)'
+        " WHERE completed_at IS NOT NULL"
+    )
+
+    assert await store.migrate() == 6
+
+    indexes = await admin_async(
+        "SELECT indexname FROM pg_indexes WHERE schemaname = %s", (pg_schema,)
+    )
+    names = {row[0] for row in indexes}
+    assert "jobs_retention_idx" in names
+    assert "jobs_completed_idx" not in names
+
+
 async def test_reopening_migrates_nothing_and_keeps_the_jobs(make_store: MakeStore) -> None:
     first = await make_store()
     await first.save(Job(id="kept", type="t", payload={"n": 1}))

@@ -260,6 +260,34 @@ async def test_the_schema_is_versioned_and_migrating_again_changes_nothing(
         conn.close()
 
 
+async def test_a_version_5_file_loses_the_index_retention_makes_redundant(
+    sqlite_path: Path,
+) -> None:
+    # Migration 6: jobs_retention (status, completed_at) serves every query that
+    # jobs_completed did; a file made at version 5 drops it on its next opening.
+    async with SQLiteStorage(sqlite_path):
+        pass
+    conn = raw(sqlite_path)
+    with conn:
+        conn.execute("DELETE FROM schema_version WHERE version = 6")
+        conn.execute(
+            "CREATE INDEX jobs_completed ON jobs (completed_at) WHERE completed_at IS NOT NULL"
+        )
+    conn.close()
+
+    async with SQLiteStorage(sqlite_path):
+        pass
+
+    conn = raw(sqlite_path)
+    try:
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        assert "jobs_retention" in names
+        assert "jobs_completed" not in names
+        assert conn.execute("SELECT max(version) FROM schema_version").fetchone() == (6,)
+    finally:
+        conn.close()
+
+
 async def test_an_unversioned_empty_schema_table_is_migrated(sqlite_path: Path) -> None:
     conn = raw(sqlite_path)
     conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at REAL)")

@@ -124,7 +124,8 @@ class BrowseQueries:
             SELECT date_trunc('minute', completed_at),
                 count(*) FILTER (WHERE status = 'completed'),
                 count(*) FILTER (WHERE status IN ('failed', 'timeout'))
-            FROM {jobs} WHERE completed_at >= %s GROUP BY 1
+            FROM {jobs} WHERE status IN ('completed', 'failed', 'timeout')
+                AND completed_at >= %s GROUP BY 1
         """
 
         def read(conn: Connection) -> QueueSummary:
