@@ -161,6 +161,41 @@ async def test_save_many_keeps_every_field_of_jobs_that_differ_in_all_of_them(
         assert attrs.evolve(await store.get(job.id), run_at=None) == job
 
 
+def runs_of_jobs_alike() -> list[Job[Any]]:
+    """Two long runs of jobs alike but for id and payload, around one odd job."""
+    full, bare, _ = jobs_differing_in_every_field()
+    full = attrs.evolve(full, unique_key=None)
+    return [
+        *(attrs.evolve(full, id=f"full-{i}", payload={"i": i}) for i in range(20)),
+        attrs.evolve(bare, id="odd", priority=JobPriority.LOW),
+        *(attrs.evolve(bare, id=f"bare-{i}", payload=[i, None]) for i in range(20)),
+    ]
+
+
+async def test_save_many_keeps_every_field_of_long_runs_of_jobs_alike(store: Any) -> None:
+    # (A durable store may write the columns a run shares once, not once per job.)
+    if not hasattr(store, "save_many"):
+        pytest.skip(f"{type(store).__name__} has no save_many() (optional)")
+    jobs = runs_of_jobs_alike()
+
+    assert await store.save_many(jobs) == [job.id for job in jobs]
+
+    for job in jobs:
+        assert attrs.evolve(await store.get(job.id), run_at=None) == job
+
+
+async def test_save_many_with_a_duplicate_id_late_in_a_run_stores_none_of_it(store: Any) -> None:
+    if not hasattr(store, "save_many"):
+        pytest.skip(f"{type(store).__name__} has no save_many() (optional)")
+    jobs = runs_of_jobs_alike()
+    await store.save(jobs[-1])
+
+    with pytest.raises(ValueError, match="exists already"):
+        await store.save_many(jobs)
+
+    assert [job.id for job in jobs if await store.get(job.id) is not None] == [jobs[-1].id]
+
+
 async def test_concurrent_saves_keep_every_field_of_jobs_that_differ(store: Any) -> None:
     # (A durable store may send saves made at the same time in one statement.)
     jobs = jobs_differing_in_every_field()

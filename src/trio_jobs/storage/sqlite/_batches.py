@@ -18,7 +18,7 @@ from ..._records import Job, JobStatus, Schedule
 from .._codec import BatchCodec
 from ._records import RecordQueries
 from ._schema import ACTIVE_HOLDER as _ACTIVE_HOLDER
-from ._schema import INSERT, encode_record, encode_records
+from ._schema import INSERT, INSERT_FROM_BATCH_ROW, PUT_BATCH_ROW, Run, encode_record, encode_runs
 
 #: Seconds the retention lease row is held for one batch (renewed by the next).
 RETENTION_LEASE: Final = 60.0
@@ -39,18 +39,41 @@ class _Savepoint:
         self._conn.execute("RELEASE trio_jobs_batch")
 
 
+#: Runs shorter than this are inserted row by row with every column bound (writing
+#: the batch row would cost more than it saves).
+_SHORT_RUN: Final = 4
+
+
+def _insert_runs(conn: sqlite3.Connection, runs: list[Run], run_at: float) -> None:
+    """Insert the jobs of encoded ``runs``, all with ``run_at``. Raises on a duplicate id."""
+    for row, items in runs:
+        shared = (*row[3:10], run_at, *row[11:])
+        if len(items) < _SHORT_RUN:
+            conn.executemany(
+                INSERT, [(job_id, row[1], payload, *shared) for job_id, payload in items]
+            )
+        else:
+            conn.execute("DELETE FROM temp.trio_jobs_batch_row")
+            conn.execute(PUT_BATCH_ROW, (row[1], *shared))
+            conn.executemany(INSERT_FROM_BATCH_ROW, items)
+
+
 def _insert_jobs(
-    conn: sqlite3.Connection, rows: list[tuple[Any, ...]], jobs: Sequence[Job[Any]], run_at: float
+    conn: sqlite3.Connection, runs: list[Run], jobs: Sequence[Job[Any]], run_at: float
 ) -> list[str]:
-    """Insert encoded ``rows`` (run_at set); return each job's holder. Raises on a duplicate id."""
-    rows = [(*values[:10], run_at, *values[11:]) for values in rows]
+    """Insert the jobs of encoded ``runs``; return each one's holder. Raises on a duplicate id."""
     if all(job.unique_key is None for job in jobs):
         try:
-            conn.executemany(INSERT, rows)
+            _insert_runs(conn, runs, run_at)
         except sqlite3.IntegrityError:
             raise ValueError("a job with one of these ids exists already") from None
         return [job.id for job in jobs]
     holders: list[str] = []
+    rows = (
+        (job_id, row[1], payload, *row[3:10], run_at, *row[11:])
+        for row, items in runs
+        for job_id, payload in items
+    )
     for job, values in zip(jobs, rows, strict=True):
         key = job.unique_key
         if key is not None:
@@ -82,11 +105,11 @@ class BatchQueries(RecordQueries):
         if not delay >= 0:
             raise ValueError(f"delay must be >= 0, got {delay!r}")
         codec = BatchCodec()
-        rows = encode_records(jobs, codec)
+        runs = encode_runs(jobs, codec)
 
         def op(conn: sqlite3.Connection, now: float) -> list[str]:
             with _Savepoint(conn):
-                holders = _insert_jobs(conn, rows, jobs, now + delay)
+                holders = _insert_jobs(conn, runs, jobs, now + delay)
             self._note_work()
             return holders
 
@@ -159,7 +182,7 @@ class BatchQueries(RecordQueries):
                     "INSERT INTO schedule_ticks (key, scheduled_for, job_id) VALUES (?, ?, ?)",
                     (key, when, job.id),
                 )
-                _insert_jobs(conn, [values], [job], now + delay)
+                _insert_jobs(conn, [(values, [(values[0], values[2])])], [job], now + delay)
                 conn.execute(
                     "UPDATE schedules SET last_run_at = ? WHERE key = ?"
                     " AND (last_run_at IS NULL OR last_run_at < ?)",

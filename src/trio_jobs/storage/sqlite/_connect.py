@@ -14,7 +14,7 @@ import urllib.parse
 from typing import Final
 
 from ..._exceptions import StorageCorruptError, StorageUnavailableError
-from ._schema import check_schema, migrate
+from ._schema import BATCH_ROW, check_schema, migrate
 
 #: How long a writer waits for another connection's write lock before giving up.
 BUSY_TIMEOUT: Final = 5.0
@@ -64,6 +64,9 @@ def connect(path: str, *, read_only: bool = False) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute(f"PRAGMA cache_size = {-CACHE_KIB}")
         migrate(conn, path)
+        # The one-row table of batch inserts (see BATCH_ROW), kept in memory.
+        conn.execute("PRAGMA temp_store = MEMORY")
+        conn.execute(BATCH_ROW)
     except BaseException:
         conn.close()
         raise

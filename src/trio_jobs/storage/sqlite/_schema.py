@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from operator import attrgetter
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 from ..._exceptions import StorageCorruptError
 from ..._records import Job, JobPriority, JobStatus, WorkerInfo
@@ -215,6 +215,25 @@ ACTIVE_HOLDER: Final = (
 
 INSERT: Final = f"INSERT INTO jobs ({COLUMNS}) VALUES ({', '.join('?' * len(COLUMN_NAMES))})"
 SELECT: Final = f"SELECT {COLUMNS} FROM jobs"
+#: The shared columns of a run of a batch (see :func:`encode_runs`), one row written
+#: once per run, so that each job's insert binds its id and payload alone: binding
+#: twenty-one values is most of what a row costs the driver. A temporary table,
+#: private to the connection that writes (created when it opens).
+BATCH_ROW: Final = (
+    "CREATE TEMP TABLE IF NOT EXISTS trio_jobs_batch_row"
+    f" ({', '.join(name for name in COLUMN_NAMES if name not in ('id', 'payload'))})"
+)
+_SHARED_COLUMNS: Final = ", ".join(name for name in COLUMN_NAMES if name not in ("id", "payload"))
+#: Fill the batch row (after ``DELETE FROM temp.trio_jobs_batch_row``).
+PUT_BATCH_ROW: Final = (
+    f"INSERT INTO temp.trio_jobs_batch_row ({_SHARED_COLUMNS})"
+    f" VALUES ({', '.join('?' * (len(COLUMN_NAMES) - 2))})"
+)
+#: Insert one job of a run: its id and payload, the rest from the batch row.
+INSERT_FROM_BATCH_ROW: Final = (
+    f"INSERT OR FAIL INTO jobs (id, payload, {_SHARED_COLUMNS})"
+    f" SELECT ?, ?, {_SHARED_COLUMNS} FROM temp.trio_jobs_batch_row"
+)
 READY: Final = "status IN ('pending', 'retrying')"
 CLAIM_ORDER: Final = "ORDER BY priority DESC, run_at, seq"
 #: Every priority, highest first. ``priority IN (...)`` on the claim-order index
@@ -383,27 +402,40 @@ _SHARED_FIELDS: Final = attrgetter(
 )  # fmt: skip
 
 
-def encode_records(jobs: Sequence[Job[Any]], codec: BatchCodec) -> list[tuple[Any, ...]]:
-    """``[encode_record(job, codec) for job in jobs]``, encoding shared fields once.
+#: A run of a batch: the first job's encoded columns (``COLUMN_NAMES`` order), and the
+#: ``(id, payload)`` of every job of the run, the first included, which differ in
+#: nothing else.
+Run: TypeAlias = tuple[tuple[Any, ...], list[tuple[str, str | None]]]
 
-    ``submit_many`` copies one template, so its jobs differ only in ``id`` and
-    ``payload``: a job whose other fields equal the previous one's (one C-level
-    tuple comparison, by identity first) reuses that row's encoded columns and
-    encodes its payload alone. Any other job is encoded in full.
+
+def encode_runs(jobs: Sequence[Job[Any]], codec: BatchCodec) -> list[Run]:
+    """Encode ``jobs`` in runs of consecutive jobs alike but for ``id`` and ``payload``.
+
+    ``submit_many`` copies one template, so its jobs make one run: a job whose other
+    fields equal the previous one's (one C-level tuple comparison, by identity
+    first) has its payload encoded alone. Any other job starts a run, encoded in full.
     """
-    rows: list[tuple[Any, ...]] = []
+    runs: list[Run] = []
     shared: tuple[Any, ...] | None = None
-    tail: tuple[Any, ...] = ()
-    job_type = ""
+    items: list[tuple[str, str | None]] = []
     for job in jobs:
         fields = _SHARED_FIELDS(job)
         if fields != shared:
             row = encode_record(job, codec)
-            shared, job_type, tail = fields, row[1], row[3:]
-            rows.append(row)
+            shared, items = fields, [(row[0], row[2])]
+            runs.append((row, items))
         else:
-            rows.append((job.id, job_type, encode_json(job.payload, "payload"), *tail))
-    return rows
+            items.append((job.id, encode_json(job.payload, "payload")))
+    return runs
+
+
+def encode_records(jobs: Sequence[Job[Any]], codec: BatchCodec) -> list[tuple[Any, ...]]:
+    """``[encode_record(job, codec) for job in jobs]``, through :func:`encode_runs`."""
+    return [
+        (job_id, row[1], payload, *row[3:])
+        for row, items in encode_runs(jobs, codec)
+        for job_id, payload in items
+    ]
 
 
 def job_from_row(row: Sequence[Any]) -> Job[Any]:
