@@ -699,6 +699,8 @@ async def test_read_only_reads_jobs_and_refuses_every_write(sqlite_path: Path) -
         assert (await reader.get_stats()).pending == 1
         with pytest.raises(StorageUnavailableError, match="cannot write"):
             await reader.save(new_job())
+        with pytest.raises(StorageUnavailableError, match="cannot write"):
+            await reader.save_many([new_job() for _ in range(10)])
         with pytest.raises(StorageUnavailableError):
             await reader.request_cancel(job.id)
     assert await trio.Path(sqlite_path).read_bytes() == before
