@@ -125,6 +125,13 @@ class GroupCommit:
     async def _flush(self) -> None:
         """Run everything queued in one transaction and deliver the results."""
         async with self._lock:
+            # One scheduling round more before taking the queue: the tasks woken
+            # with the flusher's (a round of attempts ending, and the scheduler
+            # whose slots they freed) queue their writes first. Trio runs a round
+            # in random order, so without it the claim missed the settles' batch
+            # about half the time: 1,449 transactions per 10,000 jobs instead of
+            # 1,005, one per round of settles and the claim after them.
+            await trio.lowlevel.cancel_shielded_checkpoint()
             conn = self._connection()
             batch, self._queue = self._queue, []
             for entry in batch:
