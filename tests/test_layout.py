@@ -41,6 +41,8 @@ LAYERS: list[tuple[str, list[str]]] = [
             "trio_jobs.storage._browse",
             "trio_jobs.storage._codec",
             "trio_jobs.storage._memory",
+            "trio_jobs.storage._memory_flow",
+            "trio_jobs.storage._memory_browse",
         ],
     ),
     ("storage backends", ["trio_jobs.storage.sqlite.*", "trio_jobs.storage.postgres.*"]),

@@ -168,7 +168,7 @@ def test_add_schedule_rejects_bad_arguments(
     runner = JobRunner()
     with pytest.raises(error, match=names):
         runner.add_schedule("t", **kwargs)
-    assert runner._schedules == {}
+    assert runner._periodic.specs == {}
 
 
 def test_two_schedules_with_one_key_are_refused() -> None:

@@ -14,18 +14,29 @@ constraint in the transaction that inserts the job; the losers store nothing.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import attrs
 import trio
 
+from ._exceptions import StorageCorruptError
 from ._records import JobStatus, Schedule
-from ._submit import check_seconds
+from ._submit import build_job, check_seconds
+from .storage._base import RetentionStorage, ScheduleStorage
+
+if TYPE_CHECKING:
+    from ._events import EventHub
+    from ._retry import RetryConfig
+    from ._scheduler import Scheduler
+    from .storage._base import JobStorage
+
+T = TypeVar("T")
 
 #: At most this many jobs are deleted per statement by retention.
 RETENTION_BATCH = 1000
@@ -234,3 +245,152 @@ def schedules_from_rows(
         if key not in out:
             out[key] = spec.record(None, now)
     return [out[key] for key in sorted(out)]
+
+
+@final
+class Periodic:
+    """A runner's periodic work: its schedules' ticks and retention, in a nursery of their own.
+
+    The runner owns one, starts :meth:`run` in its nursery, and cancels it before
+    draining (a tick must not keep a draining runner busy). Schedules added
+    before :meth:`run` starts begin with it; later ones begin at once.
+    """
+
+    def __init__(
+        self,
+        *,
+        storage: JobStorage,
+        scheduler: Scheduler,
+        events: EventHub,
+        logger: logging.Logger,
+        worker_id: str,
+        retention: Mapping[JobStatus, float] | None,
+        default_retry: RetryConfig,
+        default_timeout: float | None,
+    ) -> None:
+        self._storage = storage
+        self._scheduler = scheduler
+        self._events = events
+        self._logger = logger
+        self._worker_id = worker_id
+        self._retention = retention
+        self._default_retry = default_retry
+        self._default_timeout = default_timeout
+        #: This runner's schedules, by key.
+        self.specs: dict[str, ScheduleSpec] = {}
+        self._scope = trio.CancelScope()
+        self._nursery: trio.Nursery | None = None
+        self._clock: Clock | None = None
+
+    def add(self, spec: ScheduleSpec) -> None:
+        """Keep ``spec``, and start its task if :meth:`run` is running.
+
+        Raises:
+            ValueError: a schedule with the same key exists already.
+        """
+        if spec.key in self.specs:
+            raise ValueError(f"a schedule with key {spec.key!r} exists already")
+        self.specs[spec.key] = spec
+        if self._nursery is not None:
+            self._nursery.start_soon(self._run_schedule, spec)
+
+    def now(self) -> datetime:
+        """The wall-clock time by the clock :meth:`run` anchored, or by a fresh one."""
+        return self._clock.now() if self._clock is not None else Clock().now()
+
+    def cancel(self) -> None:
+        """Stop the periodic tasks (for good: :meth:`run` does not start again)."""
+        self._scope.cancel()
+
+    async def run(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """The task of schedules and retention; stopped when the runner stops."""
+        with self._scope:
+            async with trio.open_nursery() as nursery:
+                self._clock = Clock()
+                self._nursery = nursery
+                for spec in self.specs.values():
+                    nursery.start_soon(self._run_schedule, spec)
+                if self._retention:
+                    nursery.start_soon(self._run_retention, self._retention)
+                task_status.started()
+                await trio.sleep_forever()
+
+    async def _run_schedule(self, spec: ScheduleSpec) -> None:
+        assert self._clock is not None
+        assert isinstance(self._storage, ScheduleStorage)
+        store = self._storage
+        clock = self._clock
+        await self._retry_store(
+            f"storing schedule {spec.key!r}",
+            lambda: store.put_schedule(spec.record(None, clock.now())),
+        )
+        await run_schedule(spec, self._clock, self._enqueue_tick)
+
+    async def _retry_store(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``await call()`` until it works, backing off as the claim loop does.
+
+        A corrupt store stops the runner (and this task waits to be cancelled).
+        """
+        failures = 0
+        while True:
+            try:
+                result = await call()
+            except StorageCorruptError as exc:
+                self._scheduler._fatal(exc)
+                await trio.sleep_forever()
+            except Exception as exc:
+                failures += 1
+                await trio.sleep(self._scheduler._store_failed(what, exc, failures))
+                continue
+            if failures:
+                self._logger.warning("%s works again after %d failures", what, failures)
+            return result
+
+    async def _enqueue_tick(self, spec: ScheduleSpec, tick: datetime) -> None:
+        """Try to enqueue ``spec``'s job for ``tick``; retried while the store fails."""
+        assert isinstance(self._storage, ScheduleStorage)
+        options = dict(spec.options)
+        metadata = dict(options.pop("metadata") or {})
+        metadata.update(schedule=spec.key, scheduled_for=tick.isoformat())
+        job = build_job(
+            spec.job_type,
+            spec.payload,
+            delay=0.0,
+            metadata=metadata,
+            default_retry=self._default_retry,
+            default_timeout=self._default_timeout,
+            **options,
+        )
+        store = self._storage
+        stored = await self._retry_store(
+            f"enqueueing schedule {spec.key!r}", lambda: store.enqueue_tick(spec.key, tick, job)
+        )
+        if stored:
+            self._scheduler.remember_policy(job)
+            if self._events.active:
+                self._events.emit("job:submitted", job)
+
+    async def _run_retention(self, retention: Mapping[JobStatus, float]) -> None:
+        """Delete old final jobs in bounded batches, while no other runner does."""
+        store = self._storage
+        if not isinstance(store, RetentionStorage):
+            self._logger.warning("%s cannot trim old jobs: retention is off", type(store).__name__)
+            return
+        interval = retention_interval(retention)
+        while True:
+            for status, age in retention.items():
+                while True:
+                    try:
+                        deleted = await store.purge_batch(
+                            status, age, limit=RETENTION_BATCH, holder=self._worker_id
+                        )
+                    except StorageCorruptError as exc:
+                        self._scheduler._fatal(exc)
+                        return
+                    except Exception as exc:
+                        # Tried again at the next interval.
+                        self._scheduler._store_failed("deleting old jobs", exc, 1)
+                        break
+                    if deleted is None or deleted < RETENTION_BATCH:
+                        break
+            await trio.sleep(interval)

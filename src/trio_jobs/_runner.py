@@ -9,7 +9,6 @@ import socket
 import uuid
 from collections.abc import (
     AsyncIterator,
-    Awaitable,
     Callable,
     Collection,
     Iterable,
@@ -29,23 +28,13 @@ from ._exceptions import (
     JobNotFoundError,
     RunnerClosedError,
     RunnerStoppedError,
-    StorageCorruptError,
     UnknownJobTypeError,
 )
 from ._flow import HeldBack, JobTypeLimits, check_count, check_job_type, check_weight, make_limits
 from ._handle import JobHandle
 from ._middleware import Middleware, check_middleware
 from ._outcome import unwrap
-from ._periodic import (
-    RETENTION_BATCH,
-    Clock,
-    ScheduleSpec,
-    check_retention,
-    make_spec,
-    retention_interval,
-    run_schedule,
-    schedules_from_rows,
-)
+from ._periodic import Periodic, check_retention, make_spec, schedules_from_rows
 from ._records import Job, JobPriority, JobStats, JobStatus, RunnerEvent, Schedule, WorkerInfo
 from ._retry import RetryConfig
 from ._scheduler import Handler, Scheduler
@@ -55,7 +44,6 @@ from .storage._base import (
     CancelOutcome,
     InProcessStorage,
     JobStorage,
-    RetentionStorage,
     ScheduleStorage,
     flow_control,
     held_back_jobs,
@@ -65,7 +53,6 @@ from .storage._base import (
 from .storage._memory import MemoryStorage
 
 H = TypeVar("H", bound=Callable[..., Any])
-T = TypeVar("T")
 
 
 @final
@@ -120,7 +107,7 @@ class JobRunner:
         middleware: Sequence[Middleware] = (),
         retention: Mapping[JobStatus, float] | None = None,
     ) -> None:
-        self._retention = check_retention(retention)
+        retention = check_retention(retention)
         if isinstance(concurrency, bool) or not isinstance(concurrency, int):
             raise TypeError(f"concurrency must be an int, got {concurrency!r}")
         if concurrency < 1:
@@ -170,10 +157,16 @@ class JobRunner:
         self._waiter_scopes: set[trio.CancelScope] = set()
         # Schedules and retention: tasks in a nursery of their own, stopped before
         # the runner drains (a tick must not keep a draining runner busy).
-        self._schedules: dict[str, ScheduleSpec] = {}
-        self._periodic_scope = trio.CancelScope()
-        self._periodic_nursery: trio.Nursery | None = None
-        self._clock: Clock | None = None
+        self._periodic = Periodic(
+            storage=self._storage,
+            scheduler=self._scheduler,
+            events=self._events,
+            logger=self._logger,
+            worker_id=self._worker_id,
+            retention=retention,
+            default_retry=self._default_retry,
+            default_timeout=self._default_timeout,
+        )
 
     # -- properties ------------------------------------------------------------------
 
@@ -267,7 +260,7 @@ class JobRunner:
             self._scheduler.nursery = nursery
             await nursery.start(self._scheduler.run_services)
             await nursery.start(self._scheduler.run)
-            await nursery.start(self._run_periodic)
+            await nursery.start(self._periodic.run)
         except BaseException as exc:
             self._scheduler.stop_claiming()
             self._scheduler.stop_services()
@@ -288,7 +281,7 @@ class JobRunner:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        self._periodic_scope.cancel()
+        self._periodic.cancel()
         if exc is not None:
             # The body raised: cancel running jobs (they go back to PENDING) and let
             # the exception continue unchanged.
@@ -363,7 +356,7 @@ class JobRunner:
         self._end_stop()
 
     def _begin_stop(self, graceful: bool) -> None:
-        self._periodic_scope.cancel()
+        self._periodic.cancel()
         if self._state in ("running", "starting"):
             self._state = "stopping"
             self._scheduler.stop_claiming()
@@ -592,111 +585,13 @@ class JobRunner:
             default_timeout=self._default_timeout,
             **options,  # type: ignore[arg-type]
         )
-        if spec.key in self._schedules:
-            raise ValueError(f"a schedule with key {spec.key!r} exists already")
-        self._schedules[spec.key] = spec
-        if self._periodic_nursery is not None:
-            self._periodic_nursery.start_soon(self._run_schedule, spec)
+        self._periodic.add(spec)
 
     async def schedules(self) -> list[Schedule]:
         """Return the schedules on the store (every runner's), and this runner's, by key."""
         async with self._store() as store:
             rows = await store.list_schedules() if isinstance(store, ScheduleStorage) else []
-        now = self._clock.now() if self._clock is not None else Clock().now()
-        return schedules_from_rows(rows, self._schedules, now)
-
-    async def _run_periodic(self, *, task_status: trio.TaskStatus[None]) -> None:
-        """The task of schedules and retention; stopped when the runner stops."""
-        with self._periodic_scope:
-            async with trio.open_nursery() as nursery:
-                self._clock = Clock()
-                self._periodic_nursery = nursery
-                for spec in self._schedules.values():
-                    nursery.start_soon(self._run_schedule, spec)
-                if self._retention:
-                    nursery.start_soon(self._run_retention, self._retention)
-                task_status.started()
-                await trio.sleep_forever()
-
-    async def _run_schedule(self, spec: ScheduleSpec) -> None:
-        assert self._clock is not None
-        assert isinstance(self._storage, ScheduleStorage)
-        store = self._storage
-        clock = self._clock
-        await self._retry_store(
-            f"storing schedule {spec.key!r}",
-            lambda: store.put_schedule(spec.record(None, clock.now())),
-        )
-        await run_schedule(spec, self._clock, self._enqueue_tick)
-
-    async def _retry_store(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """``await call()`` until it works, backing off as the claim loop does.
-
-        A corrupt store stops the runner (and this task waits to be cancelled).
-        """
-        failures = 0
-        while True:
-            try:
-                result = await call()
-            except StorageCorruptError as exc:
-                self._scheduler._fatal(exc)
-                await trio.sleep_forever()
-            except Exception as exc:
-                failures += 1
-                await trio.sleep(self._scheduler._store_failed(what, exc, failures))
-                continue
-            if failures:
-                self._logger.warning("%s works again after %d failures", what, failures)
-            return result
-
-    async def _enqueue_tick(self, spec: ScheduleSpec, tick: datetime) -> None:
-        """Try to enqueue ``spec``'s job for ``tick``; retried while the store fails."""
-        assert isinstance(self._storage, ScheduleStorage)
-        options = dict(spec.options)
-        metadata = dict(options.pop("metadata") or {})
-        metadata.update(schedule=spec.key, scheduled_for=tick.isoformat())
-        job = build_job(
-            spec.job_type,
-            spec.payload,
-            delay=0.0,
-            metadata=metadata,
-            default_retry=self._default_retry,
-            default_timeout=self._default_timeout,
-            **options,
-        )
-        store = self._storage
-        stored = await self._retry_store(
-            f"enqueueing schedule {spec.key!r}", lambda: store.enqueue_tick(spec.key, tick, job)
-        )
-        if stored:
-            self._scheduler.remember_policy(job)
-            if self._events.active:
-                self._events.emit("job:submitted", job)
-
-    async def _run_retention(self, retention: Mapping[JobStatus, float]) -> None:
-        """Delete old final jobs in bounded batches, while no other runner does."""
-        store = self._storage
-        if not isinstance(store, RetentionStorage):
-            self._logger.warning("%s cannot trim old jobs: retention is off", type(store).__name__)
-            return
-        interval = retention_interval(retention)
-        while True:
-            for status, age in retention.items():
-                while True:
-                    try:
-                        deleted = await store.purge_batch(
-                            status, age, limit=RETENTION_BATCH, holder=self._worker_id
-                        )
-                    except StorageCorruptError as exc:
-                        self._scheduler._fatal(exc)
-                        return
-                    except Exception as exc:
-                        # Tried again at the next interval.
-                        self._scheduler._store_failed("deleting old jobs", exc, 1)
-                        break
-                    if deleted is None or deleted < RETENTION_BATCH:
-                        break
-            await trio.sleep(interval)
+        return schedules_from_rows(rows, self._periodic.specs, self._periodic.now())
 
     @asynccontextmanager
     async def _store(self) -> AsyncIterator[JobStorage]:

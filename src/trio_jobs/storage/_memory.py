@@ -13,20 +13,12 @@ from typing import Any, Self, final
 import trio
 from attrs import evolve
 
-from .._flow import JobTypeLimits, TypeBudget, rate_wait, tenant_key
+from .._flow import JobTypeLimits, tenant_key
 from .._priority_channel import PriorityReceiveChannel, PrioritySendChannel, open_priority_channel
 from .._records import ErrorInfo, Job, JobStats, JobStatus, Schedule, WorkerInfo, replace, utcnow
 from ._base import CancelOutcome, Heartbeat, key_held
-from ._browse import (
-    JobPage,
-    QueueSummary,
-    browse_in_memory,
-    check_minutes,
-    check_page_args,
-    check_purge_status,
-    matches,
-    summarize_in_memory,
-)
+from ._memory_browse import MemoryBrowsing
+from ._memory_flow import MemoryFlowControl, TenantHeap
 
 _WAITING = (JobStatus.PENDING, JobStatus.RETRYING)
 _UNFINISHED = frozenset({JobStatus.PENDING, JobStatus.RETRYING, JobStatus.RUNNING})
@@ -41,10 +33,6 @@ def worker_lost_error(worker_id: str, attempt: int) -> ErrorInfo:
         attempt=attempt,
         retryable=True,
     )
-
-
-#: A tenant's ready jobs of a limited type: (-priority, seq, job_id).
-_Heap = list[tuple[int, int, str]]
 
 
 def _head_key(queue: _Queue) -> tuple[int, int]:
@@ -64,7 +52,7 @@ class _Queue:
 
 
 @final
-class MemoryStorage:
+class MemoryStorage(MemoryFlowControl, MemoryBrowsing):
     """Keeps jobs in this process's memory: fast, and gone when the process ends.
 
     The default store of :class:`JobRunner`. It is event-driven: a submit wakes the
@@ -116,7 +104,7 @@ class MemoryStorage:
         # each tenant's head (see _flow.TypeBudget). Running counts come from the
         # records (_put), so a rescue or an overwrite keeps them right.
         self._limits: dict[str, JobTypeLimits] = {}
-        self._heads: dict[str, dict[str, _Heap]] = {}
+        self._heads: dict[str, dict[str, TenantHeap]] = {}
         self._running: Counter[str] = Counter()
         self._running_tenant: Counter[tuple[str, str]] = Counter()
         self._starts: dict[str, deque[float]] = {}
@@ -258,91 +246,9 @@ class MemoryStorage:
         self._put(new)
         return new
 
-    # -- flow control: the claim's side ------------------------------------------------
-
-    def _budgets(self, job_types: Collection[str] | None) -> dict[str, TypeBudget]:
-        """A :class:`TypeBudget` per limited type among ``job_types`` with ready jobs."""
-        now = trio.current_time()
-        budgets: dict[str, TypeBudget] = {}
-        for job_type, heads in self._heads.items():
-            if job_types is not None and job_type not in job_types:
-                continue
-            ready = [
-                tenant
-                for tenant, heap in list(heads.items())
-                if self._live_head(heads, tenant, heap)
-            ]
-            if not ready:
-                continue
-            budgets[job_type] = TypeBudget(
-                self._limits[job_type],
-                running=self._running[job_type],
-                running_by_tenant={t: self._running_tenant[job_type, t] for t in ready},
-                starts=self._window(job_type, now),
-                now=now,
-                passes=self._passes.setdefault(job_type, {}),
-                weights=self._weights,
-                ready_tenants=ready,
-            )
-        return budgets
-
-    def _live_head(
-        self,
-        heads: dict[str, list[tuple[int, int, str]]],
-        tenant: str,
-        heap: list[tuple[int, int, str]],
-    ) -> bool:
-        """Drop the tenant's dead entries (cancelled, re-queued); whether one is left."""
-        queued = self._queued
-        while heap and queued.get(heap[0][2]) != heap[0][1]:
-            heapq.heappop(heap)
-        if not heap:
-            del heads[tenant]
-            return False
-        return True
-
-    def _window(self, job_type: str, now: float) -> deque[float]:
-        """The type's starts within its rate window (older ones dropped)."""
-        starts = self._starts.setdefault(job_type, deque())
-        rate = self._limits[job_type].rate
-        if rate is None:
-            starts.clear()
-        else:
-            cutoff = now - rate[1]
-            while starts and starts[0] <= cutoff:
-                starts.popleft()
-        return starts
-
-    def _flow_pick(
-        self, budgets: dict[str, TypeBudget]
-    ) -> tuple[tuple[int, int], str, str, str] | None:
-        """The best ready job of the limited types that their limits let start."""
-        best: tuple[tuple[int, int], str, str, str] | None = None
-        for job_type, budget in budgets.items():
-            heads = self._heads[job_type]
-            pick = budget.pick(
-                ((heap[0][0], heap[0][1]), tenant, heap[0][2])
-                for tenant, heap in heads.items()
-                if heap
-            )
-            if pick is not None and (best is None or pick[0] < best[0]):
-                best = (pick[0], pick[1], pick[2], job_type)
-        return best
-
-    def _start_flow(self, budget: TypeBudget, tenant: str) -> None:
-        budget.take(tenant)
-        if budget.limits.rate is not None:
-            self._starts[budget.limits.job_type].append(trio.current_time())
-
-    def _flow_deadline(self) -> float:
-        """When a rate window next lets a ready job of a limited type start."""
-        deadline = math.inf
-        for job_type, heads in self._heads.items():
-            rate = self._limits[job_type].rate
-            starts = self._starts.get(job_type)
-            if rate is not None and heads and starts and len(starts) >= rate[0]:
-                deadline = min(deadline, starts[len(starts) - rate[0]] + rate[1])
-        return deadline
+    # Flow control (limits, pauses, tenant turns) is MemoryFlowControl's, in
+    # _memory_flow; _route stays here, beside _push_ready, as it moves ready jobs
+    # between the channels and the per-tenant heaps.
 
     def _route(self, job_type: str) -> None:
         """Move the type's ready jobs to per-tenant heaps or back, as its limits say."""
@@ -363,58 +269,6 @@ class MemoryStorage:
                 if queued.get(job_id) == seq:
                     self._push_ready(jobs[job_id], seq)
         self._work.set()
-
-    # -- flow control: the settings (FlowControl) -------------------------------------
-
-    async def set_limits(self, limits: JobTypeLimits) -> None:
-        """Store the type's limits (its paused flag stays as it is)."""
-        await trio.lowlevel.checkpoint()
-        old = self._limits.get(limits.job_type)
-        self._store_limits(evolve(limits, paused=old is not None and old.paused))
-
-    def _store_limits(self, limits: JobTypeLimits) -> None:
-        if limits.active:
-            self._limits[limits.job_type] = limits
-        else:
-            self._limits.pop(limits.job_type, None)
-        self._route(limits.job_type)
-
-    async def get_limits(self, job_type: str) -> JobTypeLimits:
-        """Return the type's settings (defaults when none are stored)."""
-        await trio.lowlevel.checkpoint()
-        return self._limits.get(job_type) or JobTypeLimits(job_type)
-
-    async def all_limits(self) -> list[JobTypeLimits]:
-        """Return the settings of every type that has any, by type."""
-        await trio.lowlevel.checkpoint()
-        return [self._limits[t] for t in sorted(self._limits)]
-
-    async def set_paused(self, job_type: str, paused: bool) -> None:
-        """Pause or resume claims of ``job_type``."""
-        await trio.lowlevel.checkpoint()
-        old = self._limits.get(job_type) or JobTypeLimits(job_type)
-        self._store_limits(evolve(old, paused=paused))
-
-    async def set_tenant_weight(self, tenant_id: str, weight: float) -> None:
-        """Store a tenant's weight in fair turns."""
-        await trio.lowlevel.checkpoint()
-        self._weights[tenant_id] = weight
-
-    async def flow_usage(self, job_type: str) -> tuple[int, int, dict[str, int]]:
-        """``(running, starts in the rate window, running per tenant)`` of the type."""
-        await trio.lowlevel.checkpoint()
-        recent = len(self._window(job_type, trio.current_time())) if job_type in self._limits else 0
-        tenants = {t: n for (jt, t), n in self._running_tenant.items() if jt == job_type and n}
-        return self._running[job_type], recent, tenants
-
-    async def next_start_in(self, job_type: str) -> float | None:
-        """Seconds until the type's rate window lets one more start (None: no rate)."""
-        await trio.lowlevel.checkpoint()
-        limits = self._limits.get(job_type)
-        if limits is None or limits.rate is None:
-            return None
-        now = trio.current_time()
-        return rate_wait(self._window(job_type, now), limits.rate, now)
 
     # -- the seed's methods ----------------------------------------------------------
 
@@ -1057,58 +911,3 @@ class MemoryStorage:
         for job_id in old:
             self._uncount(self._jobs.pop(job_id))
         return len(old)
-
-    # -- dashboards (JobBrowser) -----------------------------------------------------
-
-    async def browse_jobs(
-        self,
-        *,
-        status: JobStatus | None = None,
-        job_type: str | None = None,
-        tenant_id: str | None = None,
-        search: str | None = None,
-        cursor: str | None = None,
-        limit: int = 50,
-    ) -> JobPage:
-        """Return a page of jobs, newest first; see :class:`~trio_jobs.storage.JobBrowser`."""
-        status = check_page_args(limit, status)
-        await trio.lowlevel.checkpoint()
-        return browse_in_memory(
-            self._jobs.values(),
-            status=status,
-            job_type=job_type,
-            tenant_id=tenant_id,
-            search=search,
-            cursor=cursor,
-            limit=limit,
-        )
-
-    async def summarize(self, *, minutes: int = 60) -> QueueSummary:
-        """Count jobs by status and type; see :meth:`~trio_jobs.storage.JobBrowser.summarize`."""
-        minutes = check_minutes(minutes)
-        await trio.lowlevel.checkpoint()
-        return summarize_in_memory(self._jobs.values(), utcnow(), minutes)
-
-    async def job_types(self) -> list[str]:
-        """Return the job types that have jobs, sorted."""
-        await trio.lowlevel.checkpoint()
-        return sorted({job.type for job in self._jobs.values()})
-
-    async def purge_jobs(
-        self,
-        *,
-        status: JobStatus | None = None,
-        job_type: str | None = None,
-        tenant_id: str | None = None,
-    ) -> int:
-        """Delete the final jobs that match (see :class:`~trio_jobs.storage.JobBrowser`)."""
-        status = check_purge_status(status)
-        await trio.lowlevel.checkpoint()
-        doomed = [
-            job.id
-            for job in self._jobs.values()
-            if job.status.is_final and matches(job, status, job_type, tenant_id)
-        ]
-        for job_id in doomed:
-            self._uncount(self._jobs.pop(job_id))
-        return len(doomed)
