@@ -202,9 +202,10 @@ class _EventLog:
         runner.on("job:cancelled", self.cancelled)
 
     def _line(self, job: Job[Any], what: str, *args: object, level: int = logging.INFO) -> None:
-        self.logger.log(
-            level, "job %s %s attempt %s " + what, job.id, job.type, attempts_text(job), *args
-        )
+        if self.logger.isEnabledFor(level):  # (at WARNING, two lines a job are not built)
+            self.logger.log(
+                level, "job %s %s attempt %s " + what, job.id, job.type, attempts_text(job), *args
+            )
 
     def _ended(self, job: Job[Any], outcome: str) -> None:
         if job.id in self.active:
@@ -217,7 +218,8 @@ class _EventLog:
 
     def completed(self, job: Job[Any], result: Any) -> None:
         self._ended(job, "completed")
-        self._line(job, "completed in %s", format_seconds(job.execution_time))
+        if self.logger.isEnabledFor(logging.INFO):
+            self._line(job, "completed in %s", format_seconds(job.execution_time))
 
     def retrying(self, job: Job[Any], attempt: int, delay: float) -> None:
         self.active.discard(job.id)
