@@ -60,6 +60,8 @@ LAYERS: list[tuple[str, list[str]]] = [
             "trio_jobs._threads",
             "trio_jobs._middleware",
             "trio_jobs._periodic",
+            "trio_jobs._runner_flow",
+            "trio_jobs._runner_admin",
             "trio_jobs._runner",
             "trio_jobs._admin",
             "trio_jobs._client",

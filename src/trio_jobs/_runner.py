@@ -10,7 +10,6 @@ import uuid
 from collections.abc import (
     AsyncIterator,
     Callable,
-    Collection,
     Iterable,
     Mapping,
     Sequence,
@@ -22,7 +21,6 @@ from typing import Any, Self, TypeVar, final
 
 import trio
 
-from . import _admin
 from ._events import Callback, EventHub
 from ._exceptions import (
     JobNotFoundError,
@@ -30,13 +28,15 @@ from ._exceptions import (
     RunnerStoppedError,
     UnknownJobTypeError,
 )
-from ._flow import HeldBack, JobTypeLimits, check_count, check_job_type, check_weight, make_limits
+from ._flow import check_count
 from ._handle import JobHandle
 from ._middleware import Middleware, check_middleware
 from ._outcome import unwrap
 from ._periodic import Periodic, check_retention, make_spec, schedules_from_rows
-from ._records import Job, JobPriority, JobStats, JobStatus, RunnerEvent, Schedule, WorkerInfo
+from ._records import Job, JobPriority, JobStatus, RunnerEvent, Schedule
 from ._retry import RetryConfig
+from ._runner_admin import RunnerAdmin
+from ._runner_flow import RunnerFlowControl
 from ._scheduler import Handler, Scheduler
 from ._submit import build_job, check_seconds, resolve_delay, save_batch, store_jobs
 from ._threads import as_handler
@@ -45,10 +45,6 @@ from .storage._base import (
     InProcessStorage,
     JobStorage,
     ScheduleStorage,
-    flow_control,
-    held_back_jobs,
-    held_back_types,
-    list_workers,
 )
 from .storage._memory import MemoryStorage
 
@@ -56,7 +52,7 @@ H = TypeVar("H", bound=Callable[..., Any])
 
 
 @final
-class JobRunner:
+class JobRunner(RunnerAdmin, RunnerFlowControl):
     """Runs jobs: ``async with JobRunner() as runner:`` opens its nursery.
 
     Handlers are registered by job type; :meth:`submit` stores a job and returns a
@@ -610,10 +606,9 @@ class JobRunner:
         else:
             yield self._storage
 
-    async def get_job(self, job_id: str) -> Job[Any] | None:
-        """Return the job's current snapshot, or ``None`` for an unknown id."""
-        async with self._store() as store:
-            return await store.get(job_id)
+    # Reading jobs, workers and counts, retrying and purging are RunnerAdmin's (in
+    # _runner_admin); limits, pauses and tenant weights are RunnerFlowControl's (in
+    # _runner_flow). Both read the store through _store, above.
 
     async def get_handle(self, job_id: str) -> JobHandle[Any]:
         """Return a handle on an existing job (reattach by id).
@@ -625,207 +620,6 @@ class JobRunner:
         if job is None:
             raise JobNotFoundError(job_id)
         return JobHandle(job.id, job.type, self)
-
-    async def workers(self) -> list[WorkerInfo]:
-        """Return the live runners on this runner's store, this one included.
-
-        From the store's workers table: a runner's row is written when it enters
-        its block, renewed by its heartbeats, and removed when it leaves; a runner
-        that died disappears once its lease would have expired.
-
-        Raises:
-            NotImplementedError: the store keeps no workers table (a custom store
-                without :class:`WorkerRegistry`).
-        """
-        async with self._store() as store:
-            return await list_workers(store)
-
-    # -- flow control ----------------------------------------------------------------
-
-    async def set_limits(
-        self,
-        job_type: str,
-        *,
-        max_running: int | None = None,
-        max_running_per_tenant: int | None = None,
-        rate: tuple[int, float] | None = None,
-        fair_tenants: bool = False,
-    ) -> None:
-        """Store the flow limits of ``job_type``, obeyed by every runner on the store.
-
-        Replaces the type's previous limits (a pause stays as it is). Limits are
-        enforced when jobs are claimed: never more than ``max_running`` attempts
-        of the type run in total, never more than ``max_running_per_tenant`` for
-        one ``tenant_id``, never more than ``rate[0]`` start in any
-        ``rate[1]``-second window. A job held back stays PENDING, holds no slot,
-        and holds up no job of another type or tenant. With ``fair_tenants``,
-        tenants take turns in proportion to their weights (see
-        :meth:`set_tenant_weight`) among ready jobs of the same priority.
-
-        Args:
-            job_type: The job type.
-            max_running: Attempts of the type running at once, in total (>= 1).
-            max_running_per_tenant: The same, per tenant (>= 1).
-            rate: ``(starts, seconds)``: starts allowed per window of ``seconds``.
-            fair_tenants: Take turns between tenants instead of FIFO across them.
-
-        Raises:
-            TypeError: an argument has the wrong type (named in the message).
-            ValueError: an argument is out of range (named in the message).
-            NotImplementedError: the store does not implement flow control.
-        """
-        limits = make_limits(
-            job_type,
-            max_running=max_running,
-            max_running_per_tenant=max_running_per_tenant,
-            rate=rate,
-            fair_tenants=fair_tenants,
-        )
-        async with self._store() as store:
-            await flow_control(store).set_limits(limits)
-        self._wake_flow()
-
-    async def get_limits(self, job_type: str) -> JobTypeLimits:
-        """Return the stored flow settings of ``job_type``, ``paused`` included.
-
-        Raises:
-            NotImplementedError: the store does not implement flow control.
-        """
-        check_job_type(job_type)
-        async with self._store() as store:
-            return await flow_control(store).get_limits(job_type)
-
-    async def pause(self, job_type: str) -> None:
-        """Stop every runner on the store from claiming ``job_type`` until :meth:`resume`.
-
-        Running attempts finish; pending jobs of the type stay PENDING.
-
-        Raises:
-            NotImplementedError: the store does not implement flow control.
-        """
-        check_job_type(job_type)
-        async with self._store() as store:
-            await flow_control(store).set_paused(job_type, True)
-
-    async def resume(self, job_type: str) -> None:
-        """Let runners claim ``job_type`` again after :meth:`pause`.
-
-        Raises:
-            NotImplementedError: the store does not implement flow control.
-        """
-        check_job_type(job_type)
-        async with self._store() as store:
-            await flow_control(store).set_paused(job_type, False)
-        self._wake_flow()
-
-    async def set_tenant_weight(self, tenant_id: str, weight: float) -> None:
-        """Give ``tenant_id`` a share ``weight`` in fair turns (the default is 1.0).
-
-        With ``fair_tenants`` on a type, a tenant of weight 2 starts twice as many
-        jobs as one of weight 1 while both have jobs ready.
-
-        Raises:
-            TypeError: ``tenant_id`` is not a str or ``weight`` not a number.
-            ValueError: ``weight`` is not positive and finite.
-            NotImplementedError: the store does not implement flow control.
-        """
-        tenant_id, weight = check_weight(tenant_id, weight)
-        async with self._store() as store:
-            await flow_control(store).set_tenant_weight(tenant_id, weight)
-
-    async def held_back(self, job: Job[Any] | str) -> HeldBack | None:
-        """Why ``job`` (a job or its id) waits although it is due, or None.
-
-        See :meth:`JobClient.held_back`.
-
-        Raises:
-            JobNotFoundError: no job has the id given.
-        """
-        async with self._store() as store:
-            if isinstance(job, str):
-                found = await store.get(job)
-                if found is None:
-                    raise JobNotFoundError(job)
-                job = found
-            return (await held_back_jobs(store, [job])).get(job.id)
-
-    async def held_back_types(self) -> dict[str, HeldBack]:
-        """The job types no attempt of which may start now, and why (see :meth:`held_back`)."""
-        async with self._store() as store:
-            return await held_back_types(store)
-
-    def _wake_flow(self) -> None:
-        if self._in_process is not None:
-            self._in_process.wake()
-
-    async def stats(self) -> JobStats:
-        """Return counts of jobs by status, from the store."""
-        async with self._store() as store:
-            return await store.get_stats()
-
-    async def list_jobs(
-        self,
-        *,
-        status: JobStatus | str | None = None,
-        job_type: str | None = None,
-        limit: int | None = None,
-    ) -> list[Job[Any]]:
-        """Return snapshots of jobs in the store, newest first (``trio-jobs list``).
-
-        Args:
-            status: Only jobs with this status.
-            job_type: Only jobs of this type.
-            limit: At most this many; ``None`` for all.
-
-        Raises:
-            ValueError: an unknown ``status`` or a negative ``limit``.
-            TypeError: ``job_type`` or ``limit`` has the wrong type.
-        """
-        async with self._store() as store:
-            return await _admin.list_jobs(store, status=status, job_type=job_type, limit=limit)
-
-    async def retry(self, job_id: str) -> bool:
-        """Run a FAILED, TIMEOUT or CANCELLED job again, with fresh attempts (``trio-jobs retry``).
-
-        The job goes back to PENDING with its attempts at 0 and its result and
-        progress cleared; its ``last_error`` is kept until the next attempt ends.
-
-        Returns:
-            True if the job was queued again; False for an unknown job or one that
-            is not FAILED, TIMEOUT or CANCELLED.
-
-        Raises:
-            ValueError: the job has a ``unique_key`` that another job, pending,
-                running or retrying, holds now; nothing changes (the message names
-                the key and that job).
-        """
-        async with self._store() as store:
-            requeued = await _admin.retry(store, job_id)
-        if requeued and self._in_process is not None:
-            self._in_process.wake()
-        return requeued
-
-    async def purge(
-        self,
-        *,
-        older_than: float = 0.0,
-        statuses: Collection[JobStatus | str] | None = None,
-    ) -> int:
-        """Delete final jobs that ended more than ``older_than`` seconds ago (``trio-jobs purge``).
-
-        Args:
-            older_than: Keep jobs that ended more recently than this many seconds ago.
-            statuses: Final statuses to delete; ``None`` for all four (COMPLETED,
-                FAILED, CANCELLED, TIMEOUT).
-
-        Returns:
-            How many jobs were deleted.
-
-        Raises:
-            ValueError: a negative ``older_than``, or a status that is not final.
-        """
-        async with self._store() as store:
-            return await _admin.purge(store, older_than=older_than, statuses=statuses)
 
     async def cancel(self, job_id: str) -> bool:
         """Cancel a job.
