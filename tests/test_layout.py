@@ -43,6 +43,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "trio_jobs.storage._memory",
             "trio_jobs.storage._memory_flow",
             "trio_jobs.storage._memory_browse",
+            "trio_jobs.storage._memory_admin",
         ],
     ),
     ("storage backends", ["trio_jobs.storage.sqlite.*", "trio_jobs.storage.postgres.*"]),

@@ -15,8 +15,9 @@ from attrs import evolve
 
 from .._flow import JobTypeLimits, tenant_key
 from .._priority_channel import PriorityReceiveChannel, PrioritySendChannel, open_priority_channel
-from .._records import ErrorInfo, Job, JobStats, JobStatus, Schedule, WorkerInfo, replace, utcnow
-from ._base import CancelOutcome, Heartbeat, key_held
+from .._records import ErrorInfo, Job, JobStatus, Schedule, WorkerInfo, replace, utcnow
+from ._base import CancelOutcome, Heartbeat
+from ._memory_admin import MemoryAdmin
 from ._memory_browse import MemoryBrowsing
 from ._memory_flow import MemoryFlowControl, TenantHeap
 
@@ -52,7 +53,7 @@ class _Queue:
 
 
 @final
-class MemoryStorage(MemoryFlowControl, MemoryBrowsing):
+class MemoryStorage(MemoryFlowControl, MemoryBrowsing, MemoryAdmin):
     """Keeps jobs in this process's memory: fast, and gone when the process ends.
 
     The default store of :class:`JobRunner`. It is event-driven: a submit wakes the
@@ -368,24 +369,6 @@ class MemoryStorage(MemoryFlowControl, MemoryBrowsing):
             self._uncount(self._jobs.pop(job_id))
         return len(old)
 
-    async def update(self, job: Job[Any]) -> None:
-        """Overwrite a job's record (administrative; not fenced).
-
-        A job that is no longer RUNNING loses its lease and any cancel request, so
-        rescue never brings a job an operator finished back to life.
-        """
-        await trio.lowlevel.checkpoint()
-        self._unqueue(job.id)
-        if job.status is not _RUNNING:
-            self._leases.pop(job.id, None)
-            self._cancel_requested.discard(job.id)
-        self._put(job)
-        if job.status in _WAITING:
-            delay = 0.0
-            if job.run_at is not None:
-                delay = max(0.0, (job.run_at - utcnow()).total_seconds())
-            self._enqueue(job, delay)
-
     async def get(self, job_id: str) -> Job[Any] | None:
         """Return the job's current snapshot, or ``None``."""
         await trio.lowlevel.checkpoint()
@@ -401,67 +384,6 @@ class MemoryStorage(MemoryFlowControl, MemoryBrowsing):
             limit, self._queued.items(), key=lambda item: (-jobs[item[0]].priority, item[1])
         )
         return [jobs[job_id] for job_id, _ in best]
-
-    async def get_by_status(self, status: JobStatus, limit: int | None = None) -> list[Job[Any]]:
-        """Return jobs with ``status``, oldest first."""
-        await trio.lowlevel.checkpoint()
-        status = JobStatus(status)
-        found = [job for job in self._jobs.values() if job.status is status]
-        return found if limit is None else found[:limit]
-
-    async def mark_running(self, job_id: str) -> bool:
-        """Move a PENDING job to RUNNING (no lease); True only for the caller that did it."""
-        await trio.lowlevel.checkpoint()
-        job = self._jobs.get(job_id)
-        if job is None or job.status is not JobStatus.PENDING:
-            return False
-        self._unqueue(job_id)
-        self._put(replace(job, status=_RUNNING, attempts=job.attempts + 1, started_at=utcnow()))
-        return True
-
-    async def delete(self, job_id: str) -> bool:
-        """Remove a job; True when it existed."""
-        await trio.lowlevel.checkpoint()
-        job = self._jobs.pop(job_id, None)
-        if job is None:
-            return False
-        self._uncount(job)
-        self._unqueue(job_id)
-        self._leases.pop(job_id, None)
-        self._cancel_requested.discard(job_id)
-        watcher = self._watchers.pop(job_id, None)
-        if watcher is not None:
-            watcher.set()
-        return True
-
-    async def get_stats(self, job_types: Collection[str] | None = None) -> JobStats:
-        """Count jobs by status (over ``job_types`` only, when given)."""
-        await trio.lowlevel.checkpoint()
-        if job_types is None:
-            counts = self._counts
-            timed, total_time = self._completed_timed, self._completed_time
-        else:
-            types = set(job_types)
-            jobs = [job for job in self._jobs.values() if job.type in types]
-            counts = Counter(job.status for job in jobs)
-            times = [
-                job.execution_time
-                for job in jobs
-                if job.status is JobStatus.COMPLETED and job.execution_time is not None
-            ]
-            timed, total_time = len(times), sum(times)
-        final = sum(counts[s] for s in JobStatus if s.is_final)
-        return JobStats(
-            pending=counts[JobStatus.PENDING],
-            running=counts[JobStatus.RUNNING],
-            retrying=counts[JobStatus.RETRYING],
-            completed=counts[JobStatus.COMPLETED],
-            failed=counts[JobStatus.FAILED],
-            cancelled=counts[JobStatus.CANCELLED],
-            timeout=counts[JobStatus.TIMEOUT],
-            total_processed=final,
-            average_execution_time=total_time / timed if timed else None,
-        )
 
     # -- claims, leases, fenced writes -----------------------------------------------
 
@@ -818,43 +740,12 @@ class MemoryStorage(MemoryFlowControl, MemoryBrowsing):
         with trio.move_on_after(timeout):
             await watcher.wait()
 
-    # -- administration --------------------------------------------------------------
+    # -- counting --------------------------------------------------------------------
 
-    async def list_jobs(
-        self,
-        *,
-        status: JobStatus | None = None,
-        job_type: str | None = None,
-        limit: int | None = None,
-    ) -> list[Job[Any]]:
-        """Return jobs, newest first, filtered by status and type."""
-        await trio.lowlevel.checkpoint()
-        found: list[Job[Any]] = []
-        for job in reversed(self._jobs.values()):
-            if status is not None and job.status != status:
-                continue
-            if job_type is not None and job.type != job_type:
-                continue
-            found.append(job)
-            if limit is not None and len(found) >= limit:
-                break
-        return found
-
-    async def waiting_by_type(self) -> dict[str, int]:
-        """Count the PENDING and RETRYING jobs of each type (types with none are left out)."""
-        await trio.lowlevel.checkpoint()
-        counts: dict[str, int] = {}
-        for job in self._jobs.values():
-            if job.status in _WAITING:
-                counts[job.type] = counts.get(job.type, 0) + 1
-        return counts
-
-    async def job_ids_starting_with(self, prefix: str, *, limit: int = 10) -> list[str]:
-        """Return up to ``limit`` job ids that start with ``prefix``, in order."""
-        if not prefix:
-            raise ValueError("prefix must not be empty")
-        await trio.lowlevel.checkpoint()
-        return sorted(job_id for job_id in self._jobs if job_id.startswith(prefix))[:limit]
+    # The administration (get_stats, get_by_status, list_jobs, waiting_by_type,
+    # job_ids_starting_with, update, mark_running, delete, requeue, purge) is
+    # MemoryAdmin's, in _memory_admin; count_unfinished stays here, as the runner's
+    # drain asks it.
 
     async def count_unfinished(self, job_types: Collection[str] | None = None) -> int:
         """Count jobs that are PENDING, RETRYING or RUNNING."""
@@ -863,51 +754,3 @@ class MemoryStorage(MemoryFlowControl, MemoryBrowsing):
         if job_types is None:
             return sum(by_type.values())
         return sum(by_type[t] for t in job_types)
-
-    async def requeue(self, job_id: str) -> bool:
-        """Give a FAILED, TIMEOUT or CANCELLED job a fresh start."""
-        await trio.lowlevel.checkpoint()
-        job = self._jobs.get(job_id)
-        if job is None or job.status not in (
-            JobStatus.FAILED,
-            JobStatus.TIMEOUT,
-            JobStatus.CANCELLED,
-        ):
-            return False
-        key = job.unique_key
-        holder = None if key is None else self._unique.get(key)
-        if key is not None and holder is not None and holder != job_id:
-            raise ValueError(key_held(job_id, key, holder))
-        fresh = replace(
-            job,
-            status=JobStatus.PENDING,
-            attempts=0,
-            started_at=None,
-            completed_at=None,
-            run_at=None,
-            result=None,
-            progress=None,
-            progress_message=None,
-        )
-        self._put(fresh)
-        self._enqueue(fresh, 0.0)
-        return True
-
-    async def purge(
-        self, older_than: float, *, statuses: Collection[JobStatus] | None = None
-    ) -> int:
-        """Delete final jobs (of ``statuses``) completed more than ``older_than`` seconds ago."""
-        await trio.lowlevel.checkpoint()
-        cutoff = utcnow() - timedelta(seconds=older_than)
-        wanted = frozenset(statuses) if statuses is not None else None
-        old = [
-            job.id
-            for job in self._jobs.values()
-            if job.status.is_final
-            and (wanted is None or job.status in wanted)
-            and job.completed_at is not None
-            and job.completed_at < cutoff
-        ]
-        for job_id in old:
-            self._uncount(self._jobs.pop(job_id))
-        return len(old)
