@@ -128,3 +128,42 @@ async def test_the_last_progress_reported_is_the_one_stored(autojump_clock: Any)
         await handle.wait()
     job = await handle.get_status()
     assert (job.progress, job.progress_message) == (90, "almost")
+
+
+class Durable:
+    """MemoryStorage seen by the runner as a durable store (no in-process path)."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryStorage()
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _IN_PROCESS_ONLY:
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+class SpawnCounter(trio.abc.Instrument):
+    def __init__(self) -> None:
+        self.spawned = 0
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        self.spawned += 1
+
+
+async def test_a_drain_reuses_the_attempt_tasks_instead_of_spawning_one_per_job() -> None:
+    store = Durable()
+    await store.inner.save_many([Job(id=f"j{i}", type="noop", payload=None) for i in range(200)])
+    counter = SpawnCounter()
+    runner = JobRunner(concurrency=10, storage=store)  # type: ignore[arg-type]
+    runner.register_handler("noop", noop)
+    trio.lowlevel.add_instrument(counter)
+    try:
+        with trio.fail_after(60):
+            async with runner:
+                await runner.join()
+                assert (await runner.stats()).completed == 200
+    finally:
+        trio.lowlevel.remove_instrument(counter)
+    # A round's tasks, parked once their outcomes are written, take the round after
+    # next: about two rounds of tasks in all, and the runner's own few.
+    assert counter.spawned <= 40, counter.spawned

@@ -462,8 +462,10 @@ class Scheduler:
         """Own each attempt from claim to settle; release all it holds in ``finally``.
 
         On an in-process store the task then takes the next ready job, if a slot is
-        free, and owns that attempt in turn; with none ready it parks until it is
-        handed one (or the runner stops claiming). It holds nothing while parked.
+        free, and owns that attempt in turn; with none ready, or on a durable store,
+        it parks until it is handed one (or the runner stops claiming). It holds
+        nothing while parked. (A drain on a durable store then spawns no task per
+        job: the tasks of one round of attempts take the round after next.)
         """
         _RUNNING_IN.set(self)
         while attempt is not None:
@@ -494,8 +496,8 @@ class Scheduler:
                 attempt = await self._park()
 
     async def _park(self) -> Attempt | None:
-        """Wait to be handed an attempt; None: exit (not in-process, or stopping)."""
-        if self._in_process is None or not self.accepting:
+        """Wait to be handed an attempt; None: exit (stopping)."""
+        if not self.accepting:
             return None
         task = trio.lowlevel.current_task()
         self._idle_tasks.append(task)
