@@ -25,6 +25,8 @@ def encode_json(value: Any, field: str) -> str:
     Raises:
         TypeError: the value is not JSON-encodable; the message names ``field``.
     """
+    if value is None:  # most results and many payloads: skip the encoder
+        return "null"
     try:
         return _ENCODER.encode(value)
     except (TypeError, ValueError) as exc:
