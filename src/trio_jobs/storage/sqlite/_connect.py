@@ -64,9 +64,7 @@ def connect(path: str, *, read_only: bool = False) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute(f"PRAGMA cache_size = {-CACHE_KIB}")
         migrate(conn, path)
-        # The one-row table of batch inserts (see BATCH_ROW), kept in memory.
-        conn.execute("PRAGMA temp_store = MEMORY")
-        conn.execute(BATCH_ROW)
+        conn.execute(BATCH_ROW)  # the one-row table of batch inserts
     except BaseException:
         conn.close()
         raise
