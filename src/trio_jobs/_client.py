@@ -2,34 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, final
 
 import trio
 
-from . import _admin
 from ._exceptions import JobNotFoundError, RunnerClosedError
-from ._flow import HeldBack, JobTypeLimits, check_job_type, check_weight, make_limits
 from ._handle import JobHandle
 from ._periodic import Clock, schedules_from_rows
-from ._records import Job, JobPriority, JobStats, JobStatus, Schedule, WorkerInfo
+from ._records import Job, JobPriority, Schedule
 from ._retry import RetryConfig
+from ._store_admin import StoreAdmin
+from ._store_flow import StoreFlowControl
 from ._submit import build_job, check_seconds, resolve_delay, save_batch, store_jobs
 from .storage._base import (
     CancelOutcome,
     JobStorage,
     ScheduleStorage,
-    flow_control,
-    held_back_jobs,
-    held_back_types,
-    list_workers,
 )
 
 
 @final
-class JobClient:
+class JobClient(StoreAdmin, StoreFlowControl):
     """Submits and inspects jobs in a store, without running any (a web app, a script).
 
     Workers elsewhere — :class:`JobRunner` in other processes, or the
@@ -67,11 +64,17 @@ class JobClient:
         self._default_timeout = default_timeout
         self._poll_interval = float(poll_interval)
         self._open = False
+        self._in_process = None  # (a runner's in-process store only: nothing to wake)
 
     @property
     def storage(self) -> JobStorage:
         """The store this client works on."""
         return self._storage
+
+    @asynccontextmanager
+    async def _store(self) -> AsyncIterator[JobStorage]:
+        # For the methods shared with JobRunner (StoreAdmin, StoreFlowControl).
+        yield self._storage
 
     async def __aenter__(self) -> Self:
         await self._storage.open()
@@ -185,10 +188,6 @@ class JobClient:
         rows = await store.list_schedules() if isinstance(store, ScheduleStorage) else []
         return schedules_from_rows(rows, {}, Clock().now())
 
-    async def get_job(self, job_id: str) -> Job[Any] | None:
-        """Return the job's current snapshot, or ``None`` for an unknown id."""
-        return await self._storage.get(job_id)
-
     async def get_handle(self, job_id: str) -> JobHandle[Any]:
         """Return a handle on an existing job.
 
@@ -208,143 +207,6 @@ class JobClient:
             unknown or already final job.
         """
         return await self._storage.request_cancel(job_id) is not CancelOutcome.NOTHING
-
-    async def list_jobs(
-        self,
-        *,
-        status: JobStatus | str | None = None,
-        job_type: str | None = None,
-        limit: int | None = None,
-    ) -> list[Job[Any]]:
-        """Return snapshots of jobs in the store, newest first (``trio-jobs list``).
-
-        Args:
-            status: Only jobs with this status.
-            job_type: Only jobs of this type.
-            limit: At most this many; ``None`` for all.
-
-        Raises:
-            ValueError: an unknown ``status`` or a negative ``limit``.
-            TypeError: ``job_type`` or ``limit`` has the wrong type.
-        """
-        return await _admin.list_jobs(self._storage, status=status, job_type=job_type, limit=limit)
-
-    async def retry(self, job_id: str) -> bool:
-        """Run a FAILED, TIMEOUT or CANCELLED job again, with fresh attempts (``trio-jobs retry``).
-
-        Returns:
-            True if the job was queued again; False for an unknown job or one that
-            is not FAILED, TIMEOUT or CANCELLED.
-
-        Raises:
-            ValueError: the job has a ``unique_key`` that another job, pending,
-                running or retrying, holds now; nothing changes (the message names
-                the key and that job).
-        """
-        return await _admin.retry(self._storage, job_id)
-
-    async def purge(
-        self,
-        *,
-        older_than: float = 0.0,
-        statuses: Collection[JobStatus | str] | None = None,
-    ) -> int:
-        """Delete final jobs that ended more than ``older_than`` seconds ago (``trio-jobs purge``).
-
-        Args:
-            older_than: Keep jobs that ended more recently than this many seconds ago.
-            statuses: Final statuses to delete; ``None`` for all four.
-
-        Returns:
-            How many jobs were deleted.
-
-        Raises:
-            ValueError: a negative ``older_than``, or a status that is not final.
-        """
-        return await _admin.purge(self._storage, older_than=older_than, statuses=statuses)
-
-    async def workers(self) -> list[WorkerInfo]:
-        """Return the live runners on the store (see :meth:`JobRunner.workers`).
-
-        Raises:
-            NotImplementedError: the store keeps no workers table.
-        """
-        return await list_workers(self._storage)
-
-    async def set_limits(
-        self,
-        job_type: str,
-        *,
-        max_running: int | None = None,
-        max_running_per_tenant: int | None = None,
-        rate: tuple[int, float] | None = None,
-        fair_tenants: bool = False,
-    ) -> None:
-        """Store the flow limits of ``job_type`` (see :meth:`JobRunner.set_limits`).
-
-        Raises:
-            TypeError: an argument has the wrong type (named in the message).
-            ValueError: an argument is out of range (named in the message).
-            NotImplementedError: the store does not implement flow control.
-        """
-        limits = make_limits(
-            job_type,
-            max_running=max_running,
-            max_running_per_tenant=max_running_per_tenant,
-            rate=rate,
-            fair_tenants=fair_tenants,
-        )
-        await flow_control(self._storage).set_limits(limits)
-
-    async def get_limits(self, job_type: str) -> JobTypeLimits:
-        """Return the stored flow settings of ``job_type`` (see :meth:`JobRunner.get_limits`)."""
-        check_job_type(job_type)
-        return await flow_control(self._storage).get_limits(job_type)
-
-    async def pause(self, job_type: str) -> None:
-        """Stop every runner from claiming ``job_type`` (see :meth:`JobRunner.pause`)."""
-        check_job_type(job_type)
-        await flow_control(self._storage).set_paused(job_type, True)
-
-    async def resume(self, job_type: str) -> None:
-        """Let runners claim ``job_type`` again (see :meth:`JobRunner.resume`)."""
-        check_job_type(job_type)
-        await flow_control(self._storage).set_paused(job_type, False)
-
-    async def set_tenant_weight(self, tenant_id: str, weight: float) -> None:
-        """Give ``tenant_id`` a share in fair turns (see :meth:`JobRunner.set_tenant_weight`)."""
-        tenant_id, weight = check_weight(tenant_id, weight)
-        await flow_control(self._storage).set_tenant_weight(tenant_id, weight)
-
-    async def held_back(self, job: Job[Any] | str) -> HeldBack | None:
-        """Why ``job`` (a job or its id) waits although it is due, or None.
-
-        It is held back when a flow limit stops it from starting now: its type is
-        paused, at ``max_running``, out of ``rate`` starts in the window, or its
-        tenant is at ``max_running_per_tenant``. None when it is not ready, is
-        merely waiting for a free worker, or the store keeps no flow settings.
-
-        Raises:
-            JobNotFoundError: no job has the id given.
-        """
-        if isinstance(job, str):
-            found = await self._storage.get(job)
-            if found is None:
-                raise JobNotFoundError(job)
-            job = found
-        return (await held_back_jobs(self._storage, [job])).get(job.id)
-
-    async def held_back_types(self) -> dict[str, HeldBack]:
-        """The job types no attempt of which may start now, and why (see :meth:`held_back`).
-
-        Paused types, types at ``max_running``, and types out of ``rate`` starts;
-        empty when the store keeps no flow settings.
-        """
-        return await held_back_types(self._storage)
-
-    async def stats(self) -> JobStats:
-        """Return counts of jobs by status."""
-        return await self._storage.get_stats()
 
     async def _wait_final(self, job_id: str) -> Job[Any]:
         while True:

@@ -35,9 +35,9 @@ from ._outcome import unwrap
 from ._periodic import Periodic, check_retention, make_spec, schedules_from_rows
 from ._records import Job, JobPriority, JobStatus, RunnerEvent, Schedule
 from ._retry import RetryConfig
-from ._runner_admin import RunnerAdmin
-from ._runner_flow import RunnerFlowControl
 from ._scheduler import Handler, Scheduler
+from ._store_admin import StoreAdmin
+from ._store_flow import StoreFlowControl
 from ._submit import build_job, check_seconds, resolve_delay, save_batch, store_jobs
 from ._threads import as_handler
 from .storage._base import (
@@ -52,7 +52,7 @@ H = TypeVar("H", bound=Callable[..., Any])
 
 
 @final
-class JobRunner(RunnerAdmin, RunnerFlowControl):
+class JobRunner(StoreAdmin, StoreFlowControl):
     """Runs jobs: ``async with JobRunner() as runner:`` opens its nursery.
 
     Handlers are registered by job type; :meth:`submit` stores a job and returns a
@@ -606,9 +606,9 @@ class JobRunner(RunnerAdmin, RunnerFlowControl):
         else:
             yield self._storage
 
-    # Reading jobs, workers and counts, retrying and purging are RunnerAdmin's (in
-    # _runner_admin); limits, pauses and tenant weights are RunnerFlowControl's (in
-    # _runner_flow). Both read the store through _store, above.
+    # Reading jobs, workers and counts, retrying and purging are StoreAdmin's (in
+    # _store_admin); limits, pauses and tenant weights are StoreFlowControl's (in
+    # _store_flow), shared with JobClient. Both read the store through _store, above.
 
     async def get_handle(self, job_id: str) -> JobHandle[Any]:
         """Return a handle on an existing job (reattach by id).

@@ -1,9 +1,9 @@
-"""The runner's flow control: limits, pauses and tenant weights, kept in the store.
+"""Flow control on a store: limits, pauses and tenant weights, kept in the store.
 
-:class:`RunnerFlowControl` is a base class of :class:`~trio_jobs.JobRunner` (see
-``_runner``): its methods check their arguments, pass them to the store's
-:class:`~trio_jobs.storage.FlowControl`, and wake an in-process scheduler when a
-change may let a held-back job start.
+:class:`StoreFlowControl` is a base class of :class:`~trio_jobs.JobRunner` and of
+:class:`~trio_jobs.JobClient`: its methods check their arguments, pass them to the
+store's :class:`~trio_jobs.storage.FlowControl`, and wake a runner's in-process
+scheduler when a change may let a held-back job start.
 """
 
 from __future__ import annotations
@@ -23,19 +23,19 @@ from .storage._base import (
 )
 
 
-class RunnerFlowControl:
-    """The flow-control half of :class:`~trio_jobs.JobRunner`.
+class StoreFlowControl:
+    """Flow-control methods shared by :class:`~trio_jobs.JobRunner` and ``JobClient``.
 
-    A mixin: ``_in_process`` is created by ``JobRunner.__init__``.
+    A mixin: its class sets ``_in_process`` and defines ``_store``.
     """
 
-    #: The runner's store, when it is an in-process one (woken on changes).
+    #: The store, when it is a runner's in-process one (woken on changes); else None.
     _in_process: InProcessStorage | None
 
     if TYPE_CHECKING:
 
         def _store(self) -> AbstractAsyncContextManager[JobStorage]:
-            """The store, opened for the duration if need be (``JobRunner``)."""
+            """The store, opened for the duration if need be."""
 
     async def set_limits(
         self,
@@ -131,7 +131,10 @@ class RunnerFlowControl:
     async def held_back(self, job: Job[Any] | str) -> HeldBack | None:
         """Why ``job`` (a job or its id) waits although it is due, or None.
 
-        See :meth:`JobClient.held_back`.
+        It is held back when a flow limit stops it from starting now: its type is
+        paused, at ``max_running``, out of ``rate`` starts in the window, or its
+        tenant is at ``max_running_per_tenant``. None when it is not ready, is
+        merely waiting for a free worker, or the store keeps no flow settings.
 
         Raises:
             JobNotFoundError: no job has the id given.
@@ -145,7 +148,11 @@ class RunnerFlowControl:
             return (await held_back_jobs(store, [job])).get(job.id)
 
     async def held_back_types(self) -> dict[str, HeldBack]:
-        """The job types no attempt of which may start now, and why (see :meth:`held_back`)."""
+        """The job types no attempt of which may start now, and why (see :meth:`held_back`).
+
+        Paused types, types at ``max_running``, and types out of ``rate`` starts;
+        empty when the store keeps no flow settings.
+        """
         async with self._store() as store:
             return await held_back_types(store)
 

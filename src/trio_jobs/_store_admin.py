@@ -1,8 +1,8 @@
-"""The runner's administration: reading jobs, workers and counts; retrying and purging.
+"""Administration on a store: reading jobs, workers and counts; retrying and purging.
 
-:class:`RunnerAdmin` is a base class of :class:`~trio_jobs.JobRunner` (see
-``_runner``): plain passes to the store, or to the helpers of ``_admin`` that the
-client shares, which work whether or not the runner is in its block.
+:class:`StoreAdmin` is a base class of :class:`~trio_jobs.JobRunner` and of
+:class:`~trio_jobs.JobClient`: plain passes to the store, or to the helpers of
+``_admin``, which work whether or not a runner is in its block.
 """
 
 from __future__ import annotations
@@ -16,19 +16,19 @@ from ._records import Job, JobStats, JobStatus, WorkerInfo
 from .storage._base import InProcessStorage, JobStorage, list_workers
 
 
-class RunnerAdmin:
-    """The administration half of :class:`~trio_jobs.JobRunner`.
+class StoreAdmin:
+    """Administration methods shared by :class:`~trio_jobs.JobRunner` and ``JobClient``.
 
-    A mixin: ``_in_process`` is created by ``JobRunner.__init__``.
+    A mixin: its class sets ``_in_process`` and defines ``_store``.
     """
 
-    #: The runner's store, when it is an in-process one (woken on changes).
+    #: The store, when it is a runner's in-process one (woken on changes); else None.
     _in_process: InProcessStorage | None
 
     if TYPE_CHECKING:
 
         def _store(self) -> AbstractAsyncContextManager[JobStorage]:
-            """The store, opened for the duration if need be (``JobRunner``)."""
+            """The store, opened for the duration if need be."""
 
     async def get_job(self, job_id: str) -> Job[Any] | None:
         """Return the job's current snapshot, or ``None`` for an unknown id."""
@@ -36,7 +36,7 @@ class RunnerAdmin:
             return await store.get(job_id)
 
     async def workers(self) -> list[WorkerInfo]:
-        """Return the live runners on this runner's store, this one included.
+        """Return the live runners on the store (a runner in its block among them).
 
         From the store's workers table: a runner's row is written when it enters
         its block, renewed by its heartbeats, and removed when it leaves; a runner
