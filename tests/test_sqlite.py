@@ -796,7 +796,7 @@ async def test_read_only_refuses_an_older_schema_that_a_writable_opening_migrate
 def test_a_batch_encodes_like_each_job_alone_when_jobs_differ_beyond_id_and_payload() -> None:
     from trio_jobs._records import replace
     from trio_jobs.storage._codec import BatchCodec
-    from trio_jobs.storage.sqlite._schema import encode_record, encode_records
+    from trio_jobs.storage.sqlite._schema import encode_record, encode_runs
 
     base = Job(id="a", type="t", payload={"i": 1}, metadata={"m": 1})
     jobs = [
@@ -807,4 +807,9 @@ def test_a_batch_encodes_like_each_job_alone_when_jobs_differ_beyond_id_and_payl
         replace(base, id="e", payload=None, metadata={"m": 2}, unique_key="k"),
         replace(base, id="f", type="other"),
     ]
-    assert encode_records(jobs, BatchCodec()) == [encode_record(job) for job in jobs]
+    encoded = [
+        (job_id, row[1], payload, *row[3:])
+        for row, items in encode_runs(jobs, BatchCodec())
+        for job_id, payload in items
+    ]
+    assert encoded == [encode_record(job) for job in jobs]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -44,17 +44,23 @@ class _Savepoint:
 _SHORT_RUN: Final = 4
 
 
-def _insert_runs(conn: sqlite3.Connection, runs: list[Run], run_at: float) -> None:
-    """Insert the jobs of encoded ``runs``, all with ``run_at``. Raises on a duplicate id."""
+def _rows(runs: list[Run], run_at: float) -> Iterator[tuple[Any, ...]]:
+    """Each job's columns in ``COLUMN_NAMES`` order, with ``run_at``."""
     for row, items in runs:
         shared = (*row[3:10], run_at, *row[11:])
+        for job_id, payload in items:
+            yield (job_id, row[1], payload, *shared)
+
+
+def _insert_runs(conn: sqlite3.Connection, runs: list[Run], run_at: float) -> None:
+    """Insert the jobs of encoded ``runs``, all with ``run_at``. Raises on a duplicate id."""
+    for run in runs:
+        row, items = run
         if len(items) < _SHORT_RUN:
-            conn.executemany(
-                INSERT, [(job_id, row[1], payload, *shared) for job_id, payload in items]
-            )
+            conn.executemany(INSERT, _rows([run], run_at))
         else:
             conn.execute("DELETE FROM temp.trio_jobs_batch_row")
-            conn.execute(PUT_BATCH_ROW, (row[1], *shared))
+            conn.execute(PUT_BATCH_ROW, (row[1], *row[3:10], run_at, *row[11:]))
             conn.executemany(INSERT_FROM_BATCH_ROW, items)
 
 
@@ -69,12 +75,7 @@ def _insert_jobs(
             raise ValueError("a job with one of these ids exists already") from None
         return [job.id for job in jobs]
     holders: list[str] = []
-    rows = (
-        (job_id, row[1], payload, *row[3:10], run_at, *row[11:])
-        for row, items in runs
-        for job_id, payload in items
-    )
-    for job, values in zip(jobs, rows, strict=True):
+    for job, values in zip(jobs, _rows(runs, run_at), strict=True):
         key = job.unique_key
         if key is not None:
             found = conn.execute(_ACTIVE_HOLDER, (key,)).fetchone()

@@ -429,15 +429,6 @@ def encode_runs(jobs: Sequence[Job[Any]], codec: BatchCodec) -> list[Run]:
     return runs
 
 
-def encode_records(jobs: Sequence[Job[Any]], codec: BatchCodec) -> list[tuple[Any, ...]]:
-    """``[encode_record(job, codec) for job in jobs]``, through :func:`encode_runs`."""
-    return [
-        (job_id, row[1], payload, *row[3:])
-        for row, items in encode_runs(jobs, codec)
-        for job_id, payload in items
-    ]
-
-
 def job_from_row(row: Sequence[Any]) -> Job[Any]:
     return Job(
         id=row[0],
