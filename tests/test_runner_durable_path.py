@@ -15,17 +15,24 @@ from trio_jobs import Job, JobContext, JobRunner, JobStatus, MemoryStorage
 _IN_PROCESS_ONLY = {"claim_nowait", "settle_nowait", "save_nowait", "wake"}
 
 
-class SlowWrites:
-    """MemoryStorage whose settle() waits for a gate, seen by the runner as durable."""
+class Durable:
+    """MemoryStorage seen by the runner as a durable store (no in-process path)."""
 
     def __init__(self) -> None:
         self.inner = MemoryStorage()
-        self.gate = trio.Event()
 
     def __getattr__(self, name: str) -> Any:
         if name in _IN_PROCESS_ONLY:
             raise AttributeError(name)
         return getattr(self.inner, name)
+
+
+class SlowWrites(Durable):
+    """A :class:`Durable` store whose settle() waits for a gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = trio.Event()
 
     async def settle(self, job_id: str, **kwargs: Any) -> bool:
         await self.gate.wait()
@@ -128,18 +135,6 @@ async def test_the_last_progress_reported_is_the_one_stored(autojump_clock: Any)
         await handle.wait()
     job = await handle.get_status()
     assert (job.progress, job.progress_message) == (90, "almost")
-
-
-class Durable:
-    """MemoryStorage seen by the runner as a durable store (no in-process path)."""
-
-    def __init__(self) -> None:
-        self.inner = MemoryStorage()
-
-    def __getattr__(self, name: str) -> Any:
-        if name in _IN_PROCESS_ONLY:
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
 
 class SpawnCounter(trio.abc.Instrument):
