@@ -1,10 +1,11 @@
 """The record-keeping half of :class:`SQLiteStorage`: reads, overwrites and administration.
 
-What a worker does with jobs (claims, fenced settles, leases, wake-ups) lives in
-:mod:`._store`; the queries here read and keep the records: the seed's reads and
-overwrites, the statistics, and the administration behind ``trio-jobs list``,
-``retry`` and ``purge``. :class:`RecordQueries` is a base of :class:`SQLiteStorage`,
-which provides the reads, the group-committed writes and the local wake-ups.
+What a worker does with jobs (claims, fenced settles, leases) lives in
+:mod:`._store`, its waiting and wake-ups in :mod:`._waits`; the queries here read
+and keep the records: the seed's reads and overwrites, the statistics, and the
+administration behind ``trio-jobs list``, ``retry`` and ``purge``.
+:class:`RecordQueries` is a base of :class:`SQLiteStorage`, which provides the
+reads, the group-committed writes and the local wake-ups.
 """
 
 from __future__ import annotations

@@ -43,21 +43,18 @@ keeps a lease per job, renewed per job by its heartbeat, as before.
 
 This module holds the store's worker-side methods; :mod:`._connect` opens the file
 and names its errors; :mod:`._records` holds the reads, overwrites and
-administration (a base class), :mod:`._schema` the migrations, column lists and
-rows <-> jobs, :mod:`._commit` the group commit and :mod:`._wake` the wake-ups
-between processes.
+administration (a base class), :mod:`._waits` the waiting (``wait_for_work`` and
+the like) and the local wake-ups (a base class), :mod:`._schema` the migrations,
+column lists and rows <-> jobs, :mod:`._commit` the group commit and :mod:`._wake`
+the wake-ups between processes.
 """
 
 from __future__ import annotations
 
 import functools
-import heapq
-import logging
 import math
 import os
-import socket
 import sqlite3
-import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import partial
@@ -67,7 +64,7 @@ from typing import Any, Final, Self, TypeVar
 import trio
 
 from ..._records import ErrorInfo, Job, JobStatus, WorkerInfo
-from .._base import CancelOutcome, Heartbeat, pop_due
+from .._base import CancelOutcome, Heartbeat
 from .._codec import decode_json, encode_error, encode_json
 from ._batches import BatchQueries
 from ._browse import BrowseQueries
@@ -87,17 +84,16 @@ from ._schema import (
     next_due_sql,
 )
 from ._schema import SCHEMA_VERSION as SCHEMA_VERSION
+from ._waits import Waiting, wake_all
 from ._wake import CANCEL, WORK, WakeChannel, wake_directory
 from ._workers import ANY_EXPIRED, EXTEND_ROW, ROW_CLAIMS, WorkerQueries, lost_claims, renew_row
 
 T = TypeVar("T")
 
-_log = logging.getLogger("trio_jobs.storage.sqlite")
-
 _FENCE: Final = "id = ? AND status = 'running' AND attempts = ? AND worker_id = ?"
 
 
-class SQLiteStorage(BatchQueries, WorkerQueries, BrowseQueries, FlowQueries):
+class SQLiteStorage(Waiting, BatchQueries, WorkerQueries, BrowseQueries, FlowQueries):
     """A durable job store in one SQLite file: jobs survive restarts and crashes.
 
     Several processes on one machine may share the file: each claims jobs
@@ -246,13 +242,6 @@ class SQLiteStorage(BatchQueries, WorkerQueries, BrowseQueries, FlowQueries):
                     self._wake.close_sender()
                 if conn is not None:
                     await trio.to_thread.run_sync(conn.close, limiter=self._thread_limiter)
-
-    def _close_listeners(self) -> None:
-        if self._wake is None:
-            return
-        for sock in self._wake.close_listeners():
-            trio.lowlevel.notify_closing(sock)
-            sock.close()
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -683,122 +672,8 @@ class SQLiteStorage(BatchQueries, WorkerQueries, BrowseQueries, FlowQueries):
         if outcome is not CancelOutcome.NOTHING:
             self._changed(job_id)
         if outcome is CancelOutcome.REQUESTED:
-            _wake_all(self._cancel_waiters)
+            wake_all(self._cancel_waiters)
         return outcome
-
-    # -- waiting ----------------------------------------------------------------------
-
-    async def wait_for_work(self, timeout: float) -> None:
-        """Return when a job may have become claimable, or after ``timeout`` seconds.
-
-        Wakes at once on what this store object did (a save, a retry or release, a
-        requeue or rescue), at the end of a delay it wrote or that the last claim
-        saw in the table, and on a datagram from another store whose commit made
-        work claimable (on a Unix socket in the directory ``<path>-wake``). Between
-        those it sleeps in the kernel, so ``timeout`` (the runner's
-        ``poll_interval``) is only the backstop: for writes by other programs, or a
-        store that cannot reach this one's socket.
-        """
-        sock = self._listener(WORK)
-        fired = self._pop_due()
-        now = time.time()
-        if self._next_due is not None and self._next_due <= now:
-            # The delayed job the last claim saw is due: return once (the next
-            # claim looks again and notes the next one).
-            self._next_due = None
-            fired = True
-        if (
-            fired
-            or self._work_flag
-            or self._fresh_listener
-            or (self._wake is not None and self._wake.receive(WORK))
-        ):
-            self._work_flag = self._fresh_listener = False
-            await trio.lowlevel.checkpoint()
-            return
-        dues = [*self._due[:1], *([self._next_due] if self._next_due is not None else [])]
-        wait = min(timeout, max(0.0, min(dues) - now)) if dues else timeout
-        await self._sleep(WORK, sock, trio.current_time() + wait, self._work_waiters)
-        self._work_flag = False
-        self._pop_due()
-
-    async def wait_for_cancel_request(self, timeout: float) -> None:
-        """Return when a running job was flagged for cancellation, or after ``timeout``.
-
-        An optional extra of the protocol: wakes at once when this store object
-        flags a job, and on a datagram from another process's store that did, so
-        a runner relays a cancellation to its attempt without waiting for its next
-        heartbeat.
-        """
-        sock = self._listener(CANCEL)
-        if self._wake is not None and self._wake.receive(CANCEL):
-            await trio.lowlevel.checkpoint()
-            return
-        await self._sleep(CANCEL, sock, trio.current_time() + timeout, self._cancel_waiters)
-
-    async def wait_for_change(self, job_id: str, timeout: float) -> None:
-        """Return when this store object changed ``job_id``, or after ``timeout`` seconds."""
-        event = self._changes.get(job_id)
-        if event is None:
-            event = self._changes[job_id] = trio.Event()
-        try:
-            with trio.move_on_after(timeout):
-                await event.wait()
-        finally:
-            if self._changes.get(job_id) is event and event.statistics().tasks_waiting == 0:
-                del self._changes[job_id]
-
-    def _listener(self, kind: str) -> socket.socket | None:
-        """This store's wake-up socket for ``kind``, bound on first use (None: poll only)."""
-        wake = self._wake
-        if wake is None or self._conn is None or kind in self._unreachable:
-            return None
-        sock = wake.listener(kind)
-        if sock is None:
-            try:
-                sock = wake.listen(kind)
-            except OSError as exc:
-                self._unreachable.add(kind)
-                _log.warning(
-                    "%r cannot listen for wake-ups in %s (%s); polling instead",
-                    self,
-                    wake.directory,
-                    exc,
-                )
-                return None
-            if kind == WORK:
-                self._fresh_listener = True
-        return sock
-
-    async def _sleep(
-        self,
-        kind: str,
-        sock: socket.socket | None,
-        deadline: float,
-        waiters: set[trio.CancelScope],
-    ) -> None:
-        """Sleep until ``deadline``, a local wake-up (``waiters``), or a datagram on ``sock``.
-
-        One task at a time reads a socket; another task waiting meanwhile is woken
-        by that reader (through ``waiters``), or by its own deadline.
-        """
-        scope = trio.CancelScope(deadline=deadline)
-        waiters.add(scope)
-        try:
-            with scope:
-                if sock is None or kind in self._reading:
-                    await trio.sleep_forever()
-                self._reading.add(kind)
-                try:
-                    await trio.lowlevel.wait_readable(sock)
-                except trio.ClosedResourceError:
-                    return  # the store is closing
-                finally:
-                    self._reading.discard(kind)
-                if self._wake is not None and self._wake.receive(kind):
-                    _wake_all(waiters)
-        finally:
-            waiters.discard(scope)
 
     # -- threads, transactions, group commit --------------------------------------------
 
@@ -833,25 +708,6 @@ class SQLiteStorage(BatchQueries, WorkerQueries, BrowseQueries, FlowQueries):
         if self._wake is not None:
             self._wake.note(WORK)
 
-    # -- local wake-ups -----------------------------------------------------------------
-
-    def _changed(self, job_id: str) -> None:
-        event = self._changes.pop(job_id, None)
-        if event is not None:
-            event.set()
-
-    def _work_at(self, when: float | None) -> None:
-        """Wake wait_for_work now (``None``) or remember to at wall-clock ``when``."""
-        if when is None:
-            self._work_flag = True
-        else:
-            heapq.heappush(self._due, when)
-        # A sleeping waiter returns (and, for a due time, sleeps again until then).
-        _wake_all(self._work_waiters)
-
-    def _pop_due(self) -> bool:
-        return pop_due(self._due, time.time())
-
 
 @functools.cache
 def _probe_sql(where: str) -> tuple[str, str]:
@@ -860,11 +716,6 @@ def _probe_sql(where: str) -> tuple[str, str]:
         f"SELECT 1 FROM jobs INDEXED BY jobs_ready WHERE {DUE}{where} LIMIT 1",
         next_due_sql(where),
     )
-
-
-def _wake_all(waiters: set[trio.CancelScope]) -> None:
-    for scope in waiters:
-        scope.cancel()
 
 
 def _check_delay(delay: float) -> None:
