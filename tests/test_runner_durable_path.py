@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import trio
 
 from trio_jobs import Job, JobContext, JobRunner, JobStatus, MemoryStorage
@@ -162,3 +163,59 @@ async def test_a_drain_reuses_the_attempt_tasks_instead_of_spawning_one_per_job(
     # A round's tasks, parked once their outcomes are written, take the round after
     # next: about two rounds of tasks in all, and the runner's own few.
     assert counter.spawned <= 40, counter.spawned
+
+
+class RoundTrips(Durable):
+    """A :class:`Durable` store whose claims take a (virtual) round trip."""
+
+    async def claim(self, *args: Any, **kwargs: Any) -> Any:
+        await trio.sleep(0.001)
+        return await self.inner.claim(*args, **kwargs)
+
+
+async def _stored(store: Durable, count: int) -> None:
+    from trio_jobs import JobClient
+
+    async with JobClient(store.inner) as client:
+        for _ in range(count):
+            await client.submit("noop")
+
+
+async def test_join_returns_as_the_last_job_settles_not_a_poll_later(
+    autojump_clock: Any,
+) -> None:
+    # The last settles wake join() before the claim that finds the store dry has
+    # answered (a round trip later): that answer must wake it again, or it sleeps
+    # for a poll_interval.
+    store = RoundTrips()
+    await _stored(store, 40)  # a multiple of the slots: the last full claim is not dry
+    runner = JobRunner(concurrency=4, storage=store, poll_interval=5.0)  # type: ignore[arg-type]
+    runner.register_handler("noop", noop)
+    async with runner:
+        start = trio.current_time()
+        await runner.join()
+        assert trio.current_time() - start < 1.0  # 11 claims of 1 ms, not 5 s more
+        assert (await runner.stats()).completed == 40
+
+
+@pytest.mark.parametrize("idle_first", [False, True])
+async def test_a_handler_registered_in_the_block_claims_its_waiting_jobs_at_once(
+    idle_first: bool, autojump_clock: Any
+) -> None:
+    # The handler comes while the runner's first claim (for no type yet) is out,
+    # or once it waits for work: the jobs already stored must not wait for a poll.
+    store = RoundTrips()
+    await _stored(store, 3)
+    starts: list[float] = []
+
+    async def record(job: Job[Any], ctx: JobContext[Any]) -> None:
+        starts.append(trio.current_time())
+
+    async with JobRunner(storage=store, poll_interval=5.0) as runner:  # type: ignore[arg-type]
+        if idle_first:
+            await trio.sleep(1.0)
+        start = trio.current_time()
+        runner.register_handler("noop", record)
+        await runner.join()
+    assert len(starts) == 3
+    assert max(starts) - start < 1.0

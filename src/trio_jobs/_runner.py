@@ -224,7 +224,7 @@ class JobRunner(StoreAdmin, StoreFlowControl):
         if cap is not None:
             self._caps[job_type] = cap
         self._handlers[job_type] = wrapped
-        self._scheduler.types = frozenset(self._handlers)
+        self._scheduler.set_types(frozenset(self._handlers))
         if self._in_process is not None:
             self._in_process.wake()  # jobs of this type may be waiting already
         return handler

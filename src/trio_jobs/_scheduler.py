@@ -222,6 +222,12 @@ class Scheduler:
                 self.busy += 1
             self._busy_value.value = self.busy
 
+    def set_types(self, types: frozenset[str]) -> None:
+        """Claim jobs of ``types`` from now on: at once, since some may be waiting already."""
+        self.types = types
+        if self._cap_scope is not None:
+            self._cap_scope.cancel()  # an idle wait would not hear of jobs stored before
+
     def stop_services(self) -> None:
         """Stop renewing leases once no attempt is alive (at once if none is)."""
         self._services_wanted = False
@@ -317,8 +323,9 @@ class Scheduler:
             if free <= 0:
                 await self._slot_freed.park()
                 continue
+            handled = self.types
             types, free = self._claimable(free)
-            if not types and self.types:
+            if not types and handled:
                 # Every type we handle is at its concurrency= cap here.
                 await self._slot_freed.park()
                 continue
@@ -340,11 +347,17 @@ class Scheduler:
             if failures:
                 self._logger.warning("claiming jobs works again after %d failures", failures)
                 failures = 0
-            self.store_dry = len(jobs) < free
+            was_dry, self.store_dry = self.store_dry, len(jobs) < free
+            if self.store_dry and not was_dry and self.settled:
+                # join() may have looked between the last settle and this answer.
+                self.settled.unpark_all()
             if jobs:
                 self._start_all(jobs, None if claim_nowait is not None else sent)
                 continue
-            # A capped type getting a slot back ends the wait (its jobs may be waiting).
+            if self.types is not handled:
+                continue  # a handler was registered while the claim was out: claim again
+            # A capped type getting a slot back, or a new handler, ends the wait
+            # (their jobs may be waiting).
             with trio.CancelScope() as self._cap_scope:
                 if wait_and_claim is not None:
                     sent = trio.current_time()
