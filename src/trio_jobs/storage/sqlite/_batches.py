@@ -44,10 +44,15 @@ class _Savepoint:
 _SHORT_RUN: Final = 4
 
 
+def _after_payload(row: tuple[Any, ...], run_at: float) -> tuple[Any, ...]:
+    """A run's columns after ``payload`` (in ``COLUMN_NAMES`` order), with ``run_at``."""
+    return (*row[3:10], run_at, *row[11:])
+
+
 def _rows(runs: list[Run], run_at: float) -> Iterator[tuple[Any, ...]]:
     """Each job's columns in ``COLUMN_NAMES`` order, with ``run_at``."""
     for row, items in runs:
-        shared = (*row[3:10], run_at, *row[11:])
+        shared = _after_payload(row, run_at)
         for job_id, payload in items:
             yield (job_id, row[1], payload, *shared)
 
@@ -60,7 +65,7 @@ def _insert_runs(conn: sqlite3.Connection, runs: list[Run], run_at: float) -> No
             conn.executemany(INSERT, _rows([run], run_at))
         else:
             conn.execute("DELETE FROM temp.trio_jobs_batch_row")
-            conn.execute(PUT_BATCH_ROW, (row[1], *row[3:10], run_at, *row[11:]))
+            conn.execute(PUT_BATCH_ROW, (row[1], *_after_payload(row, run_at)))
             conn.executemany(INSERT_FROM_BATCH_ROW, items)
 
 
