@@ -56,6 +56,37 @@ async def test_pages_walk_every_job_newest_first_without_repeats(store: Any) -> 
     assert pages == 5
 
 
+async def test_pages_merge_every_status_newest_first(store: Any) -> None:
+    # Jobs of every status interleave by age: a page over all statuses (and over
+    # one type) is in submission order, newest first, across page boundaries.
+    ids = await _fill(store, 6, type="email") + await _fill(store, 6, type="sms")
+    ends = {
+        "email-001": JobStatus.COMPLETED,
+        "sms-002": JobStatus.FAILED,
+        "email-004": JobStatus.CANCELLED,
+        "sms-005": JobStatus.COMPLETED,
+    }
+    for job_id, status in ends.items():
+        await _finish(store, job_id, status)
+
+    async def walk(**filters: Any) -> list[str]:
+        seen: list[str] = []
+        cursor = None
+        while True:
+            page = await store.browse_jobs(limit=3, cursor=cursor, **filters)
+            seen += [job.id for job in page.jobs]
+            if page.next_cursor is None:
+                return seen
+            cursor = page.next_cursor
+
+    assert await walk() == list(reversed(ids))
+    assert await walk(job_type="sms") == [i for i in reversed(ids) if i.startswith("sms")]
+    assert [job.id for job in await store.list_jobs(limit=5)] == list(reversed(ids))[:5]
+    assert [job.id for job in await store.list_jobs(job_type="email")] == [
+        i for i in reversed(ids) if i.startswith("email")
+    ]
+
+
 async def test_pages_filter_by_status_type_tenant_and_id_text(store: Any) -> None:
     await _fill(store, 3, type="email")
     await _fill(store, 4, type="sms", tenant_id="acme")

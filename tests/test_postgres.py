@@ -145,13 +145,13 @@ async def test_a_version_5_schema_loses_the_index_retention_makes_redundant(
     # that jobs_completed_idx did; a schema at version 5 drops it when migrated.
     store = PostgresStorage(PG_DSN, schema=pg_schema)
     await store.migrate()
-    await admin_async(f'DELETE FROM "{pg_schema}".schema_version WHERE version = 6')
+    await admin_async(f'DELETE FROM "{pg_schema}".schema_version WHERE version >= 6')
     await admin_async(
         f'CREATE INDEX jobs_completed_idx ON "{pg_schema}".jobs (completed_at)'
         " WHERE completed_at IS NOT NULL"
     )
 
-    assert await store.migrate() == 6
+    assert await store.migrate() == _sql.LATEST_VERSION
 
     indexes = await admin_async(
         "SELECT indexname FROM pg_indexes WHERE schemaname = %s", (pg_schema,)
@@ -159,6 +159,75 @@ async def test_a_version_5_schema_loses_the_index_retention_makes_redundant(
     names = {row[0] for row in indexes}
     assert "jobs_retention_idx" in names
     assert "jobs_completed_idx" not in names
+
+
+async def test_a_version_6_schema_trades_its_seq_indexes_for_one_by_type_and_status(
+    pg_schema: str,
+) -> None:
+    # Migration 7: every index costs each claim and settle a write; paging merges
+    # one walk per status instead of walking (seq) or (type, seq).
+    async with PostgresStorage(PG_DSN, schema=pg_schema) as first:
+        await first.save(Job(id="kept", type="t"))
+    store = PostgresStorage(PG_DSN, schema=pg_schema)
+    jobs = f'"{pg_schema}".jobs'
+    await admin_async(f'DELETE FROM "{pg_schema}".schema_version WHERE version = 7')
+    await admin_async(f'DROP INDEX "{pg_schema}".jobs_type_status_idx')
+    await admin_async(f"CREATE INDEX jobs_seq_idx ON {jobs} (seq)")
+    await admin_async(f"CREATE INDEX jobs_type_seq_idx ON {jobs} (type, seq)")
+
+    assert await store.migrate() == 7
+
+    indexes = await admin_async(
+        "SELECT indexname FROM pg_indexes WHERE schemaname = %s", (pg_schema,)
+    )
+    names = {row[0] for row in indexes}
+    assert "jobs_type_status_idx" in names
+    assert not names & {"jobs_seq_idx", "jobs_type_seq_idx"}
+    async with store:
+        assert [job.id for job in (await store.browse_jobs()).jobs] == ["kept"]
+
+
+@pytest.mark.parametrize("filters", [{}, {"job_type": "t3"}, {"cursor": "1500"}])
+async def test_a_page_of_every_status_reads_a_page_per_status_not_the_table(
+    make_store: MakeStore, pg_schema: str, filters: dict[str, Any]
+) -> None:
+    # 3,000 jobs over every status: the page merges one index walk per status,
+    # each stopping after a page (no scan of the table, no sort of all its rows).
+    store = await make_store()
+    await admin_async(
+        f"""
+        INSERT INTO "{pg_schema}".jobs (id, type, payload, status, priority, max_attempts,
+            created_at, ready_at)
+        SELECT 'j' || g, 't' || (g % 4), '{{}}', (ARRAY{list(_sql.STATUSES)})[1 + g % 7],
+            1, 3, now(), now()
+        FROM generate_series(1, 3000) AS g
+        """
+    )
+    await admin_async(f'ANALYZE "{pg_schema}".jobs')
+    captured: list[str] = []
+    real = psycopg.Connection.execute
+
+    def spy(self: psycopg.Connection[Any], query: Any, params: Any = None, **kw: Any) -> Any:
+        if "UNION ALL" in str(query):
+            explained = real(self, f"EXPLAIN (ANALYZE, FORMAT JSON) {query}", params)
+            captured.append(explained.fetchone()[0])  # type: ignore[index]
+        return real(self, query, params, **kw)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(psycopg.Connection, "execute", spy)
+        page = await store.browse_jobs(limit=20, **filters)
+
+    assert len(page.jobs) == 20
+    [plan] = captured
+
+    def nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+        return [node, *(n for child in node.get("Plans", ()) for n in nodes(child))]
+
+    scans = [n for n in nodes(plan[0]["Plan"]) if "Scan" in n["Node Type"]]
+    assert {n["Node Type"] for n in scans} <= {"Index Scan", "Index Scan Backward"}
+    assert len(scans) == len(_sql.STATUSES)
+    assert all(n["Actual Rows"] <= 21 for n in scans)
+    assert all(n.get("Rows Removed by Filter", 0) == 0 for n in scans)  # the index matches
 
 
 async def test_reopening_migrates_nothing_and_keeps_the_jobs(make_store: MakeStore) -> None:

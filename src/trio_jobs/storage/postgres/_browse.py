@@ -1,7 +1,8 @@
 """The dashboard's queries on PostgreSQL (:class:`~trio_jobs.storage.JobBrowser`).
 
-Pages walk an index on ``seq`` backwards from the cursor (``seq < cursor``) and
-stop after one page: no ``OFFSET``, whatever the page. Counting a status with a
+Pages walk indexes ending in ``seq`` backwards from the cursor (``seq < cursor``)
+and stop after one page: no ``OFFSET``, whatever the page. A page of every status
+merges one such walk per status (:func:`~._sql.newest_first`). Counting a status with a
 million jobs would read a million index entries on every refresh, so
 :meth:`BrowseQueries.summarize` counts at most :data:`SAMPLE` of each status's
 newest jobs; a status with more is *estimated*: its total from the planner's
@@ -27,7 +28,7 @@ from .._browse import (
     window_start,
 )
 from . import _rows as pg_rows
-from ._sql import JOB_COLUMNS
+from ._sql import JOB_COLUMNS, newest_first
 
 if TYPE_CHECKING:
     from ._connect import Connection
@@ -81,10 +82,15 @@ class BrowseQueries:
         if before is not None:
             where.append("seq < %(before)s")
             params["before"] = before
-        statement = (
-            f"SELECT {JOB_COLUMNS} FROM {self._jobs_table} WHERE {' AND '.join(where)}"
-            " ORDER BY seq DESC LIMIT %(limit)s"
-        )
+        if status is None and tenant_id is None:
+            # One walk per status, merged (no index on seq alone: see migration 7).
+            statement = newest_first(self._jobs_table, " AND ".join(where), "%(limit)s")
+        else:
+            # jobs_status_idx, jobs_type_status_idx or jobs_tenant_seq_idx, in order.
+            statement = (
+                f"SELECT {JOB_COLUMNS} FROM {self._jobs_table} WHERE {' AND '.join(where)}"
+                " ORDER BY seq DESC LIMIT %(limit)s"
+            )
 
         def page(conn: Connection) -> JobPage:
             rows = conn.execute(statement, params).fetchall()

@@ -161,7 +161,8 @@ class RecordQueries:
             "type": job_type,
             "limit": None if limit is None else check_limit(limit),
         }
-        return await self._run(partial(self._fetch_jobs, self._sql.list_jobs, params))
+        statement = self._sql.list_jobs[status is not None, job_type is not None]
+        return await self._run(partial(self._fetch_jobs, statement, params))
 
     async def waiting_by_type(self) -> dict[str, int]:
         """Count the PENDING and RETRYING jobs of each type (types with none are left out)."""
