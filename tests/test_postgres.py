@@ -165,24 +165,29 @@ async def test_a_version_6_schema_trades_its_seq_indexes_for_one_by_type_and_sta
     pg_schema: str,
 ) -> None:
     # Migration 7: every index costs each claim and settle a write; paging merges
-    # one walk per status instead of walking (seq) or (type, seq).
+    # one walk per status instead of walking (seq) or (type, seq), and the status
+    # indexes leave running jobs out.
     async with PostgresStorage(PG_DSN, schema=pg_schema) as first:
         await first.save(Job(id="kept", type="t"))
     store = PostgresStorage(PG_DSN, schema=pg_schema)
     jobs = f'"{pg_schema}".jobs'
     await admin_async(f'DELETE FROM "{pg_schema}".schema_version WHERE version = 7')
     await admin_async(f'DROP INDEX "{pg_schema}".jobs_type_status_idx')
+    await admin_async(f'DROP INDEX "{pg_schema}".jobs_status_idx')
+    await admin_async(f"CREATE INDEX jobs_status_idx ON {jobs} (status, seq)")
     await admin_async(f"CREATE INDEX jobs_seq_idx ON {jobs} (seq)")
     await admin_async(f"CREATE INDEX jobs_type_seq_idx ON {jobs} (type, seq)")
 
     assert await store.migrate() == 7
 
     indexes = await admin_async(
-        "SELECT indexname FROM pg_indexes WHERE schemaname = %s", (pg_schema,)
+        "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = %s", (pg_schema,)
     )
-    names = {row[0] for row in indexes}
-    assert "jobs_type_status_idx" in names
-    assert not names & {"jobs_seq_idx", "jobs_type_seq_idx"}
+    definitions = dict(indexes)
+    assert not definitions.keys() & {"jobs_seq_idx", "jobs_type_seq_idx"}
+    # Neither status index holds running jobs: a claim writes neither.
+    for name in ("jobs_status_idx", "jobs_type_status_idx"):
+        assert definitions[name].endswith("WHERE (status <> 'running'::text)")
     async with store:
         assert [job.id for job in (await store.browse_jobs()).jobs] == ["kept"]
 
@@ -191,20 +196,23 @@ async def test_a_version_6_schema_trades_its_seq_indexes_for_one_by_type_and_sta
 async def test_a_page_of_every_status_reads_a_page_per_status_not_the_table(
     make_store: MakeStore, pg_schema: str, filters: dict[str, Any]
 ) -> None:
-    # 3,000 jobs over every status: the page merges one index walk per status,
-    # each stopping after a page (no scan of the table, no sort of all its rows).
+    # 3,000 jobs over every status but running, and 12 running: the page merges
+    # one index walk per status, each stopping after a page (no scan of the table,
+    # no sort of all its rows); the running jobs, few, come from their own index.
     store = await make_store()
+    waiting = [status for status in _sql.STATUSES if status != "running"]
     await admin_async(
         f"""
         INSERT INTO "{pg_schema}".jobs (id, type, payload, status, priority, max_attempts,
-            created_at, ready_at)
-        SELECT 'j' || g, 't' || (g % 4), '{{}}', (ARRAY{list(_sql.STATUSES)})[1 + g % 7],
-            1, 3, now(), now()
+            created_at, ready_at, worker_id)
+        SELECT 'j' || g, 't' || (g % 4), '{{}}',
+            CASE WHEN g % 250 = 0 THEN 'running' ELSE (ARRAY{waiting})[1 + g % 6] END,
+            1, 3, now(), now(), CASE WHEN g % 250 = 0 THEN 'w' END
         FROM generate_series(1, 3000) AS g
         """
     )
     await admin_async(f'ANALYZE "{pg_schema}".jobs')
-    captured: list[str] = []
+    captured: list[Any] = []
     real = psycopg.Connection.execute
 
     def spy(self: psycopg.Connection[Any], query: Any, params: Any = None, **kw: Any) -> Any:
@@ -224,10 +232,15 @@ async def test_a_page_of_every_status_reads_a_page_per_status_not_the_table(
         return [node, *(n for child in node.get("Plans", ()) for n in nodes(child))]
 
     scans = [n for n in nodes(plan[0]["Plan"]) if "Scan" in n["Node Type"]]
-    assert {n["Node Type"] for n in scans} <= {"Index Scan", "Index Scan Backward"}
     assert len(scans) == len(_sql.STATUSES)
-    assert all(n["Actual Rows"] <= 21 for n in scans)
-    assert all(n.get("Rows Removed by Filter", 0) == 0 for n in scans)  # the index matches
+    assert {n["Node Type"] for n in scans} <= {"Index Scan", "Index Scan Backward"}
+    running = [n for n in scans if n["Index Name"] == "jobs_worker_idx"]
+    assert len(running) == 1
+    assert running[0]["Actual Rows"] + running[0].get("Rows Removed by Filter", 0) <= 12
+    for scan in scans:
+        if scan not in running:
+            assert scan["Actual Rows"] <= 21
+            assert scan.get("Rows Removed by Filter", 0) == 0  # the index matches
 
 
 async def test_reopening_migrates_nothing_and_keeps_the_jobs(make_store: MakeStore) -> None:

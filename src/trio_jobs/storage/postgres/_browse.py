@@ -68,11 +68,11 @@ class BrowseQueries:
         before = parse_seq_cursor(cursor)
         where = ["true"]
         params: dict[str, Any] = {"limit": limit + 1}
-        for column, value in (
-            ("status", None if status is None else status.value),
-            ("type", job_type),
-            ("tenant_id", tenant_id),
-        ):
+        if status is not None:
+            # Written into the text, not passed: the plan then walks the index that
+            # holds this status's rows (not the status indexes, for running jobs).
+            where.append(f"status = '{status.value}'")
+        for column, value in (("type", job_type), ("tenant_id", tenant_id)):
             if value is not None:
                 where.append(f"{column} = %({column})s")
                 params[column] = value
@@ -86,7 +86,8 @@ class BrowseQueries:
             # One walk per status, merged (no index on seq alone: see migration 7).
             statement = newest_first(self._jobs_table, " AND ".join(where), "%(limit)s")
         else:
-            # jobs_status_idx, jobs_type_status_idx or jobs_tenant_seq_idx, in order.
+            # jobs_status_idx, jobs_type_status_idx or jobs_tenant_seq_idx, in order
+            # (running jobs: jobs_worker_idx, then sorted; they are few).
             statement = (
                 f"SELECT {JOB_COLUMNS} FROM {self._jobs_table} WHERE {' AND '.join(where)}"
                 " ORDER BY seq DESC LIMIT %(limit)s"
@@ -174,13 +175,18 @@ class BrowseQueries:
         jobs = self._jobs_table
         statement = f"""
             WITH RECURSIVE types AS (
-                (SELECT type FROM {jobs} ORDER BY type LIMIT 1)
+                (SELECT type FROM {jobs} WHERE status <> 'running' ORDER BY type LIMIT 1)
                 UNION ALL
-                SELECT (SELECT j.type FROM {jobs} AS j WHERE j.type > types.type
+                SELECT (SELECT j.type FROM {jobs} AS j
+                        WHERE j.status <> 'running' AND j.type > types.type
                         ORDER BY j.type LIMIT 1)
                 FROM types WHERE types.type IS NOT NULL
             )
             SELECT type FROM types WHERE type IS NOT NULL
+            -- The type index holds no running job (see migration 7): those, few,
+            -- come from jobs_worker_idx.
+            UNION SELECT type FROM {jobs} WHERE status = 'running'
+            ORDER BY type
         """
 
         def read(conn: Connection) -> list[str]:
@@ -199,11 +205,11 @@ class BrowseQueries:
         status = check_purge_status(status)
         where = [f"status IN {_FINAL}"]
         params: dict[str, Any] = {}
-        for column, value in (
-            ("status", None if status is None else status.value),
-            ("type", job_type),
-            ("tenant_id", tenant_id),
-        ):
+        if status is not None:
+            # Written into the text, not passed: the plan then walks the index that
+            # holds this status's rows (not the status indexes, for running jobs).
+            where.append(f"status = '{status.value}'")
+        for column, value in (("type", job_type), ("tenant_id", tenant_id)):
             if value is not None:
                 where.append(f"{column} = %({column})s")
                 params[column] = value

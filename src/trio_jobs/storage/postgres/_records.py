@@ -87,7 +87,7 @@ class RecordQueries:
         status = JobStatus(status)
         limit = None if limit is None else check_limit(limit)
         return await self._run(
-            partial(self._fetch_jobs, self._sql.get_by_status, (status.value, limit))
+            partial(self._fetch_jobs, self._sql.get_by_status[status.value], {"limit": limit})
         )
 
     def _fetch_jobs(self, statement: str, params: Any, conn: Connection) -> list[Job[Any]]:
@@ -156,12 +156,13 @@ class RecordQueries:
         limit: int | None = None,
     ) -> list[Job[Any]]:
         """Return jobs, newest first, filtered by status and type."""
+        value = None if status is None else JobStatus(status).value
         params = {
-            "status": None if status is None else JobStatus(status).value,
+            "status": value,
             "type": job_type,
             "limit": None if limit is None else check_limit(limit),
         }
-        statement = self._sql.list_jobs[status is not None, job_type is not None]
+        statement = self._sql.list_jobs[value, job_type is not None]
         return await self._run(partial(self._fetch_jobs, statement, params))
 
     async def waiting_by_type(self) -> dict[str, int]:
@@ -196,7 +197,7 @@ class RecordQueries:
             if types is None:
                 row = conn.execute(self._sql.count_unfinished).fetchone()
             else:
-                row = conn.execute(self._sql.count_unfinished_types, (types,)).fetchone()
+                row = conn.execute(self._sql.count_unfinished_types, {"types": types}).fetchone()
             return 0 if row is None else int(row[0])
 
         return await self._run(count)
