@@ -31,6 +31,12 @@ EVENT_SIGNATURES: dict[str, tuple[str, ...]] = {
 
 Callback = Callable[..., object]
 
+# Where each event's arguments sit in ``emit``'s (job, result, error, attempt, delay).
+_POSITIONS: dict[str, tuple[int, ...]] = {
+    event: tuple(("job", "result", "error", "attempt", "delay").index(name) for name in names)
+    for event, names in EVENT_SIGNATURES.items()
+}
+
 
 def check_event_name(event: str) -> None:
     """Raise ``ValueError`` unless ``event`` is a known event name."""
@@ -111,14 +117,8 @@ class EventHub:
         """Deliver one event to its callbacks and to every subscriber."""
         callbacks = self._callbacks[event]
         if callbacks:
-            values = {
-                "job": job,
-                "result": result,
-                "error": error,
-                "attempt": attempt,
-                "delay": delay,
-            }
-            args = [values[name] for name in EVENT_SIGNATURES[event]]
+            values = (job, result, error, attempt, delay)
+            args = [values[i] for i in _POSITIONS[event]]
             for callback in list(callbacks):
                 self._call(event, callback, args)
         if self._subscribers:
@@ -146,7 +146,7 @@ class EventHub:
             if event != "runner:error":  # (one that fails on runner:error is only logged)
                 self.emit("runner:error", error=exc)
             return
-        if inspect.isawaitable(outcome):
+        if outcome is not None and inspect.isawaitable(outcome):
             if inspect.iscoroutine(outcome):
                 outcome.close()
             self._logger.error(
