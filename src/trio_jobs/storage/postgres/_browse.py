@@ -66,16 +66,8 @@ class BrowseQueries:
         """Return a page of jobs, newest first; see :class:`~trio_jobs.storage.JobBrowser`."""
         status = check_page_args(limit, status)
         before = parse_seq_cursor(cursor)
-        where = ["true"]
-        params: dict[str, Any] = {"limit": limit + 1}
-        if status is not None:
-            # Written into the text, not passed: the plan then walks the index that
-            # holds this status's rows (not the status indexes, for running jobs).
-            where.append(f"status = '{status.value}'")
-        for column, value in (("type", job_type), ("tenant_id", tenant_id)):
-            if value is not None:
-                where.append(f"{column} = %({column})s")
-                params[column] = value
+        where, params = _filters(status, job_type, tenant_id)
+        params["limit"] = limit + 1
         if search:
             where.append("strpos(id, %(search)s) > 0")
             params["search"] = search
@@ -203,22 +195,31 @@ class BrowseQueries:
     ) -> int:
         """Delete the final jobs that match (see :class:`~trio_jobs.storage.JobBrowser`)."""
         status = check_purge_status(status)
-        where = [f"status IN {_FINAL}"]
-        params: dict[str, Any] = {}
-        if status is not None:
-            # Written into the text, not passed: the plan then walks the index that
-            # holds this status's rows (not the status indexes, for running jobs).
-            where.append(f"status = '{status.value}'")
-        for column, value in (("type", job_type), ("tenant_id", tenant_id)):
-            if value is not None:
-                where.append(f"{column} = %({column})s")
-                params[column] = value
+        where, params = _filters(status, job_type, tenant_id)
+        where.append(f"status IN {_FINAL}")
         statement = f"DELETE FROM {self._jobs_table} WHERE {' AND '.join(where)}"
 
         def purge(conn: Connection) -> int:
             return conn.execute(statement, params).rowcount
 
         return await self._run(purge)
+
+
+def _filters(
+    status: JobStatus | None, job_type: str | None, tenant_id: str | None
+) -> tuple[list[str], dict[str, Any]]:
+    """The conditions (SQL) and parameters of a page's or a purge's filters."""
+    where = ["true"]
+    params: dict[str, Any] = {}
+    if status is not None:
+        # Written into the text, not passed: the plan then walks the index that
+        # holds this status's rows (not the status indexes, for running jobs).
+        where.append(f"status = '{status.value}'")
+    for column, value in (("type", job_type), ("tenant_id", tenant_id)):
+        if value is not None:
+            where.append(f"{column} = %({column})s")
+            params[column] = value
+    return where, params
 
 
 def _planner_totals(row: tuple[Any, ...] | None) -> dict[str, int]:

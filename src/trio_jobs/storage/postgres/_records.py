@@ -158,7 +158,6 @@ class RecordQueries:
         """Return jobs, newest first, filtered by status and type."""
         value = None if status is None else JobStatus(status).value
         params = {
-            "status": value,
             "type": job_type,
             "limit": None if limit is None else check_limit(limit),
         }

@@ -943,7 +943,6 @@ def build_statements(schema: str, channels: tuple[str, str, str]) -> Statements:
             )
             SELECT old_status FROM upd WHERE (SELECT count(*) FROM notes) >= 0
         """,
-        # Keyed by (status given, type given): each walks its own index.
         # Keyed by (status or None, type given): each walks its own index.
         list_jobs={
             (status, typed): _listing(jobs, status, typed)
