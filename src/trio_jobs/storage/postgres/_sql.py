@@ -35,6 +35,8 @@ from typing import Final
 
 import attrs
 
+from ..._records import JobStatus
+
 #: Columns that make a :class:`Job`, in the order ``row_to_job`` reads them,
 #: followed by the two columns a claim sorts by.
 JOB_COLUMNS: Final = (
@@ -44,8 +46,8 @@ JOB_COLUMNS: Final = (
 )
 
 _READY = "status IN ('pending', 'retrying')"
-#: Every status, as the jobs table's CHECK constraint lists them.
-STATUSES: Final = ("pending", "running", "completed", "failed", "retrying", "cancelled", "timeout")
+#: Every status a job can have (the jobs table's CHECK constraint lists the same).
+STATUSES: Final = tuple(status.value for status in JobStatus)
 #: A claim's promotion takes at most this many delayed jobs whose time came; more
 #: join the ready ones over the next claims, in the order they fell due.
 PROMOTE_MAX: Final = 100
